@@ -1,0 +1,60 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`. Plain HTTP, meant for the load
+//! balancer and Prometheus.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use super::AppState;
+use crate::registry::RegistryState;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn healthz() -> Response {
+    (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response()
+}
+
+/// 200 once a registry has a warm pool and answered; 503 before that and from the moment
+/// shutdown starts, so the load balancer drains this replica first.
+async fn readyz(State(st): State<AppState>) -> Response {
+    let draining = st.shutdown.is_cancelled();
+    let registries: serde_json::Map<String, serde_json::Value> = st
+        .coordinator
+        .members()
+        .iter()
+        .map(|m| {
+            let state = m.health.get();
+            (m.registry.kind().as_str().to_owned(), json!({"state": state}))
+        })
+        .collect();
+    let any_up = st
+        .coordinator
+        .members()
+        .iter()
+        .any(|m| m.health.get() == RegistryState::Up);
+    let ready = any_up && !draining;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({
+        "ready": ready,
+        "draining": draining,
+        "registries": registries,
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        st.metrics.encode(),
+    )
+        .into_response()
+}

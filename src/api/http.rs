@@ -1,0 +1,323 @@
+//! REST endpoints of the API contract (`shared/API.md`, mirrored in `docs/api.md`).
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Query, RawPathParams, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Extension, Json};
+use http_body_util::{BodyExt, Limited};
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use crate::authz::Peer;
+use crate::error::{ApiError, ErrorCode, ValidationError};
+use crate::model::{InstanceKey, MAX_BODY_BYTES, ServiceName, parse_register_body};
+use crate::replicate::{Failure, ServiceView, view_index};
+
+/// Longest a long poll may wait, and its default when `index` is given without `wait`.
+pub const MAX_WAIT: Duration = Duration::from_secs(300);
+/// How often a long poll re-reads the registries while waiting for a change.
+pub const LONG_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/v1/services/{service}/instances/{id}",
+            put(register).delete(deregister),
+        )
+        .route("/v1/services/{service}/instances/{id}/heartbeat", put(heartbeat))
+        .route("/v1/services", get(services))
+        .route("/v1/services/{service}/instances", get(list))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Counts every answer by route and status, and logs it.
+async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let route: &'static str = match req.extensions().get::<MatchedPath>().map(MatchedPath::as_str) {
+        Some("/v1/services/{service}/instances/{id}") => "instance",
+        Some("/v1/services/{service}/instances/{id}/heartbeat") => "heartbeat",
+        Some("/v1/services") => "services",
+        Some("/v1/services/{service}/instances") => "instances",
+        _ => "other",
+    };
+    let method = req.method().clone();
+    let identity = req
+        .extensions()
+        .get::<Peer>()
+        .map(|p| p.identity.clone())
+        .unwrap_or_default();
+    let path = req.uri().path().to_owned();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    st.metrics.observe_request(route, method.as_str(), status);
+    tracing::info!(%method, %path, status, %identity, took_ms = start.elapsed().as_millis() as u64, "request");
+    resp
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such endpoint; see docs/api.md")
+}
+
+async fn method_not_allowed() -> Response {
+    let mut resp = ApiError::new(
+        ErrorCode::InvalidRequest,
+        "method not allowed on this endpoint; see docs/api.md",
+    )
+    .into_response();
+    *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    resp
+}
+
+/// Path parameters as sent (not percent-decoded): an encoded character can never be valid, so
+/// `pay%6Dents` is rejected rather than silently taken for `payments`.
+fn path_param<'a>(params: &'a RawPathParams, name: &str) -> &'a str {
+    params
+        .iter()
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+        .unwrap_or("")
+}
+
+fn instance_key(params: &RawPathParams) -> Result<InstanceKey, ApiError> {
+    Ok(InstanceKey::parse(path_param(params, "service"), path_param(params, "id"))?)
+}
+
+fn peer(p: Option<Extension<Peer>>) -> Result<Peer, ApiError> {
+    p.map(|Extension(p)| p).ok_or_else(|| {
+        ApiError::new(ErrorCode::Forbidden, "no client certificate identity on this connection")
+    })
+}
+
+fn authorize_write(st: &AppState, peer: &Peer, service: &ServiceName) -> Result<(), ApiError> {
+    if st.authz.can_write(peer, service) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(&peer.identity, service.as_str()))
+    }
+}
+
+fn authorize_read(st: &AppState, peer: &Peer, service: &ServiceName) -> Result<(), ApiError> {
+    if st.authz.can_read(peer, service) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(&peer.identity, service.as_str()))
+    }
+}
+
+/// Seconds a client should wait before retrying a 503, jittered so clients spread out.
+fn retry_after() -> u64 {
+    rand::rng().random_range(1..=4)
+}
+
+fn failure(f: Failure) -> ApiError {
+    let (code, message, outcomes) = match f {
+        Failure::Unavailable(o) => (
+            ErrorCode::Unavailable,
+            "no registry accepted the request; retry after the Retry-After delay",
+            o,
+        ),
+        Failure::UnknownInstance(o) => (
+            ErrorCode::UnknownInstance,
+            "no registry knows this instance; register it again",
+            o,
+        ),
+    };
+    let mut details = serde_json::Map::new();
+    details.insert("registries".into(), serde_json::to_value(&outcomes).unwrap_or_default());
+    let err = ApiError::new(code, message).with_details(details);
+    if code == ErrorCode::Unavailable {
+        ApiError {
+            retry_after_secs: Some(retry_after()),
+            ..err
+        }
+    } else {
+        err
+    }
+}
+
+/// Reads a body of at most [`MAX_BODY_BYTES`]; larger ones get 413 before being read whole.
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request body exceeds {} KiB", MAX_BODY_BYTES / 1024),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+        return Err(too_large());
+    }
+    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("could not read the request body: {e}"),
+        )),
+    }
+}
+
+async fn register(
+    State(st): State<AppState>,
+    params: RawPathParams,
+    p: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let key = instance_key(&params)?;
+    let peer = peer(p)?;
+    authorize_write(&st, &peer, &key.service)?;
+    let bytes = read_body(&headers, body).await?;
+    let instance = parse_register_body(key, &bytes)?;
+    let (service, id, ttl) = (instance.key.service.clone(), instance.key.id.clone(), instance.ttl_seconds);
+    let report = st.coordinator.register(instance).await.map_err(failure)?;
+    Ok(Json(json!({
+        "registered": true,
+        "service": service,
+        "id": id,
+        "ttl_seconds": ttl,
+        "degraded": report.outcomes.degraded(),
+        "registries": report.outcomes,
+    }))
+    .into_response())
+}
+
+async fn heartbeat(
+    State(st): State<AppState>,
+    params: RawPathParams,
+    p: Option<Extension<Peer>>,
+) -> Result<Response, ApiError> {
+    let key = instance_key(&params)?;
+    let peer = peer(p)?;
+    authorize_write(&st, &peer, &key.service)?;
+    let report = st.coordinator.heartbeat(&key).await.map_err(failure)?;
+    Ok(Json(json!({
+        "ok": true,
+        "degraded": report.outcomes.degraded(),
+        "registries": report.outcomes,
+    }))
+    .into_response())
+}
+
+async fn deregister(
+    State(st): State<AppState>,
+    params: RawPathParams,
+    p: Option<Extension<Peer>>,
+) -> Result<Response, ApiError> {
+    let key = instance_key(&params)?;
+    let peer = peer(p)?;
+    authorize_write(&st, &peer, &key.service)?;
+    let report = st.coordinator.deregister(&key).await.map_err(failure)?;
+    Ok(Json(json!({
+        "deregistered": true,
+        "existed": report.existed,
+        "degraded": report.outcomes.degraded(),
+        "registries": report.outcomes,
+    }))
+    .into_response())
+}
+
+async fn services(State(st): State<AppState>, p: Option<Extension<Peer>>) -> Result<Response, ApiError> {
+    let peer = peer(p)?;
+    let (names, outcomes) = st.coordinator.services().await.map_err(failure)?;
+    let services: Vec<Value> = names
+        .into_iter()
+        .filter(|(name, _)| st.authz.can_read(&peer, name))
+        .map(|(name, n)| json!({"name": name, "instances": n}))
+        .collect();
+    Ok(Json(json!({"services": services, "registries": outcomes})).into_response())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    index: Option<String>,
+    wait: Option<String>,
+}
+
+fn parse_long_poll(q: &ListQuery) -> Result<Option<(u64, Duration)>, ValidationError> {
+    let Some(index) = &q.index else {
+        return Ok(None);
+    };
+    let index: u64 = index
+        .parse()
+        .map_err(|_| ValidationError::new("index", "must be a non-negative integer from a previous answer"))?;
+    let wait = match &q.wait {
+        None => MAX_WAIT,
+        Some(w) => humantime::parse_duration(w)
+            .map_err(|_| ValidationError::new("wait", "must be a duration with a unit, e.g. 30s or 2m"))?
+            .min(MAX_WAIT),
+    };
+    Ok((index != 0).then_some((index, wait)))
+}
+
+fn render(service: &ServiceName, view: &ServiceView, index: u64) -> Value {
+    let instances: Vec<Value> = view
+        .instances
+        .iter()
+        .map(|(i, sources)| {
+            json!({
+                "id": i.key.id,
+                "address": i.address,
+                "port": i.port,
+                "tags": i.tags,
+                "meta": i.meta,
+                "ttl_seconds": i.ttl_seconds,
+                "sources": sources,
+            })
+        })
+        .collect();
+    json!({
+        "service": service,
+        "index": index,
+        "instances": instances,
+        "registries": view.outcomes,
+    })
+}
+
+/// Lists a service; with `?index=N` waits (up to `wait`) until the set differs from the one that
+/// produced `N`.
+async fn list(
+    State(st): State<AppState>,
+    params: RawPathParams,
+    p: Option<Extension<Peer>>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let service = ServiceName::parse(path_param(&params, "service"))?;
+    let peer = peer(p)?;
+    authorize_read(&st, &peer, &service)?;
+    let long_poll = parse_long_poll(&q)?;
+    let deadline = long_poll.map(|(_, wait)| tokio::time::Instant::now() + wait);
+    loop {
+        let view = st.coordinator.list(&service).await.map_err(failure)?;
+        let index = view_index(&view.instances);
+        let done = match (long_poll, deadline) {
+            (Some((want, _)), Some(deadline)) => {
+                index != want || tokio::time::Instant::now() + LONG_POLL_INTERVAL >= deadline
+            }
+            _ => true,
+        };
+        if done || st.shutdown.is_cancelled() {
+            let mut resp = Json(render(&service, &view, index)).into_response();
+            resp.headers_mut().insert("X-Twinreg-Index", index.into());
+            return Ok(resp);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(LONG_POLL_INTERVAL) => {}
+            _ = st.shutdown.cancelled() => {}
+        }
+    }
+}

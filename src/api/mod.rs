@@ -1,0 +1,22 @@
+//! The front: REST handlers on the public listener and the admin endpoints.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::authz::Authorizer;
+use crate::metrics::Metrics;
+use crate::replicate::Coordinator;
+
+pub mod admin;
+pub mod http;
+
+/// What every handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub coordinator: Arc<Coordinator>,
+    pub authz: Arc<Authorizer>,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when shutdown starts: `/readyz` turns 503 and long polls return.
+    pub shutdown: CancellationToken,
+}

@@ -1,0 +1,483 @@
+//! Configuration: a TOML file, overridden by `TWINREG_*` environment variables
+//! (`TWINREG_ETCD__ENDPOINTS='["http://10.0.0.1:2379"]'`, `TWINREG_CONSUL__TOKEN=...`), then
+//! validated as a whole so that every bad key is reported at once, by name.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+pub const DEFAULT_SHUTDOWN_GRACE: &str = "10s";
+pub const DEFAULT_ETCD_PREFIX: &str = "/services";
+pub const DEFAULT_TIMEOUT_MS: u64 = 1500;
+pub const DEFAULT_POOL_SIZE: usize = 2;
+pub const DEFAULT_DEREGISTER_CRITICAL_AFTER: &str = "1m";
+/// Consul raises anything smaller to this; twinreg refuses it instead of surprising anyone.
+pub const MIN_DEREGISTER_CRITICAL_AFTER: Duration = Duration::from_secs(60);
+pub const ENV_PREFIX: &str = "TWINREG_";
+
+/// A value that must never be printed: `Debug` shows `"<redacted>"`.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub authz: AuthzConfig,
+    pub etcd: EtcdConfig,
+    pub consul: ConsulConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub admin_listen: String,
+    /// How long in-flight requests and pending repairs get after SIGTERM, e.g. `"10s"`.
+    pub shutdown_grace: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.into(),
+            admin_listen: DEFAULT_ADMIN_LISTEN.into(),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultRule {
+    #[default]
+    Name,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadRule {
+    #[default]
+    Any,
+    Owner,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthzConfig {
+    pub default_rule: DefaultRule,
+    pub reads: ReadRule,
+    pub admins: Vec<String>,
+    pub grants: Vec<Grant>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    pub identity: String,
+    pub services: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsulConfig {
+    pub address: String,
+    pub token: Option<Secret>,
+    pub token_file: Option<PathBuf>,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    #[serde(default = "default_deregister_after")]
+    pub deregister_critical_after: String,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+fn default_prefix() -> String {
+    DEFAULT_ETCD_PREFIX.into()
+}
+fn default_timeout_ms() -> u64 {
+    DEFAULT_TIMEOUT_MS
+}
+fn default_pool_size() -> usize {
+    DEFAULT_POOL_SIZE
+}
+fn default_deregister_after() -> String {
+    DEFAULT_DEREGISTER_CRITICAL_AFTER.into()
+}
+
+/// One problem with the configuration, naming the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// All problems found, one per line.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigProblem>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for p in &self.0 {
+            writeln!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The configuration after validation: addresses parsed, durations parsed, the token read.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub shutdown_grace: Duration,
+    pub raw: Config,
+    pub consul_token: Option<Secret>,
+    pub deregister_critical_after: Duration,
+}
+
+impl Config {
+    /// Reads `path` and applies `TWINREG_*` overrides.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        Self::from_figment(
+            Figment::new()
+                .merge(Toml::file_exact(path))
+                .merge(Env::prefixed(ENV_PREFIX).split("__")),
+        )
+    }
+
+    /// Parses a TOML document (no environment), for tests and tools.
+    pub fn from_toml(toml: &str) -> Result<Config, ConfigErrors> {
+        Self::from_figment(Figment::new().merge(Toml::string(toml)))
+    }
+
+    fn from_figment(f: Figment) -> Result<Config, ConfigErrors> {
+        f.extract().map_err(|e| {
+            ConfigErrors(
+                e.into_iter()
+                    .map(|e| ConfigProblem {
+                        key: if e.path.is_empty() {
+                            "(file)".into()
+                        } else {
+                            e.path.join(".")
+                        },
+                        message: e.kind.to_string(),
+                    })
+                    .collect(),
+            )
+        })
+    }
+
+    /// Checks every key and reports all problems, not just the first.
+    pub fn validate(self) -> Result<Settings, ConfigErrors> {
+        let mut problems = Vec::new();
+        let mut bad = |key: &str, message: String| {
+            problems.push(ConfigProblem {
+                key: key.into(),
+                message,
+            })
+        };
+        let listen = parse_addr("server.listen", &self.server.listen, &mut bad);
+        let admin_listen = parse_addr("server.admin_listen", &self.server.admin_listen, &mut bad);
+        let shutdown_grace = humantime::parse_duration(&self.server.shutdown_grace)
+            .map_err(|e| bad("server.shutdown_grace", format!("{e} (use e.g. \"10s\")")))
+            .ok();
+
+        for (key, path) in [
+            ("tls.cert", &self.tls.cert),
+            ("tls.key", &self.tls.key),
+            ("tls.client_ca", &self.tls.client_ca),
+        ] {
+            check_file(key, path, &mut bad);
+        }
+
+        if self.etcd.endpoints.is_empty() {
+            bad("etcd.endpoints", "must list at least one endpoint".into());
+        }
+        for (i, ep) in self.etcd.endpoints.iter().enumerate() {
+            if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                bad(
+                    &format!("etcd.endpoints[{i}]"),
+                    format!("'{ep}' must start with http:// or https://"),
+                );
+            }
+        }
+        let p = &self.etcd.prefix;
+        if !p.starts_with('/') || p.ends_with('/') || p.len() < 2 {
+            bad(
+                "etcd.prefix",
+                format!("'{p}' must start with '/' and not end with '/' (e.g. \"/services\")"),
+            );
+        }
+        check_timeout("etcd.timeout_ms", self.etcd.timeout_ms, &mut bad);
+        check_pool("etcd.pool_size", self.etcd.pool_size, &mut bad);
+        check_client_tls("etcd", &self.etcd.ca, &self.etcd.cert, &self.etcd.key, &mut bad);
+        if self.etcd.username.is_some() != self.etcd.password.is_some() {
+            bad(
+                "etcd.password",
+                "etcd.username and etcd.password must be set together".into(),
+            );
+        }
+
+        let a = &self.consul.address;
+        if !(a.starts_with("http://") || a.starts_with("https://")) || a.ends_with('/') {
+            bad(
+                "consul.address",
+                format!("'{a}' must be http:// or https:// host:port with no trailing '/'"),
+            );
+        }
+        check_timeout("consul.timeout_ms", self.consul.timeout_ms, &mut bad);
+        check_pool("consul.pool_size", self.consul.pool_size, &mut bad);
+        check_client_tls(
+            "consul",
+            &self.consul.ca,
+            &self.consul.cert,
+            &self.consul.key,
+            &mut bad,
+        );
+        let consul_token = match (&self.consul.token, &self.consul.token_file) {
+            (Some(_), Some(_)) => {
+                bad(
+                    "consul.token_file",
+                    "set consul.token or consul.token_file, not both".into(),
+                );
+                None
+            }
+            (Some(t), None) => Some(t.clone()),
+            (None, Some(path)) => match std::fs::read_to_string(path) {
+                Ok(t) if !t.trim().is_empty() => Some(Secret::new(t.trim())),
+                Ok(_) => {
+                    bad("consul.token_file", format!("{} is empty", path.display()));
+                    None
+                }
+                Err(e) => {
+                    bad(
+                        "consul.token_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        let deregister_critical_after =
+            match humantime::parse_duration(&self.consul.deregister_critical_after) {
+                Ok(d) if d >= MIN_DEREGISTER_CRITICAL_AFTER => Some(d),
+                Ok(_) => {
+                    bad(
+                        "consul.deregister_critical_after",
+                        "must be at least 1m (Consul's minimum)".into(),
+                    );
+                    None
+                }
+                Err(e) => {
+                    bad(
+                        "consul.deregister_critical_after",
+                        format!("{e} (use e.g. \"1m\" or \"10m\")"),
+                    );
+                    None
+                }
+            };
+
+        for (i, g) in self.authz.grants.iter().enumerate() {
+            if g.identity.is_empty() {
+                bad(
+                    &format!("authz.grants[{i}].identity"),
+                    "must not be empty".into(),
+                );
+            }
+            for s in &g.services {
+                if let Err(e) = crate::model::ServiceName::parse(s) {
+                    bad(
+                        &format!("authz.grants[{i}].services"),
+                        format!("'{s}' is not a valid service name: {}", e.message),
+                    );
+                }
+            }
+        }
+
+        if !problems.is_empty() {
+            return Err(ConfigErrors(problems));
+        }
+        Ok(Settings {
+            listen: listen.expect("checked"),
+            admin_listen: admin_listen.expect("checked"),
+            shutdown_grace: shutdown_grace.expect("checked"),
+            consul_token,
+            deregister_critical_after: deregister_critical_after.expect("checked"),
+            raw: self,
+        })
+    }
+}
+
+fn parse_addr(key: &str, v: &str, bad: &mut impl FnMut(&str, String)) -> Option<SocketAddr> {
+    v.parse()
+        .map_err(|_| bad(key, format!("'{v}' is not an IP:port address")))
+        .ok()
+}
+
+fn check_file(key: &str, path: &Path, bad: &mut impl FnMut(&str, String)) {
+    if let Err(e) = std::fs::metadata(path) {
+        bad(key, format!("cannot read {}: {e}", path.display()));
+    }
+}
+
+fn check_timeout(key: &str, v: u64, bad: &mut impl FnMut(&str, String)) {
+    if !(10..=60_000).contains(&v) {
+        bad(key, format!("{v} must be from 10 to 60000 (milliseconds)"));
+    }
+}
+
+fn check_pool(key: &str, v: usize, bad: &mut impl FnMut(&str, String)) {
+    if !(1..=64).contains(&v) {
+        bad(key, format!("{v} must be from 1 to 64"));
+    }
+}
+
+fn check_client_tls(
+    section: &str,
+    ca: &Option<PathBuf>,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+    bad: &mut impl FnMut(&str, String),
+) {
+    if cert.is_some() != key.is_some() {
+        bad(
+            &format!("{section}.key"),
+            format!("{section}.cert and {section}.key must be set together"),
+        );
+    }
+    for (name, path) in [("ca", ca), ("cert", cert), ("key", key)] {
+        if let Some(p) = path {
+            check_file(&format!("{section}.{name}"), p, bad);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files() -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["s.pem", "s-key.pem", "ca.pem"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let d = dir.path().display().to_string();
+        let tls = format!(
+            "[tls]\ncert = \"{d}/s.pem\"\nkey = \"{d}/s-key.pem\"\nclient_ca = \"{d}/ca.pem\"\n"
+        );
+        (dir, tls)
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let (_d, tls) = files();
+        let toml = format!(
+            "{tls}[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n[consul]\naddress = \"http://127.0.0.1:8500\"\n"
+        );
+        let s = Config::from_toml(&toml).unwrap().validate().unwrap();
+        assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(s.raw.etcd.prefix, "/services");
+        assert_eq!(s.raw.etcd.timeout_ms, 1500);
+        assert_eq!(s.deregister_critical_after, Duration::from_secs(60));
+        assert_eq!(s.raw.authz.default_rule, DefaultRule::Name);
+    }
+
+    #[test]
+    fn every_bad_key_is_reported() {
+        let (_d, tls) = files();
+        let toml = format!(
+            "[server]\nlisten = \"nope\"\n{tls}[etcd]\nendpoints = [\"10.0.0.1:2379\"]\nprefix = \"services/\"\ntimeout_ms = 0\n[consul]\naddress = \"127.0.0.1:8500\"\ntoken = \"s3cret-token\"\ntoken_file = \"/x\"\nderegister_critical_after = \"10s\"\n"
+        );
+        let errs = Config::from_toml(&toml).unwrap().validate().unwrap_err();
+        let keys: Vec<&str> = errs.0.iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "server.listen",
+            "etcd.endpoints[0]",
+            "etcd.prefix",
+            "etcd.timeout_ms",
+            "consul.address",
+            "consul.token_file",
+            "consul.deregister_critical_after",
+        ] {
+            assert!(keys.contains(&k), "{k} missing from {keys:?}");
+        }
+        assert!(!errs.to_string().contains("s3cret-token"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let errs = Config::from_toml("[etcd]\nendpointz = []\n").unwrap_err();
+        assert!(errs.to_string().contains("endpointz"), "{errs}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?}"), "\"<redacted>\"");
+    }
+}

@@ -1,0 +1,41 @@
+//! twinreg: a registration gateway that writes every service instance to two registries at once.
+//!
+//! # Layout
+//!
+//! A request flows top to bottom through these modules:
+//!
+//! - [`tls`] terminates mutual TLS on the one public listener; [`server`] accepts connections,
+//!   reads the caller's identity from its certificate once per connection and hands each request
+//!   to the router.
+//! - [`api`] is the front: [`api::http`] (REST with axum) turns requests into validated
+//!   [`model`] types (parse, don't validate twice), [`authz`] decides whether the caller may act on
+//!   the service, and [`api::admin`] serves `/healthz`, `/readyz` and `/metrics`.
+//! - [`replicate`] is the coordinator: the one place that fans a write out to both registries
+//!   concurrently, bounds each by its own deadline, merges the outcomes and hands a registry that
+//!   missed a write to [`repair`].
+//! - [`registry`] holds the trait every registry implements and one adapter per registry:
+//!   [`registry::etcd`] (primary) and [`registry::consul`] (backup); [`pool`] keeps their
+//!   connections open and warm.
+//!
+//! Beside the request path: [`config`] (TOML + environment, validated at start-up), [`metrics`]
+//! (Prometheus), [`certs`] (development certificates), [`error`] (the one mapping of errors to
+//! HTTP status), [`shutdown`] (signals and draining).
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod authz;
+pub mod cache;
+pub mod certs;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod model;
+pub mod pool;
+pub mod registry;
+pub mod repair;
+pub mod replicate;
+pub mod server;
+pub mod shutdown;
+pub mod tls;
+
+pub use server::{Listeners, run};

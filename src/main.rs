@@ -1,0 +1,128 @@
+//! The `twinreg` command: `serve`, `check-config`, `certs dev`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use twinreg::config::Config;
+
+/// `EX_USAGE` from sysexits.h: the configuration is wrong.
+const EXIT_CONFIG: u8 = 64;
+/// `EX_SOFTWARE`: the server stopped with an error.
+const EXIT_RUNTIME: u8 = 70;
+
+#[derive(Parser)]
+#[command(name = "twinreg", version, about = "Service registration written to etcd and Consul at once")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the REST API (mTLS) and the admin endpoints.
+    Serve {
+        #[arg(long, short, env = "TWINREG_CONFIG")]
+        config: PathBuf,
+        /// Log as JSON lines instead of text.
+        #[arg(long, env = "TWINREG_LOG_JSON")]
+        log_json: bool,
+    },
+    /// Validate a configuration file; prints every problem and exits non-zero if there is one.
+    CheckConfig {
+        #[arg(long, short, env = "TWINREG_CONFIG")]
+        config: PathBuf,
+    },
+    /// Certificate helpers.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Write a development CA, a server certificate for localhost/127.0.0.1 and client
+    /// certificates (CN = NAME) as PEM files.
+    Dev {
+        #[arg(long)]
+        out: PathBuf,
+        /// A client certificate to issue; repeatable.
+        #[arg(long = "client", value_name = "NAME")]
+        clients: Vec<String>,
+    },
+}
+
+fn init_tracing(json: bool) {
+    let filter = EnvFilter::try_from_env("TWINREG_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn load(config: &PathBuf) -> Result<twinreg::config::Settings, ExitCode> {
+    match Config::load(config).and_then(Config::validate) {
+        Ok(s) => Ok(s),
+        Err(errors) => {
+            eprintln!("twinreg: configuration {} is invalid:", config.display());
+            eprint!("{errors}");
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match load(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Certs {
+            command: CertsCommand::Dev { out, clients },
+        } => match twinreg::certs::write_dev(&out, &clients) {
+            Ok(files) => {
+                for f in files {
+                    println!("wrote {}", f.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("twinreg: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Serve { config, log_json } => {
+            init_tracing(log_json);
+            let settings = match load(&config) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
+            runtime.block_on(async move {
+                let listeners = match twinreg::Listeners::bind(&settings).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!("twinreg: cannot bind {} / {}: {e}", settings.listen, settings.admin_listen);
+                        return ExitCode::from(EXIT_RUNTIME);
+                    }
+                };
+                match twinreg::run(settings, listeners, twinreg::shutdown::signal()).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("twinreg: {e}");
+                        ExitCode::from(EXIT_RUNTIME)
+                    }
+                }
+            })
+        }
+    }
+}

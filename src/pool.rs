@@ -1,0 +1,129 @@
+//! Warm pools of registry clients (deadpool).
+//!
+//! Each pooled object is a client holding its own connection (an HTTP/2 channel to etcd, an HTTPS
+//! connection pool to Consul) that multiplexes many requests, so a caller checks one out only long
+//! enough to clone its handle; FIFO order spreads requests over all connections. The pool is filled
+//! in the background at start-up — each object proves itself with a round trip, so the TLS
+//! handshake is done before the first request — and until it is full, callers get an immediate
+//! "not connected yet" error instead of waiting: start-up never blocks on a registry.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use deadpool::managed::{self, Manager, Pool, QueueMode, RecycleResult};
+use tokio::sync::watch;
+
+use crate::error::RegistryError;
+use crate::registry::RegistryKind;
+
+const WARM_RETRY_MIN: Duration = Duration::from_millis(200);
+const WARM_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Creates one registry client and proves it with a round trip.
+pub trait Connect: Send + Sync + 'static {
+    type Client: Clone + Send + Sync + 'static;
+    fn connect(&self) -> impl Future<Output = Result<Self::Client, String>> + Send;
+}
+
+struct ConnectManager<C>(C);
+
+impl<C: Connect> Manager for ConnectManager<C> {
+    type Type = C::Client;
+    type Error = String;
+
+    async fn create(&self) -> Result<C::Client, String> {
+        self.0.connect().await
+    }
+
+    async fn recycle(&self, _: &mut C::Client, _: &managed::Metrics) -> RecycleResult<String> {
+        // The clients reconnect by themselves; a recycle round trip would tax every request.
+        Ok(())
+    }
+}
+
+/// A pool that fills itself in the background and hands out client handles.
+pub struct WarmPool<C: Connect> {
+    kind: RegistryKind,
+    pool: Pool<ConnectManager<C>>,
+    warm: AtomicBool,
+    last_error: std::sync::Mutex<String>,
+    warmed: watch::Sender<bool>,
+}
+
+impl<C: Connect> WarmPool<C> {
+    pub fn new(kind: RegistryKind, connect: C, size: usize) -> Arc<Self> {
+        let pool = Pool::builder(ConnectManager(connect))
+            .max_size(size)
+            .queue_mode(QueueMode::Fifo)
+            .build()
+            .expect("no runtime-dependent timeouts are configured");
+        Arc::new(Self {
+            kind,
+            pool,
+            warm: AtomicBool::new(false),
+            last_error: std::sync::Mutex::new("connecting".into()),
+            warmed: watch::channel(false).0,
+        })
+    }
+
+    /// Fills the pool, retrying with capped exponential backoff until every object is connected.
+    /// Returns when the pool is warm or `shutdown` fires.
+    pub async fn warm_up(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let size = self.pool.status().max_size;
+        let mut delay = WARM_RETRY_MIN;
+        loop {
+            let attempt = futures::future::try_join_all((0..size).map(|_| self.pool.get())).await;
+            match attempt {
+                Ok(objects) => {
+                    drop(objects);
+                    self.warm.store(true, Ordering::Release);
+                    self.warmed.send_replace(true);
+                    tracing::info!(registry = %self.kind, connections = size, "registry pool warm");
+                    return;
+                }
+                Err(e) => {
+                    let msg = match e {
+                        managed::PoolError::Backend(m) => m,
+                        other => other.to_string(),
+                    };
+                    tracing::warn!(registry = %self.kind, error = %msg, retry_in_ms = delay.as_millis() as u64, "registry not reachable yet");
+                    *self.last_error.lock().expect("not poisoned") = msg;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.changed() => return,
+            }
+            delay = (delay * 2).min(WARM_RETRY_MAX);
+        }
+    }
+
+    pub fn is_warm(&self) -> bool {
+        self.warm.load(Ordering::Acquire)
+    }
+
+    /// Resolves when the pool is warm.
+    pub async fn wait_warm(&self) {
+        let mut rx = self.warmed.subscribe();
+        let _ = rx.wait_for(|w| *w).await;
+    }
+
+    /// A client handle, or at once an error when the pool is not warm yet.
+    pub async fn client(&self) -> Result<C::Client, RegistryError> {
+        if !self.is_warm() {
+            let last = self.last_error.lock().expect("not poisoned").clone();
+            return Err(RegistryError::unavailable(
+                self.kind,
+                format!("not connected yet: {last}"),
+            ));
+        }
+        let obj = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| RegistryError::unavailable(self.kind, format!("connection pool: {e}")))?;
+        Ok(C::Client::clone(&obj))
+    }
+}

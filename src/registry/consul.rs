@@ -1,0 +1,440 @@
+//! The Consul adapter (backup registry).
+//!
+//! An instance is an agent service `ID = "{service}.{id}"`, `Name = service`, with one TTL check
+//! `service:{ID}` of `ttl_seconds` and `DeregisterCriticalServiceAfter` from config. The check's
+//! `Notes` carry what Consul has no field for (`ttl_seconds`, `generation`), so the record can be
+//! restored from Consul alone while `Meta` stays exactly what the client sent. rs-consul serves the
+//! calls it covers (the catalog); the agent endpoints it lacks go over the same HTTPS client.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Buf, Bytes};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::config::Settings;
+use crate::error::RegistryError;
+use crate::model::{DEFAULT_TTL_SECONDS, Instance, InstanceId, InstanceKey, MAX_TTL_SECONDS, MIN_TTL_SECONDS, ServiceName};
+use crate::pool::{Connect, WarmPool};
+use crate::registry::{Liveness, Registry, RegistryKind};
+use crate::tls::registry_client_config;
+
+const KIND: RegistryKind = RegistryKind::Consul;
+/// TCP keepalive on Consul connections, below the common 350 s NAT idle timeout.
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// Idle pooled connections are kept this long (Consul's own HTTP idle timeout is longer).
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const TOKEN_HEADER: &str = "X-Consul-Token";
+
+/// Creates one HTTPS client (its own connection pool) and proves it with a round trip.
+pub struct ConsulConnect {
+    address: String,
+    token: Option<String>,
+    tls: rustls::ClientConfig,
+    max_idle: usize,
+}
+
+impl Connect for ConsulConnect {
+    type Client = rs_consul::HttpsClient;
+
+    async fn connect(&self) -> Result<rs_consul::HttpsClient, String> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_keepalive(Some(TCP_KEEPALIVE));
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        http.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(self.tls.clone())
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(self.max_idle)
+            .http2_keep_alive_interval(Some(Duration::from_secs(10)))
+            .http2_keep_alive_timeout(Duration::from_secs(5))
+            .http2_keep_alive_while_idle(true)
+            .build(https);
+        let (status, body) = send(&client, &self.address, self.token.as_deref(), Method::GET, "/v1/status/leader", None)
+            .await
+            .map_err(|e| e.message)?;
+        if status != StatusCode::OK {
+            return Err(format!("consul: status/leader answered {status}: {}", text(&body)));
+        }
+        Ok(client)
+    }
+}
+
+pub struct Consul {
+    address: String,
+    token: Option<String>,
+    deregister_after: Duration,
+    pool: Arc<WarmPool<ConsulConnect>>,
+}
+
+impl Consul {
+    pub fn new(settings: &Settings) -> Result<(Self, Arc<WarmPool<ConsulConnect>>), String> {
+        let cfg = &settings.raw.consul;
+        let cert_key = cfg.cert.as_deref().zip(cfg.key.as_deref());
+        let tls = registry_client_config("consul", cfg.ca.as_deref(), cert_key)
+            .map_err(|e| e.to_string())?;
+        let token = settings.consul_token.as_ref().map(|t| t.expose().to_owned());
+        let connect = ConsulConnect {
+            address: cfg.address.clone(),
+            token: token.clone(),
+            tls,
+            max_idle: 64,
+        };
+        let pool = WarmPool::new(KIND, connect, cfg.pool_size);
+        Ok((
+            Self {
+                address: cfg.address.clone(),
+                token,
+                deregister_after: settings.deregister_critical_after,
+                pool: pool.clone(),
+            },
+            pool,
+        ))
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(StatusCode, Bytes), RegistryError> {
+        let client = self.pool.client().await?;
+        send(&client, &self.address, self.token.as_deref(), method, path, body).await
+    }
+
+    /// The live (no critical check) twinreg instances of a service, from the health endpoint.
+    async fn health_entries(&self, service: &ServiceName) -> Result<Vec<(Instance, bool)>, RegistryError> {
+        let (status, body) = self
+            .call(Method::GET, &format!("/v1/health/service/{service}"), None)
+            .await?;
+        expect_ok(status, &body, "health/service")?;
+        let entries: Vec<HealthEntry> = serde_json::from_slice(&body).map_err(|e| {
+            RegistryError::unavailable(KIND, format!("consul: unreadable health/service answer: {e}"))
+        })?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|e| {
+                let alive = !e.checks.iter().any(|c| c.status == "critical");
+                let notes = e
+                    .checks
+                    .iter()
+                    .find(|c| c.service_id == e.service.id)
+                    .map(|c| c.notes.as_str())
+                    .unwrap_or("");
+                e.service.into_instance(service, notes).map(|i| (i, alive))
+            })
+            .collect())
+    }
+}
+
+fn service_id(key: &InstanceKey) -> String {
+    format!("{}.{}", key.service, key.id)
+}
+
+fn check_id(key: &InstanceKey) -> String {
+    format!("service:{}", service_id(key))
+}
+
+fn notes(i: &Instance) -> String {
+    format!("twinreg ttl_seconds={} generation={}", i.ttl_seconds, i.generation)
+}
+
+fn parse_notes(notes: &str) -> (u32, u64) {
+    let mut ttl = DEFAULT_TTL_SECONDS;
+    let mut generation = 0;
+    for token in notes.split_whitespace() {
+        if let Some(v) = token.strip_prefix("ttl_seconds=") {
+            ttl = v
+                .parse()
+                .ok()
+                .filter(|t| (MIN_TTL_SECONDS..=MAX_TTL_SECONDS).contains(t))
+                .unwrap_or(DEFAULT_TTL_SECONDS);
+        } else if let Some(v) = token.strip_prefix("generation=") {
+            generation = v.parse().unwrap_or(0);
+        }
+    }
+    (ttl, generation)
+}
+
+/// Go duration text for whole seconds, as Consul expects (`"30s"`).
+fn go_duration(d: Duration) -> String {
+    format!("{}s", d.as_secs())
+}
+
+async fn send(
+    client: &rs_consul::HttpsClient,
+    address: &str,
+    token: Option<&str>,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<(StatusCode, Bytes), RegistryError> {
+    let mut req = Request::builder().method(method).uri(format!("{address}{path}"));
+    if let Some(t) = token {
+        req = req.header(TOKEN_HEADER, t);
+    }
+    let body = Full::new(Bytes::from(body.unwrap_or_default()));
+    let req = req
+        .body(http_body_util::combinators::BoxBody::new(body))
+        .map_err(|e| RegistryError::rejected(KIND, format!("consul: bad request {path}: {e}")))?;
+    let resp = client.request(req).await.map_err(|e| {
+        let mut msg = format!("consul: {e}");
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg.push_str(&format!(": {s}"));
+            src = s.source();
+        }
+        RegistryError::unavailable(KIND, msg)
+    })?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| RegistryError::unavailable(KIND, format!("consul: reading the answer: {e}")))?
+        .to_bytes();
+    Ok((status, body))
+}
+
+fn text(body: &Bytes) -> String {
+    let s = String::from_utf8_lossy(body.chunk());
+    s.trim().chars().take(300).collect()
+}
+
+/// Maps a non-200 answer to an error: 4xx are refusals (a retry will not help), the rest are
+/// server trouble.
+fn expect_ok(status: StatusCode, body: &Bytes, what: &str) -> Result<(), RegistryError> {
+    if status == StatusCode::OK {
+        return Ok(());
+    }
+    let msg = format!("consul {what}: {status}: {}", text(body));
+    if status.is_client_error() {
+        Err(RegistryError::rejected(KIND, msg))
+    } else {
+        Err(RegistryError::unavailable(KIND, msg))
+    }
+}
+
+fn is_unknown(status: StatusCode, body: &Bytes) -> bool {
+    status == StatusCode::NOT_FOUND
+        // Before Consul 1.11 an unknown check was a 500 with this text.
+        || (status == StatusCode::INTERNAL_SERVER_ERROR && text(body).starts_with("Unknown check ID"))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthEntry {
+    service: AgentService,
+    #[serde(default)]
+    checks: Vec<HealthCheck>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct AgentService {
+    #[serde(rename = "ID")]
+    id: String,
+    service: String,
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+    #[serde(default)]
+    meta: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    address: String,
+    #[serde(default)]
+    port: u16,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthCheck {
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    notes: String,
+    #[serde(rename = "ServiceID", default)]
+    service_id: String,
+}
+
+impl AgentService {
+    /// A twinreg instance, when the ID has twinreg's `{service}.{id}` shape; `None` otherwise.
+    fn into_instance(self, service: &ServiceName, notes: &str) -> Option<Instance> {
+        let (svc, id) = self.id.split_once('.')?;
+        if svc != service.as_str() || self.service != service.as_str() {
+            return None;
+        }
+        if self.address.is_empty() || self.port == 0 {
+            return None;
+        }
+        let (ttl_seconds, generation) = parse_notes(notes);
+        Some(Instance {
+            key: InstanceKey {
+                service: service.clone(),
+                id: InstanceId::parse(id).ok()?,
+            },
+            address: self.address,
+            port: self.port,
+            tags: self.tags.unwrap_or_default(),
+            meta: self.meta.unwrap_or_default(),
+            ttl_seconds,
+            generation,
+        })
+    }
+}
+
+#[async_trait]
+impl Registry for Consul {
+    fn kind(&self) -> RegistryKind {
+        KIND
+    }
+
+    async fn register(&self, i: &Instance) -> Result<(), RegistryError> {
+        let sid = service_id(&i.key);
+        let payload = json!({
+            "ID": sid,
+            "Name": i.key.service,
+            "Address": i.address,
+            "Port": i.port,
+            "Tags": i.tags,
+            "Meta": i.meta,
+            "Check": {
+                "CheckID": check_id(&i.key),
+                "Name": "twinreg heartbeat",
+                "TTL": go_duration(Duration::from_secs(i.ttl_seconds.into())),
+                "Status": "passing",
+                "Notes": notes(i),
+                "DeregisterCriticalServiceAfter": go_duration(self.deregister_after),
+            },
+        });
+        let body = serde_json::to_vec(&payload).expect("a json! value serializes");
+        let (status, resp) = self
+            .call(Method::PUT, "/v1/agent/service/register?replace-existing-checks=true", Some(body))
+            .await?;
+        expect_ok(status, &resp, "agent/service/register")?;
+        // Re-registering keeps an existing check's status: a check that went critical would stay
+        // critical. Passing it makes the fresh registration live at once.
+        let (status, resp) = self
+            .call(Method::PUT, &format!("/v1/agent/check/pass/{}", check_id(&i.key)), None)
+            .await?;
+        expect_ok(status, &resp, "agent/check/pass")
+    }
+
+    async fn heartbeat(&self, key: &InstanceKey) -> Result<Liveness, RegistryError> {
+        let (status, body) = self
+            .call(Method::PUT, &format!("/v1/agent/check/pass/{}", check_id(key)), None)
+            .await?;
+        if is_unknown(status, &body) {
+            return Ok(Liveness::Unknown);
+        }
+        expect_ok(status, &body, "agent/check/pass")?;
+        Ok(Liveness::Renewed)
+    }
+
+    async fn deregister(&self, key: &InstanceKey) -> Result<bool, RegistryError> {
+        let (status, body) = self
+            .call(Method::PUT, &format!("/v1/agent/service/deregister/{}", service_id(key)), None)
+            .await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(false);
+        }
+        expect_ok(status, &body, "agent/service/deregister")?;
+        Ok(true)
+    }
+
+    async fn get(&self, key: &InstanceKey) -> Result<Option<Instance>, RegistryError> {
+        Ok(self
+            .health_entries(&key.service)
+            .await?
+            .into_iter()
+            .map(|(i, _)| i)
+            .find(|i| i.key == *key))
+    }
+
+    async fn list(&self, service: &ServiceName) -> Result<Vec<Instance>, RegistryError> {
+        Ok(self
+            .health_entries(service)
+            .await?
+            .into_iter()
+            .filter(|(_, alive)| *alive)
+            .map(|(i, _)| i)
+            .collect())
+    }
+
+    async fn services(&self) -> Result<BTreeSet<ServiceName>, RegistryError> {
+        let client = self.pool.client().await?;
+        let consul = rs_consul::Consul::new_with_client(
+            rs_consul::Config {
+                address: self.address.clone(),
+                token: self.token.clone(),
+                ..Default::default()
+            },
+            client,
+        );
+        let names = consul
+            .get_all_registered_service_names(None)
+            .await
+            .map_err(|e| match e {
+                rs_consul::ConsulError::UnexpectedResponseCode(s, body) if s.is_client_error() => {
+                    RegistryError::rejected(KIND, format!("consul catalog/services: {s}: {}", body.unwrap_or_default()))
+                }
+                other => RegistryError::unavailable(KIND, format!("consul catalog/services: {other}")),
+            })?;
+        Ok(names
+            .response
+            .iter()
+            .filter_map(|n| ServiceName::parse(n).ok())
+            .collect())
+    }
+
+    async fn probe(&self) -> Result<(), RegistryError> {
+        let (status, body) = self.call(Method::GET, "/v1/status/leader", None).await?;
+        expect_ok(status, &body, "status/leader")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_round_trip() {
+        assert_eq!(parse_notes("twinreg ttl_seconds=45 generation=99"), (45, 99));
+        assert_eq!(parse_notes("garbage"), (DEFAULT_TTL_SECONDS, 0));
+        assert_eq!(parse_notes("ttl_seconds=1"), (DEFAULT_TTL_SECONDS, 0));
+    }
+
+    #[test]
+    fn service_ids_split_back() {
+        let svc = ServiceName::parse("payments").unwrap();
+        let s = AgentService {
+            id: "payments.pay.1".into(),
+            service: "payments".into(),
+            tags: None,
+            meta: None,
+            address: "10.0.0.1".into(),
+            port: 80,
+        };
+        let i = s.into_instance(&svc, "").unwrap();
+        assert_eq!(i.key.id.as_str(), "pay.1");
+        assert!(i.tags.is_empty() && i.meta.is_empty());
+        let other = AgentService {
+            id: "web".into(),
+            service: "payments".into(),
+            tags: None,
+            meta: None,
+            address: "10.0.0.1".into(),
+            port: 80,
+        };
+        assert!(other.into_instance(&svc, "").is_none());
+    }
+}

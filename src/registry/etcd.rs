@@ -1,0 +1,402 @@
+//! The etcd adapter (primary registry).
+//!
+//! An instance is the key `{prefix}/{service}/{id}` attached to a lease of `ttl_seconds`. The value
+//! is JSON holding the record's fields plus `Op`, `Addr` and `Metadata`, so etcd's own gRPC name
+//! resolver reads it as an endpoint of target `{prefix}/{service}`. A heartbeat looks the lease up
+//! from the key (so any replica can serve it) and renews it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Certificate, Client, ConnectOptions, DeleteOptions, GetOptions, Identity, PutOptions,
+    TlsOptions,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::config::EtcdConfig;
+use crate::error::RegistryError;
+use crate::model::{DEFAULT_TTL_SECONDS, Instance, InstanceId, InstanceKey, MAX_TTL_SECONDS, MIN_TTL_SECONDS, ServiceName};
+use crate::pool::{Connect, WarmPool};
+use crate::registry::{Liveness, Registry, RegistryKind};
+
+const KIND: RegistryKind = RegistryKind::Etcd;
+/// HTTP/2 PING interval and timeout on etcd channels: a dead or blackholed member is noticed in
+/// seconds, and idle connections are kept open through NATs and load balancers.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// TCP keepalive, below the common 350 s NAT idle timeout.
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The JSON value stored under each key.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    service: String,
+    id: String,
+    address: String,
+    port: u16,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    meta: BTreeMap<String, String>,
+    #[serde(default = "default_ttl")]
+    ttl_seconds: u32,
+    #[serde(default)]
+    generation: u64,
+    /// etcd naming `endpoints.Update`: 0 = Add.
+    #[serde(rename = "Op", default)]
+    op: u8,
+    #[serde(rename = "Addr", default)]
+    addr: String,
+    #[serde(rename = "Metadata", default)]
+    metadata: serde_json::Value,
+}
+
+fn default_ttl() -> u32 {
+    DEFAULT_TTL_SECONDS
+}
+
+impl Record {
+    fn from_instance(i: &Instance) -> Self {
+        let addr = match i.address.parse::<IpAddr>() {
+            Ok(ip) => std::net::SocketAddr::new(ip, i.port).to_string(),
+            Err(_) => format!("{}:{}", i.address, i.port),
+        };
+        Record {
+            service: i.key.service.to_string(),
+            id: i.key.id.to_string(),
+            address: i.address.clone(),
+            port: i.port,
+            tags: i.tags.clone(),
+            meta: i.meta.clone(),
+            ttl_seconds: i.ttl_seconds,
+            generation: i.generation,
+            op: 0,
+            addr,
+            metadata: serde_json::to_value(&i.meta).unwrap_or_default(),
+        }
+    }
+
+    /// Decodes a value another tool may have written; garbage gives `None`, never a panic.
+    fn decode(key: &InstanceKey, value: &[u8]) -> Option<Instance> {
+        let r: Record = serde_json::from_slice(value).ok()?;
+        if r.service != key.service.as_str() || r.id != key.id.as_str() {
+            return None;
+        }
+        if r.address.is_empty() || r.port == 0 {
+            return None;
+        }
+        let ttl = if (MIN_TTL_SECONDS..=MAX_TTL_SECONDS).contains(&r.ttl_seconds) {
+            r.ttl_seconds
+        } else {
+            DEFAULT_TTL_SECONDS
+        };
+        Some(Instance {
+            key: key.clone(),
+            address: r.address,
+            port: r.port,
+            tags: r.tags,
+            meta: r.meta,
+            ttl_seconds: ttl,
+            generation: r.generation,
+        })
+    }
+}
+
+/// Connects one etcd client (one HTTP/2 channel over all endpoints) and proves it.
+pub struct EtcdConnect {
+    endpoints: Vec<String>,
+    options: ConnectOptions,
+    probe_key: String,
+}
+
+impl Connect for EtcdConnect {
+    type Client = Client;
+
+    async fn connect(&self) -> Result<Client, String> {
+        let mut client = Client::connect(&self.endpoints, Some(self.options.clone()))
+            .await
+            .map_err(|e| describe(&e))?;
+        probe(&mut client, &self.probe_key)
+            .await
+            .map_err(|e| describe(&e))?;
+        Ok(client)
+    }
+}
+
+async fn probe(client: &mut Client, probe_key: &str) -> Result<(), etcd_client::Error> {
+    client
+        .get(
+            probe_key,
+            Some(GetOptions::new().with_prefix().with_keys_only().with_limit(1)),
+        )
+        .await
+        .map(drop)
+}
+
+pub struct Etcd {
+    prefix: String,
+    pool: Arc<WarmPool<EtcdConnect>>,
+}
+
+impl Etcd {
+    pub fn new(cfg: &EtcdConfig) -> Result<(Self, Arc<WarmPool<EtcdConnect>>), String> {
+        let mut options = ConnectOptions::new()
+            .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
+            .with_keep_alive_while_idle(true)
+            .with_tcp_keepalive(TCP_KEEPALIVE)
+            .with_connect_timeout(CONNECT_TIMEOUT);
+        if let (Some(user), Some(pass)) = (&cfg.username, &cfg.password) {
+            options = options.with_user(user.clone(), pass.expose().to_owned());
+        }
+        if cfg.endpoints.iter().any(|e| e.starts_with("https://")) {
+            let mut tls = TlsOptions::new();
+            if let Some(ca) = &cfg.ca {
+                let pem = std::fs::read(ca)
+                    .map_err(|e| format!("etcd.ca {}: {e}", ca.display()))?;
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            if let (Some(cert), Some(key)) = (&cfg.cert, &cfg.key) {
+                let c = std::fs::read(cert)
+                    .map_err(|e| format!("etcd.cert {}: {e}", cert.display()))?;
+                let k = std::fs::read(key)
+                    .map_err(|e| format!("etcd.key {}: {e}", key.display()))?;
+                tls = tls.identity(Identity::from_pem(c, k));
+            }
+            options = options.with_tls(tls);
+        }
+        let connect = EtcdConnect {
+            endpoints: cfg.endpoints.clone(),
+            options,
+            probe_key: format!("{}/", cfg.prefix),
+        };
+        let pool = WarmPool::new(KIND, connect, cfg.pool_size);
+        Ok((
+            Self {
+                prefix: cfg.prefix.clone(),
+                pool: pool.clone(),
+            },
+            pool,
+        ))
+    }
+
+    fn key(&self, key: &InstanceKey) -> String {
+        format!("{}/{}/{}", self.prefix, key.service, key.id)
+    }
+
+    async fn client(&self) -> Result<Client, RegistryError> {
+        self.pool.client().await
+    }
+
+    async fn lease_of(&self, client: &mut Client, key: &InstanceKey) -> Result<Option<i64>, RegistryError> {
+        let resp = client
+            .get(self.key(key), Some(GetOptions::new().with_keys_only()))
+            .await
+            .map_err(to_err)?;
+        Ok(resp.kvs().first().map(|kv| kv.lease()))
+    }
+}
+
+#[async_trait]
+impl Registry for Etcd {
+    fn kind(&self) -> RegistryKind {
+        KIND
+    }
+
+    async fn register(&self, instance: &Instance) -> Result<(), RegistryError> {
+        let mut client = self.client().await?;
+        let value = serde_json::to_vec(&Record::from_instance(instance))
+            .map_err(|e| RegistryError::rejected(KIND, format!("encoding the record: {e}")))?;
+        let lease = client
+            .lease_grant(i64::from(instance.ttl_seconds), None)
+            .await
+            .map_err(to_err)?
+            .id();
+        let put = client
+            .put(
+                self.key(&instance.key),
+                value,
+                Some(PutOptions::new().with_lease(lease).with_prev_key()),
+            )
+            .await
+            .map_err(to_err)?;
+        // The key moved to the new lease; the old one holds nothing now. Revoke it so it does not
+        // linger; failure only means it expires on its own.
+        if let Some(old) = put.prev_key().map(|kv| kv.lease()).filter(|l| *l != 0 && *l != lease)
+            && let Err(e) = client.lease_revoke(old).await
+        {
+            tracing::debug!(lease = old, error = %describe(&e), "revoking a replaced etcd lease failed");
+        }
+        Ok(())
+    }
+
+    async fn heartbeat(&self, key: &InstanceKey) -> Result<Liveness, RegistryError> {
+        let mut client = self.client().await?;
+        let Some(lease) = self.lease_of(&mut client, key).await? else {
+            return Ok(Liveness::Unknown);
+        };
+        if lease == 0 {
+            // A key without a lease never expires: not one twinreg wrote. Treat as lost so the
+            // heartbeat rewrites it with a lease.
+            return Ok(Liveness::Unknown);
+        }
+        let (mut keeper, mut stream) = client.lease_keep_alive(lease).await.map_err(to_err)?;
+        keeper.keep_alive().await.map_err(to_err)?;
+        match stream.message().await.map_err(to_err)? {
+            Some(resp) if resp.ttl() > 0 => Ok(Liveness::Renewed),
+            Some(_) => Ok(Liveness::Unknown),
+            None => Err(RegistryError::unavailable(
+                KIND,
+                "lease keepalive stream closed before answering",
+            )),
+        }
+    }
+
+    async fn deregister(&self, key: &InstanceKey) -> Result<bool, RegistryError> {
+        let mut client = self.client().await?;
+        let resp = client
+            .delete(self.key(key), Some(DeleteOptions::new().with_prev_key()))
+            .await
+            .map_err(to_err)?;
+        let existed = resp.deleted() > 0;
+        for lease in resp.prev_kvs().iter().map(|kv| kv.lease()).filter(|l| *l != 0) {
+            if let Err(e) = client.lease_revoke(lease).await {
+                tracing::debug!(lease, error = %describe(&e), "revoking a deregistered etcd lease failed");
+            }
+        }
+        Ok(existed)
+    }
+
+    async fn get(&self, key: &InstanceKey) -> Result<Option<Instance>, RegistryError> {
+        let mut client = self.client().await?;
+        let resp = client.get(self.key(key), None).await.map_err(to_err)?;
+        Ok(resp
+            .kvs()
+            .first()
+            .and_then(|kv| Record::decode(key, kv.value())))
+    }
+
+    async fn list(&self, service: &ServiceName) -> Result<Vec<Instance>, RegistryError> {
+        let mut client = self.client().await?;
+        let dir = format!("{}/{}/", self.prefix, service);
+        let resp = client
+            .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(to_err)?;
+        let mut out = Vec::with_capacity(resp.kvs().len());
+        for kv in resp.kvs() {
+            let Some(id) = kv.key().strip_prefix(dir.as_bytes()) else {
+                continue;
+            };
+            let key = std::str::from_utf8(id)
+                .ok()
+                .and_then(|id| InstanceId::parse(id).ok())
+                .map(|id| InstanceKey {
+                    service: service.clone(),
+                    id,
+                });
+            match key.and_then(|k| Record::decode(&k, kv.value())) {
+                Some(i) => out.push(i),
+                None => tracing::warn!(
+                    key = %String::from_utf8_lossy(kv.key()),
+                    "skipping an etcd record twinreg cannot read"
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn services(&self) -> Result<BTreeSet<ServiceName>, RegistryError> {
+        let mut client = self.client().await?;
+        let root = format!("{}/", self.prefix);
+        let resp = client
+            .get(root.as_str(), Some(GetOptions::new().with_prefix().with_keys_only()))
+            .await
+            .map_err(to_err)?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let rest = kv.key().strip_prefix(root.as_bytes())?;
+                let name = std::str::from_utf8(rest).ok()?.split('/').next()?;
+                ServiceName::parse(name).ok()
+            })
+            .collect())
+    }
+
+    async fn probe(&self) -> Result<(), RegistryError> {
+        let mut client = self.client().await?;
+        probe(&mut client, &format!("{}/", self.prefix))
+            .await
+            .map_err(to_err)
+    }
+}
+
+/// A message for an etcd error: the gRPC status message, never credentials.
+fn describe(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            format!("etcd: {} ({:?})", s.message(), s.code())
+        }
+        other => format!("etcd: {other}"),
+    }
+}
+
+fn to_err(e: etcd_client::Error) -> RegistryError {
+    use tonic::Code;
+    let msg = describe(&e);
+    match &e {
+        etcd_client::Error::GRpcStatus(s)
+            if matches!(
+                s.code(),
+                Code::PermissionDenied
+                    | Code::Unauthenticated
+                    | Code::InvalidArgument
+                    | Code::FailedPrecondition
+            ) =>
+        {
+            RegistryError::rejected(KIND, msg)
+        }
+        _ => RegistryError::unavailable(KIND, msg),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> InstanceKey {
+        InstanceKey::parse("payments", "pay-1").unwrap()
+    }
+
+    #[test]
+    fn record_has_resolver_fields() {
+        let i = Instance {
+            key: key(),
+            address: "::1".into(),
+            port: 8080,
+            tags: vec!["v2".into()],
+            meta: [("zone".to_string(), "eu-1a".to_string())].into(),
+            ttl_seconds: 30,
+            generation: 7,
+        };
+        let v = serde_json::to_value(Record::from_instance(&i)).unwrap();
+        assert_eq!(v["Op"], 0);
+        assert_eq!(v["Addr"], "[::1]:8080");
+        assert_eq!(v["Metadata"]["zone"], "eu-1a");
+        assert_eq!(v["ttl_seconds"], 30);
+        let back = Record::decode(&key(), &serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(back, i);
+    }
+
+    #[test]
+    fn garbage_decodes_to_none() {
+        for bad in [&b"not json"[..], b"{}", b"[1]", br#"{"service":"other","id":"pay-1","address":"h","port":1}"#] {
+            assert!(Record::decode(&key(), bad).is_none());
+        }
+    }
+}

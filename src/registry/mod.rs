@@ -1,0 +1,118 @@
+//! The registry trait and one adapter per registry. The coordinator speaks only this trait.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::error::RegistryError;
+use crate::model::{Instance, InstanceKey, ServiceName};
+
+pub mod consul;
+pub mod etcd;
+
+/// Which registry. The primary is etcd: its record wins where the two disagree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistryKind {
+    Etcd,
+    Consul,
+}
+
+impl RegistryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Etcd => "etcd",
+            Self::Consul => "consul",
+        }
+    }
+}
+
+impl fmt::Display for RegistryKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a registry said about an instance a heartbeat named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// It holds the instance and its TTL was renewed.
+    Renewed,
+    /// It does not hold the instance (never registered, deregistered, or expired).
+    Unknown,
+}
+
+/// Everything twinreg needs from a registry.
+#[async_trait]
+pub trait Registry: Send + Sync + 'static {
+    fn kind(&self) -> RegistryKind;
+
+    /// Idempotent upsert: afterwards exactly one record for the key exists, equal to `instance`,
+    /// with a full TTL.
+    async fn register(&self, instance: &Instance) -> Result<(), RegistryError>;
+
+    /// Renews the instance's TTL if the registry holds it.
+    async fn heartbeat(&self, key: &InstanceKey) -> Result<Liveness, RegistryError>;
+
+    /// Removes the instance; `Ok(true)` when it existed.
+    async fn deregister(&self, key: &InstanceKey) -> Result<bool, RegistryError>;
+
+    /// The record the registry holds for the key, alive or not.
+    async fn get(&self, key: &InstanceKey) -> Result<Option<Instance>, RegistryError>;
+
+    /// The live instances of one service.
+    async fn list(&self, service: &ServiceName) -> Result<Vec<Instance>, RegistryError>;
+
+    /// Names of services that may hold twinreg instances.
+    async fn services(&self) -> Result<BTreeSet<ServiceName>, RegistryError>;
+
+    /// A cheap round trip proving the registry answers.
+    async fn probe(&self) -> Result<(), RegistryError>;
+}
+
+/// A registry's state as `/readyz` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistryState {
+    /// Never answered yet (start-up).
+    Connecting,
+    /// Answered its last call.
+    Up,
+    /// Its last call failed.
+    Down,
+}
+
+/// The last known state of a registry, shared by the probe loop, the coordinator and `/readyz`.
+#[derive(Debug, Default)]
+pub struct Health(AtomicU8);
+
+impl Health {
+    pub fn get(&self) -> RegistryState {
+        match self.0.load(Ordering::Relaxed) {
+            0 => RegistryState::Connecting,
+            1 => RegistryState::Up,
+            _ => RegistryState::Down,
+        }
+    }
+
+    pub fn set(&self, state: RegistryState) {
+        let v = match state {
+            RegistryState::Connecting => 0,
+            RegistryState::Up => 1,
+            RegistryState::Down => 2,
+        };
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    /// Records the outcome of a call: any answer proves the registry is up.
+    pub fn observe<T>(&self, r: &Result<T, RegistryError>) {
+        match r {
+            Ok(_) => self.set(RegistryState::Up),
+            Err(e) if e.retryable() => self.set(RegistryState::Down),
+            Err(_) => self.set(RegistryState::Up),
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The repairer: re-drives a write that a registry missed until it lands.
+//!
+//! One task per (registry, instance), retrying with exponential backoff and full jitter (so the
+//! retries of many instances spread out instead of firing together), with no give-up while the
+//! instance is alive. A newer write for the same instance supersedes a queued one (a late repair
+//! never undoes a newer write), and a register repair is dropped once its instance stopped
+//! heartbeating past its TTL.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cache::RecordCache;
+use crate::metrics::{Metrics, RegistryLabels};
+use crate::model::{Instance, InstanceKey};
+use crate::registry::{Registry, RegistryKind};
+
+pub const BACKOFF_BASE: Duration = Duration::from_millis(200);
+pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+/// A write to re-drive.
+#[derive(Debug, Clone)]
+pub enum RepairOp {
+    Register(Instance),
+    Deregister(InstanceKey),
+}
+
+impl RepairOp {
+    fn key(&self) -> &InstanceKey {
+        match self {
+            Self::Register(i) => &i.key,
+            Self::Deregister(k) => k,
+        }
+    }
+}
+
+/// Full jitter: a uniformly random delay in `[0, min(cap, base * 2^attempt)]`.
+pub fn full_jitter(attempt: u32) -> Duration {
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(2u32.saturating_pow(attempt.min(20)))
+        .min(BACKOFF_CAP);
+    Duration::from_micros(rand::rng().random_range(0..=ceiling.as_micros() as u64))
+}
+
+pub struct Repairer {
+    registries: Vec<(Arc<dyn Registry>, Duration)>,
+    cache: Arc<RecordCache>,
+    metrics: Arc<Metrics>,
+    pending: Mutex<HashMap<(RegistryKind, InstanceKey), u64>>,
+    tickets: AtomicU64,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Repairer {
+    pub fn new(
+        registries: Vec<(Arc<dyn Registry>, Duration)>,
+        cache: Arc<RecordCache>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            registries,
+            cache,
+            metrics,
+            pending: Mutex::default(),
+            tickets: AtomicU64::new(1),
+            tracker: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+        })
+    }
+
+    /// Number of writes still being re-driven.
+    pub fn pending(&self) -> usize {
+        self.pending.lock().expect("not poisoned").len()
+    }
+
+    /// Cancels any queued repair of `key` on `kind` (a newer write reached it directly).
+    pub fn settle(&self, kind: RegistryKind, key: &InstanceKey) {
+        let mut p = self.pending.lock().expect("not poisoned");
+        if p.remove(&(kind, key.clone())).is_some() {
+            self.gauge(kind, p.iter().filter(|((k, _), _)| *k == kind).count());
+        }
+    }
+
+    /// Queues `op` for `kind`, superseding any earlier repair of the same instance there.
+    pub fn submit(self: &Arc<Self>, kind: RegistryKind, op: RepairOp) {
+        if self.tracker.is_closed() {
+            tracing::warn!(registry = %kind, instance = %op.key(), "shutting down: repair not queued");
+            return;
+        }
+        let Some((registry, deadline)) = self.registries.iter().find(|(r, _)| r.kind() == kind).cloned() else {
+            return;
+        };
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut p = self.pending.lock().expect("not poisoned");
+            p.insert((kind, op.key().clone()), ticket);
+            self.gauge(kind, p.iter().filter(|((k, _), _)| *k == kind).count());
+        }
+        let this = self.clone();
+        self.tracker.spawn(async move { this.drive(registry, deadline, op, ticket).await });
+    }
+
+    fn gauge(&self, kind: RegistryKind, n: usize) {
+        self.metrics
+            .repairs_pending
+            .get_or_create(&RegistryLabels { registry: kind.as_str() })
+            .set(n as i64);
+    }
+
+    fn current(&self, kind: RegistryKind, key: &InstanceKey, ticket: u64) -> bool {
+        self.pending.lock().expect("not poisoned").get(&(kind, key.clone())) == Some(&ticket)
+    }
+
+    async fn drive(self: Arc<Self>, registry: Arc<dyn Registry>, deadline: Duration, op: RepairOp, ticket: u64) {
+        let kind = registry.kind();
+        let key = op.key().clone();
+        let mut attempt = 0u32;
+        loop {
+            let delay = full_jitter(attempt);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.cancel.cancelled() => return,
+            }
+            attempt = attempt.saturating_add(1);
+            if !self.current(kind, &key, ticket) {
+                return;
+            }
+            if let RepairOp::Register(i) = &op
+                && !self.cache.is_alive(&i.key, i.generation)
+            {
+                tracing::info!(registry = %kind, instance = %key, "instance no longer alive at this generation: repair dropped");
+                self.settle_ticket(kind, &key, ticket);
+                return;
+            }
+            let result = tokio::time::timeout(deadline, async {
+                match &op {
+                    RepairOp::Register(i) => registry.register(i).await,
+                    RepairOp::Deregister(k) => registry.deregister(k).await.map(drop),
+                }
+            })
+            .await;
+            match result {
+                Ok(Ok(())) => {
+                    tracing::info!(registry = %kind, instance = %key, attempts = attempt, "repair landed");
+                    self.metrics
+                        .repairs_done
+                        .get_or_create(&RegistryLabels { registry: kind.as_str() })
+                        .inc();
+                    self.settle_ticket(kind, &key, ticket);
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(registry = %kind, instance = %key, attempt, error = %e, "repair attempt failed");
+                }
+                Err(_) => {
+                    tracing::debug!(registry = %kind, instance = %key, attempt, "repair attempt timed out");
+                }
+            }
+        }
+    }
+
+    fn settle_ticket(&self, kind: RegistryKind, key: &InstanceKey, ticket: u64) {
+        if self.current(kind, key, ticket) {
+            self.settle(kind, key);
+        }
+    }
+
+    /// Stops taking repairs, gives pending ones up to `grace` to land, then cancels the rest.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+            tracing::warn!(pending = self.pending(), "shutdown grace over: abandoning pending repairs");
+        }
+        self.cancel.cancel();
+        self.tracker.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_jitter_stays_under_the_ceiling() {
+        for attempt in 0..40 {
+            let ceiling = BACKOFF_BASE.saturating_mul(2u32.saturating_pow(attempt.min(20))).min(BACKOFF_CAP);
+            for _ in 0..50 {
+                assert!(full_jitter(attempt) <= ceiling);
+            }
+        }
+        let spread: std::collections::HashSet<_> = (0..50).map(|_| full_jitter(10)).collect();
+        assert!(spread.len() > 10, "delays must differ, got {spread:?}");
+    }
+}

@@ -1,0 +1,431 @@
+//! The coordinator: the one place that writes to both registries.
+//!
+//! Every operation goes to all registries concurrently, each bounded by its own deadline, so a
+//! hung registry can never hold a response past it. Success on either registry is success; a
+//! registry that missed a write is handed to the [`Repairer`]. The outcome of each registry is
+//! reported back so the client can see what happened where.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use serde::Serialize;
+use serde::ser::SerializeMap;
+
+use crate::cache::RecordCache;
+use crate::error::RegistryError;
+use crate::metrics::Metrics;
+use crate::model::{Instance, InstanceKey, ServiceName};
+use crate::registry::{Health, Liveness, Registry, RegistryKind, RegistryState};
+use crate::repair::{RepairOp, Repairer};
+
+/// One registry as the coordinator sees it.
+pub struct Member {
+    pub registry: Arc<dyn Registry>,
+    pub deadline: Duration,
+    pub health: Health,
+}
+
+/// What one registry did with one operation.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub registry: RegistryKind,
+    pub latency: Duration,
+    pub error: Option<String>,
+    /// A heartbeat found the instance missing here and wrote it back.
+    pub restored: bool,
+}
+
+impl Serialize for Outcome {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("ok", &self.error.is_none())?;
+        match &self.error {
+            None => m.serialize_entry("latency_ms", &(self.latency.as_millis() as u64))?,
+            Some(e) => m.serialize_entry("error", e)?,
+        }
+        if self.restored {
+            m.serialize_entry("restored", &true)?;
+        }
+        m.end()
+    }
+}
+
+/// The per-registry outcomes of one operation, serialized as `{"etcd": {...}, "consul": {...}}`.
+#[derive(Debug, Clone, Default)]
+pub struct Outcomes(pub Vec<Outcome>);
+
+impl Serialize for Outcomes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for o in &self.0 {
+            m.serialize_entry(o.registry.as_str(), o)?;
+        }
+        m.end()
+    }
+}
+
+impl Outcomes {
+    pub fn degraded(&self) -> bool {
+        self.0.iter().any(|o| o.error.is_some())
+    }
+}
+
+/// Why an operation could not be answered with success.
+#[derive(Debug)]
+pub enum Failure {
+    /// No registry accepted or answered.
+    Unavailable(Outcomes),
+    /// Every registry that answered does not know the instance.
+    UnknownInstance(Outcomes),
+}
+
+/// A register, heartbeat or deregister that succeeded on at least one registry.
+#[derive(Debug)]
+pub struct WriteReport {
+    pub outcomes: Outcomes,
+    /// Deregister only: some registry held the instance.
+    pub existed: bool,
+}
+
+/// The merged view of one service.
+#[derive(Debug)]
+pub struct ServiceView {
+    pub instances: Vec<(Instance, Vec<RegistryKind>)>,
+    pub outcomes: Outcomes,
+}
+
+pub struct Coordinator {
+    members: Vec<Member>,
+    cache: Arc<RecordCache>,
+    metrics: Arc<Metrics>,
+    repair: Arc<Repairer>,
+}
+
+impl Coordinator {
+    /// `members[0]` is the primary: its record wins where registries disagree.
+    pub fn new(members: Vec<Member>, metrics: Arc<Metrics>) -> Arc<Self> {
+        let cache = Arc::new(RecordCache::default());
+        let repair = Repairer::new(
+            members.iter().map(|m| (m.registry.clone(), m.deadline)).collect(),
+            cache.clone(),
+            metrics.clone(),
+        );
+        for m in &members {
+            metrics.set_state(m.registry.kind(), RegistryState::Connecting);
+        }
+        Arc::new(Self {
+            members,
+            cache,
+            metrics,
+            repair,
+        })
+    }
+
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    pub fn repairer(&self) -> &Arc<Repairer> {
+        &self.repair
+    }
+
+    pub fn cache(&self) -> &RecordCache {
+        &self.cache
+    }
+
+    /// Runs `op` on one member within its deadline, recording latency, outcome and health.
+    async fn call<T, F, Fut>(&self, m: &Member, op: &'static str, f: F) -> (Result<T, RegistryError>, Duration)
+    where
+        F: FnOnce(Arc<dyn Registry>) -> Fut,
+        Fut: Future<Output = Result<T, RegistryError>>,
+    {
+        let kind = m.registry.kind();
+        let start = Instant::now();
+        let result = match tokio::time::timeout(m.deadline, f(m.registry.clone())).await {
+            Ok(r) => r,
+            Err(_) => Err(RegistryError::timeout(kind, m.deadline)),
+        };
+        let took = start.elapsed();
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => match e.kind {
+                crate::error::RegistryErrorKind::Timeout => "timeout",
+                crate::error::RegistryErrorKind::Rejected => "rejected",
+                crate::error::RegistryErrorKind::Unavailable => "error",
+            },
+        };
+        self.metrics.observe_op(kind, op, outcome, took);
+        let before = m.health.get();
+        m.health.observe(&result);
+        let after = m.health.get();
+        if before != after {
+            self.metrics.set_state(kind, after);
+        }
+        (result, took)
+    }
+
+    fn outcome<T>(kind: RegistryKind, r: &Result<T, RegistryError>, took: Duration) -> Outcome {
+        Outcome {
+            registry: kind,
+            latency: took,
+            error: r.as_ref().err().map(|e| e.to_string()),
+            restored: false,
+        }
+    }
+
+    pub async fn register(&self, instance: Instance) -> Result<WriteReport, Failure> {
+        let results = join_all(self.members.iter().map(|m| {
+            let i = &instance;
+            async move { self.call(m, "register", |r| async move { r.register(i).await }).await }
+        }))
+        .await;
+        let outcomes = Outcomes(
+            self.members
+                .iter()
+                .zip(&results)
+                .map(|(m, (r, took))| Self::outcome(m.registry.kind(), r, *took))
+                .collect(),
+        );
+        if results.iter().all(|(r, _)| r.is_err()) {
+            return Err(Failure::Unavailable(outcomes));
+        }
+        self.cache.put(&instance);
+        for (m, (r, _)) in self.members.iter().zip(&results) {
+            let kind = m.registry.kind();
+            match r {
+                Ok(()) => self.repair.settle(kind, &instance.key),
+                Err(_) => self.repair.submit(kind, RepairOp::Register(instance.clone())),
+            }
+        }
+        Ok(WriteReport {
+            outcomes,
+            existed: false,
+        })
+    }
+
+    pub async fn heartbeat(&self, key: &InstanceKey) -> Result<WriteReport, Failure> {
+        let results = join_all(
+            self.members
+                .iter()
+                .map(|m| self.call(m, "heartbeat", |r| async move { r.heartbeat(key).await })),
+        )
+        .await;
+        let mut outcomes: Vec<Outcome> = self
+            .members
+            .iter()
+            .zip(&results)
+            .map(|(m, (r, took))| Self::outcome(m.registry.kind(), r, *took))
+            .collect();
+        let renewed: Vec<usize> = (0..results.len())
+            .filter(|i| matches!(results[*i].0, Ok(Liveness::Renewed)))
+            .collect();
+        let unknown: Vec<usize> = (0..results.len())
+            .filter(|i| matches!(results[*i].0, Ok(Liveness::Unknown)))
+            .collect();
+        if renewed.is_empty() && unknown.is_empty() {
+            return Err(Failure::Unavailable(Outcomes(outcomes)));
+        }
+        let any_failed = renewed.len() + unknown.len() < results.len();
+        if renewed.is_empty() && !any_failed {
+            // Every registry answered and none knows it: the client must register again.
+            self.cache.remove(key);
+            for o in &mut outcomes {
+                o.error = Some("unknown instance".into());
+            }
+            return Err(Failure::UnknownInstance(Outcomes(outcomes)));
+        }
+        // The freshest record to restore from: a registry that still holds it, else the cache.
+        let mut record = None;
+        if !unknown.is_empty() {
+            for &i in &renewed {
+                let (got, _) = self
+                    .call(&self.members[i], "get", |r| async move { r.get(key).await })
+                    .await;
+                if let Ok(Some(found)) = got {
+                    record = Some(found);
+                    break;
+                }
+            }
+            if record.is_none() {
+                record = self.cache.get(key);
+            }
+        }
+        let Some(record) = record.filter(|_| !unknown.is_empty()) else {
+            if renewed.is_empty() {
+                // Nobody reachable knows it and there is nothing to restore from.
+                return Err(Failure::UnknownInstance(Outcomes(outcomes)));
+            }
+            for &i in &unknown {
+                outcomes[i].error = Some("instance missing here and no record to restore it from".into());
+            }
+            self.cache.touch(key);
+            return Ok(WriteReport {
+                outcomes: Outcomes(outcomes),
+                existed: true,
+            });
+        };
+        let mut restored_any = !renewed.is_empty();
+        self.cache.put(&record);
+        for &i in &unknown {
+            let m = &self.members[i];
+            let rec = &record;
+            let (r, took) = self
+                .call(m, "restore", |reg| async move { reg.register(rec).await })
+                .await;
+            let mut o = Self::outcome(m.registry.kind(), &r, outcomes[i].latency + took);
+            o.restored = r.is_ok();
+            if r.is_ok() {
+                restored_any = true;
+                tracing::info!(registry = %m.registry.kind(), instance = %key, "heartbeat restored an instance the registry had lost");
+            } else {
+                self.repair.submit(m.registry.kind(), RepairOp::Register(record.clone()));
+            }
+            outcomes[i] = o;
+        }
+        if !restored_any {
+            return Err(Failure::Unavailable(Outcomes(outcomes)));
+        }
+        Ok(WriteReport {
+            outcomes: Outcomes(outcomes),
+            existed: true,
+        })
+    }
+
+    pub async fn deregister(&self, key: &InstanceKey) -> Result<WriteReport, Failure> {
+        let results = join_all(
+            self.members
+                .iter()
+                .map(|m| self.call(m, "deregister", |r| async move { r.deregister(key).await })),
+        )
+        .await;
+        let outcomes = Outcomes(
+            self.members
+                .iter()
+                .zip(&results)
+                .map(|(m, (r, took))| Self::outcome(m.registry.kind(), r, *took))
+                .collect(),
+        );
+        if results.iter().all(|(r, _)| r.is_err()) {
+            return Err(Failure::Unavailable(outcomes));
+        }
+        self.cache.remove(key);
+        let existed = results.iter().any(|(r, _)| matches!(r, Ok(true)));
+        for (m, (r, _)) in self.members.iter().zip(&results) {
+            let kind = m.registry.kind();
+            match r {
+                Ok(_) => self.repair.settle(kind, key),
+                Err(_) => self.repair.submit(kind, RepairOp::Deregister(key.clone())),
+            }
+        }
+        Ok(WriteReport { outcomes, existed })
+    }
+
+    /// The union of all registries' live instances of `service`, one per id, the primary's
+    /// record winning, each with the registries it was found in.
+    pub async fn list(&self, service: &ServiceName) -> Result<ServiceView, Failure> {
+        let results = join_all(
+            self.members
+                .iter()
+                .map(|m| self.call(m, "list", |r| async move { r.list(service).await })),
+        )
+        .await;
+        let mut merged: BTreeMap<InstanceKey, (Instance, Vec<RegistryKind>)> = BTreeMap::new();
+        let mut outcomes = Vec::new();
+        for (m, (r, took)) in self.members.iter().zip(results) {
+            let kind = m.registry.kind();
+            outcomes.push(Self::outcome(kind, &r, took));
+            for inst in r.unwrap_or_default() {
+                merged
+                    .entry(inst.key.clone())
+                    .and_modify(|(_, sources)| sources.push(kind))
+                    .or_insert_with(|| (inst, vec![kind]));
+            }
+        }
+        let outcomes = Outcomes(outcomes);
+        if outcomes.0.iter().all(|o| o.error.is_some()) {
+            return Err(Failure::Unavailable(outcomes));
+        }
+        Ok(ServiceView {
+            instances: merged.into_values().collect(),
+            outcomes,
+        })
+    }
+
+    /// Names of services any registry holds, with their merged instance counts (services with
+    /// no live instance are left out).
+    pub async fn services(&self) -> Result<(Vec<(ServiceName, usize)>, Outcomes), Failure> {
+        let results = join_all(
+            self.members
+                .iter()
+                .map(|m| self.call(m, "services", |r| async move { r.services().await })),
+        )
+        .await;
+        let mut names = BTreeSet::new();
+        let mut outcomes = Vec::new();
+        for (m, (r, took)) in self.members.iter().zip(results) {
+            outcomes.push(Self::outcome(m.registry.kind(), &r, took));
+            names.extend(r.unwrap_or_default());
+        }
+        let outcomes = Outcomes(outcomes);
+        if outcomes.0.iter().all(|o| o.error.is_some()) {
+            return Err(Failure::Unavailable(outcomes));
+        }
+        let views = join_all(names.into_iter().map(|name| async move {
+            let n = self.list(&name).await.map(|v| v.instances.len()).unwrap_or(0);
+            (name, n)
+        }))
+        .await;
+        Ok((views.into_iter().filter(|(_, n)| *n > 0).collect(), outcomes))
+    }
+
+    /// Probes every registry once, updating health; true when at least one answered.
+    pub async fn probe_all(&self) -> bool {
+        let results = join_all(
+            self.members
+                .iter()
+                .map(|m| self.call(m, "probe", |r| async move { r.probe().await })),
+        )
+        .await;
+        results.iter().any(|(r, _)| r.is_ok())
+    }
+
+    /// True when at least one registry is up (`/readyz`).
+    pub fn ready(&self) -> bool {
+        self.members.iter().any(|m| m.health.get() == RegistryState::Up)
+    }
+}
+
+/// A content index for a service's instance set: equal sets give equal indexes on every replica,
+/// any change gives a different one. Never 0, and below 2^53 so JSON clients read it exactly.
+pub fn view_index(view: &[(Instance, Vec<RegistryKind>)]) -> u64 {
+    // FNV-1a over a canonical rendering: stable across processes and releases.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    };
+    for (i, sources) in view {
+        eat(i.key.id.as_str().as_bytes());
+        eat(i.address.as_bytes());
+        eat(&i.port.to_be_bytes());
+        eat(&i.ttl_seconds.to_be_bytes());
+        for t in &i.tags {
+            eat(t.as_bytes());
+        }
+        for (k, v) in &i.meta {
+            eat(k.as_bytes());
+            eat(v.as_bytes());
+        }
+        for s in sources {
+            eat(s.as_str().as_bytes());
+        }
+    }
+    (h & ((1 << 53) - 1)).max(1)
+}

@@ -1,0 +1,208 @@
+//! Wiring and lifecycle: builds the registries, the coordinator and the front, serves both
+//! listeners, and drains on shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use crate::api::{self, AppState};
+use crate::authz::{Authorizer, Peer};
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::registry::consul::Consul;
+use crate::registry::etcd::Etcd;
+use crate::registry::{Health, Registry};
+use crate::replicate::{Coordinator, Member};
+
+/// A client that has not finished its TLS handshake by then is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often registries are probed for `/readyz` and the `registry_up` metric.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// The cache forgets instances silent for twice their TTL; this is how often it looks.
+const CACHE_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The two bound sockets. Bind them first (port 0 works) so a caller knows the addresses.
+pub struct Listeners {
+    pub public: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(settings: &Settings) -> std::io::Result<Self> {
+        Ok(Self {
+            public: TcpListener::bind(settings.listen).await?,
+            admin: TcpListener::bind(settings.admin_listen).await?,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    Registry(String),
+    #[error("admin listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves until `shutdown` resolves, then drains: `/readyz` turns 503 at once, in-flight requests
+/// and pending repairs get `server.shutdown_grace`, then connections close.
+pub async fn run(
+    settings: Settings,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let tls = crate::tls::server_config(
+        &settings.raw.tls.cert,
+        &settings.raw.tls.key,
+        &settings.raw.tls.client_ca,
+    )?;
+    let metrics = Metrics::new();
+    let (etcd, etcd_pool) = Etcd::new(&settings.raw.etcd).map_err(RunError::Registry)?;
+    let (consul, consul_pool) = Consul::new(&settings).map_err(RunError::Registry)?;
+    let members = vec![
+        member(Arc::new(etcd), settings.raw.etcd.timeout_ms),
+        member(Arc::new(consul), settings.raw.consul.timeout_ms),
+    ];
+    let coordinator = Coordinator::new(members, metrics.clone());
+    let stop = CancellationToken::new();
+    let state = AppState {
+        coordinator: coordinator.clone(),
+        authz: Authorizer::new(&settings.raw.authz),
+        metrics,
+        shutdown: stop.clone(),
+    };
+
+    let background = TaskTracker::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    {
+        let c = coordinator.clone();
+        let rx = stop_rx.clone();
+        background.spawn(async move {
+            etcd_pool.warm_up(rx).await;
+            c.probe_all().await;
+        });
+        let c = coordinator.clone();
+        let rx = stop_rx.clone();
+        background.spawn(async move {
+            consul_pool.warm_up(rx).await;
+            c.probe_all().await;
+        });
+        background.spawn(probe_loop(coordinator.clone(), stop.clone()));
+    }
+
+    let admin = axum::serve(listeners.admin, api::admin::router(state.clone()))
+        .with_graceful_shutdown({
+            let stop = stop.clone();
+            async move { stop.cancelled().await }
+        });
+    let admin_task = tokio::spawn(async move { admin.await });
+
+    let public_addr = listeners.public.local_addr()?;
+    tracing::info!(listen = %public_addr, "twinreg serving");
+    let graceful = GracefulShutdown::new();
+    let router = api::http::router(state.clone());
+    let acceptor = TlsAcceptor::from(tls);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listeners.public.accept() => {
+                let (tcp, remote) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let router = router.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%remote, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let peer = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| Peer::from_der(c));
+                    let svc = router.map_request(move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+                        if let Some(p) = &peer {
+                            req.extensions_mut().insert(p.clone());
+                        }
+                        req
+                    });
+                    let conn = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc))
+                        .into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(%remote, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+        }
+    }
+
+    // Drain: readiness first, then in-flight requests, then pending repairs.
+    tracing::info!("shutdown: /readyz now 503, draining connections");
+    stop.cancel();
+    let _ = stop_tx.send(true);
+    drop(listeners.public);
+    let grace = settings.shutdown_grace;
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("shutdown grace over: closing remaining connections");
+    }
+    coordinator.repairer().shutdown(grace).await;
+    background.close();
+    background.wait().await;
+    let _ = admin_task.await;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+fn member(registry: Arc<dyn Registry>, timeout_ms: u64) -> Member {
+    Member {
+        registry,
+        deadline: Duration::from_millis(timeout_ms),
+        health: Health::default(),
+    }
+}
+
+async fn probe_loop(coordinator: Arc<Coordinator>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    let mut last_sweep = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        coordinator.probe_all().await;
+        if last_sweep.elapsed() >= CACHE_SWEEP_INTERVAL {
+            coordinator.cache().evict_expired();
+            last_sweep = tokio::time::Instant::now();
+        }
+    }
+}
