@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what building and testing twinreg needs on a fresh Debian machine with only the Rust
+# toolchain: protoc (etcd-client's build), etcd (the tests' real primary registry), curl.
+# Idempotent: installs only what is missing. Consul cannot be installed from Debian; the tests and
+# the dev script use a real `consul` when one is on PATH (or CONSUL_BIN), else mini-consul.
+set -euo pipefail
+
+need=()
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+command -v etcd >/dev/null 2>&1 || [ -n "${ETCD_BIN:-}" ] || need+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+# Debian's etcd-server package starts a system etcd on 2379; the tests and the dev script use
+# their own ports, so it is harmless, but stop it to keep the machine quiet.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
+  systemctl stop etcd || true
+fi
+echo "setup: etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}'), protoc $(protoc --version | awk '{print $2}')"

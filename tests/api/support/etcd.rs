@@ -1,0 +1,117 @@
+//! A real etcd on free loopback ports, with its own data directory.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use etcd_client::{Client, GetOptions};
+
+use super::{eventually, find_binary, free_port};
+
+pub struct Etcd {
+    bin: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    pub async fn start() -> Etcd {
+        Self::start_on(free_port()).await
+    }
+
+    /// Starts on a given client port (for tests that point twinreg at it before it exists).
+    pub async fn start_on(client_port: u16) -> Etcd {
+        let bin = find_binary("ETCD_BIN", "etcd").unwrap_or_else(|| {
+            panic!(
+                "etcd not found: these tests need a real etcd. Install it (apt-get install etcd-server) \
+                 or set ETCD_BIN to the etcd binary"
+            )
+        });
+        let mut e = Etcd {
+            bin,
+            dir: tempfile::tempdir().unwrap(),
+            client_port,
+            peer_port: free_port(),
+            child: None,
+        };
+        e.spawn().await;
+        e
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    async fn spawn(&mut self) {
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = Command::new(&self.bin)
+            .arg("--name=t")
+            .arg(format!("--data-dir={}", self.dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls={}", self.endpoint()))
+            .arg(format!("--advertise-client-urls={}", self.endpoint()))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=t={peer}"))
+            .arg("--log-level=error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting etcd");
+        self.child = Some(child);
+        let ep = self.endpoint();
+        eventually(Duration::from_secs(20), "etcd to answer", || {
+            let ep = ep.clone();
+            async move {
+                let mut c = Client::connect([ep], None).await.ok()?;
+                c.status().await.ok().map(drop)
+            }
+        })
+        .await;
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("etcd running").id()
+    }
+
+    /// SIGKILL, leaving the data directory.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same ports with the same data.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect([self.endpoint()], None).await.expect("connecting to etcd")
+    }
+
+    /// Every key under `prefix`, with its value.
+    pub async fn dump(&self, prefix: &str) -> Vec<(String, serde_json::Value, i64)> {
+        let mut c = self.client().await;
+        let resp = c.get(prefix, Some(GetOptions::new().with_prefix())).await.unwrap();
+        resp.kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    kv.key_str().unwrap().to_owned(),
+                    serde_json::from_slice(kv.value()).unwrap_or(serde_json::Value::Null),
+                    kv.lease(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

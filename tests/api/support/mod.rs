@@ -1,0 +1,61 @@
+//! Real servers for the integration tests: etcd, Consul (real when on PATH / `CONSUL_BIN`,
+//! otherwise mini-consul) and twinreg itself, each on free loopback ports, with certificates
+//! generated at test time.
+#![allow(dead_code)]
+
+pub mod client;
+pub mod consul;
+pub mod etcd;
+pub mod gateway;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A free loopback port (bound then released; good enough on a test machine).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("binding a loopback port")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Finds a binary from an env var or PATH.
+pub fn find_binary(env: &str, name: &str) -> Option<PathBuf> {
+    if let Ok(p) = std::env::var(env) {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Some(p);
+        }
+        panic!("{env}={} does not point to a file", p.display());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Polls `f` until it returns `Some`, for at most `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends a signal to a child process.
+pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).expect("signalling a child");
+}
