@@ -138,7 +138,12 @@ mod tests {
 
     #[test]
     fn identity_prefers_uri_then_dns_then_cn() {
-        let p = Peer::from_der(&cert("cn-name", &["dns-name"], &["spiffe://td/sa/payments"])).unwrap();
+        let p = Peer::from_der(&cert(
+            "cn-name",
+            &["dns-name"],
+            &["spiffe://td/sa/payments"],
+        ))
+        .unwrap();
         assert_eq!(p.identity, "spiffe://td/sa/payments");
         let p = Peer::from_der(&cert("cn-name", &["dns-name", "other"], &[])).unwrap();
         assert_eq!(p.identity, "dns-name");

@@ -75,7 +75,9 @@ impl RecordCache {
     pub fn evict_expired(&self) -> usize {
         let mut map = self.entries.lock().expect("not poisoned");
         let before = map.len();
-        map.retain(|_, e| e.last_seen.elapsed() < Duration::from_secs(2 * u64::from(e.instance.ttl_seconds)));
+        map.retain(|_, e| {
+            e.last_seen.elapsed() < Duration::from_secs(2 * u64::from(e.instance.ttl_seconds))
+        });
         before - map.len()
     }
 

@@ -102,10 +102,14 @@ impl CertAuthority {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name = dn(&names.cn);
         for d in &names.dns {
-            params.subject_alt_names.push(SanType::DnsName(d.as_str().try_into()?));
+            params
+                .subject_alt_names
+                .push(SanType::DnsName(d.as_str().try_into()?));
         }
         for u in &names.uris {
-            params.subject_alt_names.push(SanType::URI(u.as_str().try_into()?));
+            params
+                .subject_alt_names
+                .push(SanType::URI(u.as_str().try_into()?));
         }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.issue(params)
@@ -129,7 +133,8 @@ pub fn write_dev(out: &Path, clients: &[String]) -> Result<Vec<PathBuf>, String>
     let mut written = Vec::new();
     let mut write = |name: &str, content: &str, private: bool| -> Result<(), String> {
         let path = out.join(name);
-        write_file(&path, content, private).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        write_file(&path, content, private)
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
         written.push(path);
         Ok(())
     };
@@ -138,9 +143,13 @@ pub fn write_dev(out: &Path, clients: &[String]) -> Result<Vec<PathBuf>, String>
     write("server-key.pem", &server.key_pem, true)?;
     for name in clients {
         if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
-            return Err(format!("client name '{name}' cannot be used as a file name"));
+            return Err(format!(
+                "client name '{name}' cannot be used as a file name"
+            ));
         }
-        let c = ca.client(&ClientNames::cn(name)).map_err(|e| e.to_string())?;
+        let c = ca
+            .client(&ClientNames::cn(name))
+            .map_err(|e| e.to_string())?;
         write(&format!("{name}.pem"), &c.cert_pem, false)?;
         write(&format!("{name}-key.pem"), &c.key_pem, true)?;
     }

@@ -274,7 +274,13 @@ impl Config {
         }
         check_timeout("etcd.timeout_ms", self.etcd.timeout_ms, &mut bad);
         check_pool("etcd.pool_size", self.etcd.pool_size, &mut bad);
-        check_client_tls("etcd", &self.etcd.ca, &self.etcd.cert, &self.etcd.key, &mut bad);
+        check_client_tls(
+            "etcd",
+            &self.etcd.ca,
+            &self.etcd.cert,
+            &self.etcd.key,
+            &mut bad,
+        );
         if self.etcd.username.is_some() != self.etcd.password.is_some() {
             bad(
                 "etcd.password",

@@ -165,7 +165,10 @@ impl From<ValidationError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = self.details.unwrap_or_default();
-        body.insert("error".into(), serde_json::to_value(self.code).unwrap_or_default());
+        body.insert(
+            "error".into(),
+            serde_json::to_value(self.code).unwrap_or_default(),
+        );
         body.insert("message".into(), self.message.into());
         if let Some(field) = self.field {
             body.insert("field".into(), field.into_owned().into());

@@ -1,6 +1,6 @@
 //! The `twinreg` command: `serve`, `check-config`, `certs dev`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -14,7 +14,11 @@ const EXIT_CONFIG: u8 = 64;
 const EXIT_RUNTIME: u8 = 70;
 
 #[derive(Parser)]
-#[command(name = "twinreg", version, about = "Service registration written to etcd and Consul at once")]
+#[command(
+    name = "twinreg",
+    version,
+    about = "Service registration written to etcd and Consul at once"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -57,7 +61,9 @@ enum CertsCommand {
 
 fn init_tracing(json: bool) {
     let filter = EnvFilter::try_from_env("TWINREG_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -65,7 +71,7 @@ fn init_tracing(json: bool) {
     }
 }
 
-fn load(config: &PathBuf) -> Result<twinreg::config::Settings, ExitCode> {
+fn load(config: &Path) -> Result<twinreg::config::Settings, ExitCode> {
     match Config::load(config).and_then(Config::validate) {
         Ok(s) => Ok(s),
         Err(errors) => {
@@ -111,7 +117,10 @@ fn main() -> ExitCode {
                 let listeners = match twinreg::Listeners::bind(&settings).await {
                     Ok(l) => l,
                     Err(e) => {
-                        eprintln!("twinreg: cannot bind {} / {}: {e}", settings.listen, settings.admin_listen);
+                        eprintln!(
+                            "twinreg: cannot bind {} / {}: {e}",
+                            settings.listen, settings.admin_listen
+                        );
                         return ExitCode::from(EXIT_RUNTIME);
                     }
                 };

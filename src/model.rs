@@ -147,9 +147,8 @@ impl Instance {
 /// Parses the JSON body of a register request. Unknown fields, wrong types and every limit of the
 /// API's table are rejected with the offending field named.
 pub fn parse_register_body(key: InstanceKey, body: &[u8]) -> Result<Instance, ValidationError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ValidationError::new("body", format!("is not valid JSON: {e}"))
-    })?;
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ValidationError::new("body", format!("is not valid JSON: {e}")))?;
     let Value::Object(mut obj) = value else {
         return Err(ValidationError::new("body", "must be a JSON object"));
     };
@@ -228,9 +227,15 @@ fn parse_port(v: Option<Value>) -> Result<u16, ValidationError> {
         None | Some(Value::Null) => Err(ValidationError::new(field, "is required")),
         Some(Value::Number(n)) => match n.as_u64() {
             Some(p @ 1..=65535) => Ok(p as u16),
-            _ => Err(ValidationError::new(field, "must be an integer from 1 to 65535")),
+            _ => Err(ValidationError::new(
+                field,
+                "must be an integer from 1 to 65535",
+            )),
         },
-        Some(_) => Err(ValidationError::new(field, "must be an integer from 1 to 65535")),
+        Some(_) => Err(ValidationError::new(
+            field,
+            "must be an integer from 1 to 65535",
+        )),
     }
 }
 
@@ -274,11 +279,12 @@ fn parse_tags(v: Option<Value>) -> Result<Vec<String>, ValidationError> {
             }
             Value::String(_) => Err(ValidationError::new(
                 field,
-                format!(
-                    "tags[{i}] must be 1-{MAX_TAG_LEN} characters without control characters"
-                ),
+                format!("tags[{i}] must be 1-{MAX_TAG_LEN} characters without control characters"),
             )),
-            _ => Err(ValidationError::new(field, format!("tags[{i}] must be a string"))),
+            _ => Err(ValidationError::new(
+                field,
+                format!("tags[{i}] must be a string"),
+            )),
         })
         .collect()
 }
@@ -304,17 +310,23 @@ fn parse_meta(v: Option<Value>) -> Result<BTreeMap<String, String>, ValidationEr
     let mut meta = BTreeMap::new();
     for (k, v) in obj {
         let key_ok = (1..=MAX_META_KEY_LEN).contains(&k.len())
-            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if !key_ok {
             return Err(ValidationError::new(
                 field,
-                format!("key '{}' must be 1-{MAX_META_KEY_LEN} characters of A-Z, a-z, 0-9, '_' and '-'", k.escape_debug()),
+                format!(
+                    "key '{}' must be 1-{MAX_META_KEY_LEN} characters of A-Z, a-z, 0-9, '_' and '-'",
+                    k.escape_debug()
+                ),
             ));
         }
         if k.starts_with(RESERVED_META_PREFIX) {
             return Err(ValidationError::new(
                 field,
-                format!("key '{k}' uses the prefix '{RESERVED_META_PREFIX}', which Consul reserves"),
+                format!(
+                    "key '{k}' uses the prefix '{RESERVED_META_PREFIX}', which Consul reserves"
+                ),
             ));
         }
         let Value::String(v) = v else {
@@ -372,8 +384,21 @@ mod tests {
         for ok in ["a", "payments", "pay-1", "a1", &"a".repeat(63)] {
             assert!(ServiceName::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "1pay", "-pay", "pay-", "Pay", "pay_ments", "pay.x", &"a".repeat(64)] {
-            assert_eq!(ServiceName::parse(bad).unwrap_err().field, "service", "{bad}");
+        for bad in [
+            "",
+            "1pay",
+            "-pay",
+            "pay-",
+            "Pay",
+            "pay_ments",
+            "pay.x",
+            &"a".repeat(64),
+        ] {
+            assert_eq!(
+                ServiceName::parse(bad).unwrap_err().field,
+                "service",
+                "{bad}"
+            );
         }
     }
 
@@ -411,14 +436,29 @@ mod tests {
             (r#"{"address":"10.0.0.1","port":0}"#, "port"),
             (r#"{"address":"10.0.0.1","port":65536}"#, "port"),
             (r#"{"address":"10.0.0.1","port":"80"}"#, "port"),
-            (r#"{"address":"10.0.0.1","port":80,"ttl_seconds":4}"#, "ttl_seconds"),
-            (r#"{"address":"10.0.0.1","port":80,"ttl_seconds":3601}"#, "ttl_seconds"),
+            (
+                r#"{"address":"10.0.0.1","port":80,"ttl_seconds":4}"#,
+                "ttl_seconds",
+            ),
+            (
+                r#"{"address":"10.0.0.1","port":80,"ttl_seconds":3601}"#,
+                "ttl_seconds",
+            ),
             (r#"{"address":"10.0.0.1","port":80,"tags":[""]}"#, "tags"),
-            (r#"{"address":"10.0.0.1","port":80,"tags":["a\u0007"]}"#, "tags"),
+            (
+                r#"{"address":"10.0.0.1","port":80,"tags":["a\u0007"]}"#,
+                "tags",
+            ),
             (r#"{"address":"10.0.0.1","port":80,"tags":[1]}"#, "tags"),
-            (r#"{"address":"10.0.0.1","port":80,"meta":{"a b":"x"}}"#, "meta"),
+            (
+                r#"{"address":"10.0.0.1","port":80,"meta":{"a b":"x"}}"#,
+                "meta",
+            ),
             (r#"{"address":"10.0.0.1","port":80,"meta":{"k":1}}"#, "meta"),
-            (r#"{"address":"10.0.0.1","port":80,"meta":{"consul-x":"1"}}"#, "meta"),
+            (
+                r#"{"address":"10.0.0.1","port":80,"meta":{"consul-x":"1"}}"#,
+                "meta",
+            ),
             (r#"{"address":"10.0.0.1","port":80,"extra":1}"#, "extra"),
             (r#"[1,2]"#, "body"),
             (r#"{"#, "body"),

@@ -119,11 +119,10 @@ impl<C: Connect> WarmPool<C> {
                 format!("not connected yet: {last}"),
             ));
         }
-        let obj = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| RegistryError::unavailable(self.kind, format!("connection pool: {e}")))?;
+        let obj =
+            self.pool.get().await.map_err(|e| {
+                RegistryError::unavailable(self.kind, format!("connection pool: {e}"))
+            })?;
         Ok(C::Client::clone(&obj))
     }
 }

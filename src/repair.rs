@@ -94,7 +94,12 @@ impl Repairer {
             tracing::warn!(registry = %kind, instance = %op.key(), "shutting down: repair not queued");
             return;
         }
-        let Some((registry, deadline)) = self.registries.iter().find(|(r, _)| r.kind() == kind).cloned() else {
+        let Some((registry, deadline)) = self
+            .registries
+            .iter()
+            .find(|(r, _)| r.kind() == kind)
+            .cloned()
+        else {
             return;
         };
         let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
@@ -104,21 +109,34 @@ impl Repairer {
             self.gauge(kind, p.iter().filter(|((k, _), _)| *k == kind).count());
         }
         let this = self.clone();
-        self.tracker.spawn(async move { this.drive(registry, deadline, op, ticket).await });
+        self.tracker
+            .spawn(async move { this.drive(registry, deadline, op, ticket).await });
     }
 
     fn gauge(&self, kind: RegistryKind, n: usize) {
         self.metrics
             .repairs_pending
-            .get_or_create(&RegistryLabels { registry: kind.as_str() })
+            .get_or_create(&RegistryLabels {
+                registry: kind.as_str(),
+            })
             .set(n as i64);
     }
 
     fn current(&self, kind: RegistryKind, key: &InstanceKey, ticket: u64) -> bool {
-        self.pending.lock().expect("not poisoned").get(&(kind, key.clone())) == Some(&ticket)
+        self.pending
+            .lock()
+            .expect("not poisoned")
+            .get(&(kind, key.clone()))
+            == Some(&ticket)
     }
 
-    async fn drive(self: Arc<Self>, registry: Arc<dyn Registry>, deadline: Duration, op: RepairOp, ticket: u64) {
+    async fn drive(
+        self: Arc<Self>,
+        registry: Arc<dyn Registry>,
+        deadline: Duration,
+        op: RepairOp,
+        ticket: u64,
+    ) {
         let kind = registry.kind();
         let key = op.key().clone();
         let mut attempt = 0u32;
@@ -151,7 +169,9 @@ impl Repairer {
                     tracing::info!(registry = %kind, instance = %key, attempts = attempt, "repair landed");
                     self.metrics
                         .repairs_done
-                        .get_or_create(&RegistryLabels { registry: kind.as_str() })
+                        .get_or_create(&RegistryLabels {
+                            registry: kind.as_str(),
+                        })
                         .inc();
                     self.settle_ticket(kind, &key, ticket);
                     return;
@@ -175,8 +195,14 @@ impl Repairer {
     /// Stops taking repairs, gives pending ones up to `grace` to land, then cancels the rest.
     pub async fn shutdown(&self, grace: Duration) {
         self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
-            tracing::warn!(pending = self.pending(), "shutdown grace over: abandoning pending repairs");
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                pending = self.pending(),
+                "shutdown grace over: abandoning pending repairs"
+            );
         }
         self.cancel.cancel();
         self.tracker.wait().await;
@@ -190,7 +216,9 @@ mod tests {
     #[test]
     fn full_jitter_stays_under_the_ceiling() {
         for attempt in 0..40 {
-            let ceiling = BACKOFF_BASE.saturating_mul(2u32.saturating_pow(attempt.min(20))).min(BACKOFF_CAP);
+            let ceiling = BACKOFF_BASE
+                .saturating_mul(2u32.saturating_pow(attempt.min(20)))
+                .min(BACKOFF_CAP);
             for _ in 0..50 {
                 assert!(full_jitter(attempt) <= ceiling);
             }

@@ -109,7 +109,10 @@ impl Coordinator {
     pub fn new(members: Vec<Member>, metrics: Arc<Metrics>) -> Arc<Self> {
         let cache = Arc::new(RecordCache::default());
         let repair = Repairer::new(
-            members.iter().map(|m| (m.registry.clone(), m.deadline)).collect(),
+            members
+                .iter()
+                .map(|m| (m.registry.clone(), m.deadline))
+                .collect(),
             cache.clone(),
             metrics.clone(),
         );
@@ -137,7 +140,12 @@ impl Coordinator {
     }
 
     /// Runs `op` on one member within its deadline, recording latency, outcome and health.
-    async fn call<T, F, Fut>(&self, m: &Member, op: &'static str, f: F) -> (Result<T, RegistryError>, Duration)
+    async fn call<T, F, Fut>(
+        &self,
+        m: &Member,
+        op: &'static str,
+        f: F,
+    ) -> (Result<T, RegistryError>, Duration)
     where
         F: FnOnce(Arc<dyn Registry>) -> Fut,
         Fut: Future<Output = Result<T, RegistryError>>,
@@ -179,7 +187,10 @@ impl Coordinator {
     pub async fn register(&self, instance: Instance) -> Result<WriteReport, Failure> {
         let results = join_all(self.members.iter().map(|m| {
             let i = &instance;
-            async move { self.call(m, "register", |r| async move { r.register(i).await }).await }
+            async move {
+                self.call(m, "register", |r| async move { r.register(i).await })
+                    .await
+            }
         }))
         .await;
         let outcomes = Outcomes(
@@ -197,7 +208,9 @@ impl Coordinator {
             let kind = m.registry.kind();
             match r {
                 Ok(()) => self.repair.settle(kind, &instance.key),
-                Err(_) => self.repair.submit(kind, RepairOp::Register(instance.clone())),
+                Err(_) => self
+                    .repair
+                    .submit(kind, RepairOp::Register(instance.clone())),
             }
         }
         Ok(WriteReport {
@@ -259,7 +272,8 @@ impl Coordinator {
                 return Err(Failure::UnknownInstance(Outcomes(outcomes)));
             }
             for &i in &unknown {
-                outcomes[i].error = Some("instance missing here and no record to restore it from".into());
+                outcomes[i].error =
+                    Some("instance missing here and no record to restore it from".into());
             }
             self.cache.touch(key);
             return Ok(WriteReport {
@@ -281,7 +295,8 @@ impl Coordinator {
                 restored_any = true;
                 tracing::info!(registry = %m.registry.kind(), instance = %key, "heartbeat restored an instance the registry had lost");
             } else {
-                self.repair.submit(m.registry.kind(), RepairOp::Register(record.clone()));
+                self.repair
+                    .submit(m.registry.kind(), RepairOp::Register(record.clone()));
             }
             outcomes[i] = o;
         }
@@ -374,11 +389,18 @@ impl Coordinator {
             return Err(Failure::Unavailable(outcomes));
         }
         let views = join_all(names.into_iter().map(|name| async move {
-            let n = self.list(&name).await.map(|v| v.instances.len()).unwrap_or(0);
+            let n = self
+                .list(&name)
+                .await
+                .map(|v| v.instances.len())
+                .unwrap_or(0);
             (name, n)
         }))
         .await;
-        Ok((views.into_iter().filter(|(_, n)| *n > 0).collect(), outcomes))
+        Ok((
+            views.into_iter().filter(|(_, n)| *n > 0).collect(),
+            outcomes,
+        ))
     }
 
     /// Probes every registry once, updating health; true when at least one answered.
@@ -394,7 +416,9 @@ impl Coordinator {
 
     /// True when at least one registry is up (`/readyz`).
     pub fn ready(&self) -> bool {
-        self.members.iter().any(|m| m.health.get() == RegistryState::Up)
+        self.members
+            .iter()
+            .any(|m| m.health.get() == RegistryState::Up)
     }
 }
 

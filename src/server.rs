@@ -172,7 +172,10 @@ pub async fn run(
     let _ = stop_tx.send(true);
     drop(listeners.public);
     let grace = settings.shutdown_grace;
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("shutdown grace over: closing remaining connections");
     }
     coordinator.repairer().shutdown(grace).await;

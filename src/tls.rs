@@ -32,7 +32,10 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-pub fn load_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub fn load_certs(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| err(what, path, e))?
         .collect::<Result<Vec<_>, _>>()
@@ -57,7 +60,11 @@ pub fn load_roots(what: &'static str, path: &Path) -> Result<RootCertStore, TlsE
 }
 
 /// The public listener's config: mutual TLS, ALPN `h2` and `http/1.1`.
-pub fn server_config(cert: &Path, key: &Path, client_ca: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: &Path,
+) -> Result<Arc<ServerConfig>, TlsError> {
     install_crypto_provider();
     let chain = load_certs("tls.cert", cert)?;
     let key_der = load_key("tls.key", key)?;

@@ -33,7 +33,10 @@ async fn readyz(State(st): State<AppState>) -> Response {
         .iter()
         .map(|m| {
             let state = m.health.get();
-            (m.registry.kind().as_str().to_owned(), json!({"state": state}))
+            (
+                m.registry.kind().as_str().to_owned(),
+                json!({"state": state}),
+            )
         })
         .collect();
     let any_up = st
@@ -42,7 +45,11 @@ async fn readyz(State(st): State<AppState>) -> Response {
         .iter()
         .any(|m| m.health.get() == RegistryState::Up);
     let ready = any_up && !draining;
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = json!({
         "ready": ready,
         "draining": draining,
@@ -53,7 +60,10 @@ async fn readyz(State(st): State<AppState>) -> Response {
 
 async fn metrics(State(st): State<AppState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         st.metrics.encode(),
     )
         .into_response()

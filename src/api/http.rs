@@ -32,7 +32,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/services/{service}/instances/{id}",
             put(register).delete(deregister),
         )
-        .route("/v1/services/{service}/instances/{id}/heartbeat", put(heartbeat))
+        .route(
+            "/v1/services/{service}/instances/{id}/heartbeat",
+            put(heartbeat),
+        )
         .route("/v1/services", get(services))
         .route("/v1/services/{service}/instances", get(list))
         .fallback(not_found)
@@ -43,7 +46,11 @@ pub fn router(state: AppState) -> Router {
 
 /// Counts every answer by route and status, and logs it.
 async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let route: &'static str = match req.extensions().get::<MatchedPath>().map(MatchedPath::as_str) {
+    let route: &'static str = match req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str)
+    {
         Some("/v1/services/{service}/instances/{id}") => "instance",
         Some("/v1/services/{service}/instances/{id}/heartbeat") => "heartbeat",
         Some("/v1/services") => "services",
@@ -90,12 +97,18 @@ fn path_param<'a>(params: &'a RawPathParams, name: &str) -> &'a str {
 }
 
 fn instance_key(params: &RawPathParams) -> Result<InstanceKey, ApiError> {
-    Ok(InstanceKey::parse(path_param(params, "service"), path_param(params, "id"))?)
+    Ok(InstanceKey::parse(
+        path_param(params, "service"),
+        path_param(params, "id"),
+    )?)
 }
 
 fn peer(p: Option<Extension<Peer>>) -> Result<Peer, ApiError> {
     p.map(|Extension(p)| p).ok_or_else(|| {
-        ApiError::new(ErrorCode::Forbidden, "no client certificate identity on this connection")
+        ApiError::new(
+            ErrorCode::Forbidden,
+            "no client certificate identity on this connection",
+        )
     })
 }
 
@@ -134,7 +147,10 @@ fn failure(f: Failure) -> ApiError {
         ),
     };
     let mut details = serde_json::Map::new();
-    details.insert("registries".into(), serde_json::to_value(&outcomes).unwrap_or_default());
+    details.insert(
+        "registries".into(),
+        serde_json::to_value(&outcomes).unwrap_or_default(),
+    );
     let err = ApiError::new(code, message).with_details(details);
     if code == ErrorCode::Unavailable {
         ApiError {
@@ -183,7 +199,11 @@ async fn register(
     authorize_write(&st, &peer, &key.service)?;
     let bytes = read_body(&headers, body).await?;
     let instance = parse_register_body(key, &bytes)?;
-    let (service, id, ttl) = (instance.key.service.clone(), instance.key.id.clone(), instance.ttl_seconds);
+    let (service, id, ttl) = (
+        instance.key.service.clone(),
+        instance.key.id.clone(),
+        instance.ttl_seconds,
+    );
     let report = st.coordinator.register(instance).await.map_err(failure)?;
     Ok(Json(json!({
         "registered": true,
@@ -231,7 +251,10 @@ async fn deregister(
     .into_response())
 }
 
-async fn services(State(st): State<AppState>, p: Option<Extension<Peer>>) -> Result<Response, ApiError> {
+async fn services(
+    State(st): State<AppState>,
+    p: Option<Extension<Peer>>,
+) -> Result<Response, ApiError> {
     let peer = peer(p)?;
     let (names, outcomes) = st.coordinator.services().await.map_err(failure)?;
     let services: Vec<Value> = names
@@ -252,13 +275,18 @@ fn parse_long_poll(q: &ListQuery) -> Result<Option<(u64, Duration)>, ValidationE
     let Some(index) = &q.index else {
         return Ok(None);
     };
-    let index: u64 = index
-        .parse()
-        .map_err(|_| ValidationError::new("index", "must be a non-negative integer from a previous answer"))?;
+    let index: u64 = index.parse().map_err(|_| {
+        ValidationError::new(
+            "index",
+            "must be a non-negative integer from a previous answer",
+        )
+    })?;
     let wait = match &q.wait {
         None => MAX_WAIT,
         Some(w) => humantime::parse_duration(w)
-            .map_err(|_| ValidationError::new("wait", "must be a duration with a unit, e.g. 30s or 2m"))?
+            .map_err(|_| {
+                ValidationError::new("wait", "must be a duration with a unit, e.g. 30s or 2m")
+            })?
             .min(MAX_WAIT),
     };
     Ok((index != 0).then_some((index, wait)))

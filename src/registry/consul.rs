@@ -22,7 +22,10 @@ use serde_json::json;
 
 use crate::config::Settings;
 use crate::error::RegistryError;
-use crate::model::{DEFAULT_TTL_SECONDS, Instance, InstanceId, InstanceKey, MAX_TTL_SECONDS, MIN_TTL_SECONDS, ServiceName};
+use crate::model::{
+    DEFAULT_TTL_SECONDS, Instance, InstanceId, InstanceKey, MAX_TTL_SECONDS, MIN_TTL_SECONDS,
+    ServiceName,
+};
 use crate::pool::{Connect, WarmPool};
 use crate::registry::{Liveness, Registry, RegistryKind};
 use crate::tls::registry_client_config;
@@ -65,11 +68,21 @@ impl Connect for ConsulConnect {
             .http2_keep_alive_timeout(Duration::from_secs(5))
             .http2_keep_alive_while_idle(true)
             .build(https);
-        let (status, body) = send(&client, &self.address, self.token.as_deref(), Method::GET, "/v1/status/leader", None)
-            .await
-            .map_err(|e| e.message)?;
+        let (status, body) = send(
+            &client,
+            &self.address,
+            self.token.as_deref(),
+            Method::GET,
+            "/v1/status/leader",
+            None,
+        )
+        .await
+        .map_err(|e| e.message)?;
         if status != StatusCode::OK {
-            return Err(format!("consul: status/leader answered {status}: {}", text(&body)));
+            return Err(format!(
+                "consul: status/leader answered {status}: {}",
+                text(&body)
+            ));
         }
         Ok(client)
     }
@@ -88,7 +101,10 @@ impl Consul {
         let cert_key = cfg.cert.as_deref().zip(cfg.key.as_deref());
         let tls = registry_client_config("consul", cfg.ca.as_deref(), cert_key)
             .map_err(|e| e.to_string())?;
-        let token = settings.consul_token.as_ref().map(|t| t.expose().to_owned());
+        let token = settings
+            .consul_token
+            .as_ref()
+            .map(|t| t.expose().to_owned());
         let connect = ConsulConnect {
             address: cfg.address.clone(),
             token: token.clone(),
@@ -107,19 +123,38 @@ impl Consul {
         ))
     }
 
-    async fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(StatusCode, Bytes), RegistryError> {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), RegistryError> {
         let client = self.pool.client().await?;
-        send(&client, &self.address, self.token.as_deref(), method, path, body).await
+        send(
+            &client,
+            &self.address,
+            self.token.as_deref(),
+            method,
+            path,
+            body,
+        )
+        .await
     }
 
     /// The live (no critical check) twinreg instances of a service, from the health endpoint.
-    async fn health_entries(&self, service: &ServiceName) -> Result<Vec<(Instance, bool)>, RegistryError> {
+    async fn health_entries(
+        &self,
+        service: &ServiceName,
+    ) -> Result<Vec<(Instance, bool)>, RegistryError> {
         let (status, body) = self
             .call(Method::GET, &format!("/v1/health/service/{service}"), None)
             .await?;
         expect_ok(status, &body, "health/service")?;
         let entries: Vec<HealthEntry> = serde_json::from_slice(&body).map_err(|e| {
-            RegistryError::unavailable(KIND, format!("consul: unreadable health/service answer: {e}"))
+            RegistryError::unavailable(
+                KIND,
+                format!("consul: unreadable health/service answer: {e}"),
+            )
         })?;
         Ok(entries
             .into_iter()
@@ -146,7 +181,10 @@ fn check_id(key: &InstanceKey) -> String {
 }
 
 fn notes(i: &Instance) -> String {
-    format!("twinreg ttl_seconds={} generation={}", i.ttl_seconds, i.generation)
+    format!(
+        "twinreg ttl_seconds={} generation={}",
+        i.ttl_seconds, i.generation
+    )
 }
 
 fn parse_notes(notes: &str) -> (u32, u64) {
@@ -179,7 +217,9 @@ async fn send(
     path: &str,
     body: Option<Vec<u8>>,
 ) -> Result<(StatusCode, Bytes), RegistryError> {
-    let mut req = Request::builder().method(method).uri(format!("{address}{path}"));
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("{address}{path}"));
     if let Some(t) = token {
         req = req.header(TOKEN_HEADER, t);
     }
@@ -318,20 +358,32 @@ impl Registry for Consul {
         });
         let body = serde_json::to_vec(&payload).expect("a json! value serializes");
         let (status, resp) = self
-            .call(Method::PUT, "/v1/agent/service/register?replace-existing-checks=true", Some(body))
+            .call(
+                Method::PUT,
+                "/v1/agent/service/register?replace-existing-checks=true",
+                Some(body),
+            )
             .await?;
         expect_ok(status, &resp, "agent/service/register")?;
         // Re-registering keeps an existing check's status: a check that went critical would stay
         // critical. Passing it makes the fresh registration live at once.
         let (status, resp) = self
-            .call(Method::PUT, &format!("/v1/agent/check/pass/{}", check_id(&i.key)), None)
+            .call(
+                Method::PUT,
+                &format!("/v1/agent/check/pass/{}", check_id(&i.key)),
+                None,
+            )
             .await?;
         expect_ok(status, &resp, "agent/check/pass")
     }
 
     async fn heartbeat(&self, key: &InstanceKey) -> Result<Liveness, RegistryError> {
         let (status, body) = self
-            .call(Method::PUT, &format!("/v1/agent/check/pass/{}", check_id(key)), None)
+            .call(
+                Method::PUT,
+                &format!("/v1/agent/check/pass/{}", check_id(key)),
+                None,
+            )
             .await?;
         if is_unknown(status, &body) {
             return Ok(Liveness::Unknown);
@@ -342,7 +394,11 @@ impl Registry for Consul {
 
     async fn deregister(&self, key: &InstanceKey) -> Result<bool, RegistryError> {
         let (status, body) = self
-            .call(Method::PUT, &format!("/v1/agent/service/deregister/{}", service_id(key)), None)
+            .call(
+                Method::PUT,
+                &format!("/v1/agent/service/deregister/{}", service_id(key)),
+                None,
+            )
             .await?;
         if status == StatusCode::NOT_FOUND {
             return Ok(false);
@@ -385,9 +441,14 @@ impl Registry for Consul {
             .await
             .map_err(|e| match e {
                 rs_consul::ConsulError::UnexpectedResponseCode(s, body) if s.is_client_error() => {
-                    RegistryError::rejected(KIND, format!("consul catalog/services: {s}: {}", body.unwrap_or_default()))
+                    RegistryError::rejected(
+                        KIND,
+                        format!("consul catalog/services: {s}: {}", body.unwrap_or_default()),
+                    )
                 }
-                other => RegistryError::unavailable(KIND, format!("consul catalog/services: {other}")),
+                other => {
+                    RegistryError::unavailable(KIND, format!("consul catalog/services: {other}"))
+                }
             })?;
         Ok(names
             .response
@@ -408,7 +469,10 @@ mod tests {
 
     #[test]
     fn notes_round_trip() {
-        assert_eq!(parse_notes("twinreg ttl_seconds=45 generation=99"), (45, 99));
+        assert_eq!(
+            parse_notes("twinreg ttl_seconds=45 generation=99"),
+            (45, 99)
+        );
         assert_eq!(parse_notes("garbage"), (DEFAULT_TTL_SECONDS, 0));
         assert_eq!(parse_notes("ttl_seconds=1"), (DEFAULT_TTL_SECONDS, 0));
     }

@@ -19,7 +19,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::EtcdConfig;
 use crate::error::RegistryError;
-use crate::model::{DEFAULT_TTL_SECONDS, Instance, InstanceId, InstanceKey, MAX_TTL_SECONDS, MIN_TTL_SECONDS, ServiceName};
+use crate::model::{
+    DEFAULT_TTL_SECONDS, Instance, InstanceId, InstanceKey, MAX_TTL_SECONDS, MIN_TTL_SECONDS,
+    ServiceName,
+};
 use crate::pool::{Connect, WarmPool};
 use crate::registry::{Liveness, Registry, RegistryKind};
 
@@ -132,7 +135,12 @@ async fn probe(client: &mut Client, probe_key: &str) -> Result<(), etcd_client::
     client
         .get(
             probe_key,
-            Some(GetOptions::new().with_prefix().with_keys_only().with_limit(1)),
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only()
+                    .with_limit(1),
+            ),
         )
         .await
         .map(drop)
@@ -156,15 +164,15 @@ impl Etcd {
         if cfg.endpoints.iter().any(|e| e.starts_with("https://")) {
             let mut tls = TlsOptions::new();
             if let Some(ca) = &cfg.ca {
-                let pem = std::fs::read(ca)
-                    .map_err(|e| format!("etcd.ca {}: {e}", ca.display()))?;
+                let pem =
+                    std::fs::read(ca).map_err(|e| format!("etcd.ca {}: {e}", ca.display()))?;
                 tls = tls.ca_certificate(Certificate::from_pem(pem));
             }
             if let (Some(cert), Some(key)) = (&cfg.cert, &cfg.key) {
                 let c = std::fs::read(cert)
                     .map_err(|e| format!("etcd.cert {}: {e}", cert.display()))?;
-                let k = std::fs::read(key)
-                    .map_err(|e| format!("etcd.key {}: {e}", key.display()))?;
+                let k =
+                    std::fs::read(key).map_err(|e| format!("etcd.key {}: {e}", key.display()))?;
                 tls = tls.identity(Identity::from_pem(c, k));
             }
             options = options.with_tls(tls);
@@ -192,7 +200,11 @@ impl Etcd {
         self.pool.client().await
     }
 
-    async fn lease_of(&self, client: &mut Client, key: &InstanceKey) -> Result<Option<i64>, RegistryError> {
+    async fn lease_of(
+        &self,
+        client: &mut Client,
+        key: &InstanceKey,
+    ) -> Result<Option<i64>, RegistryError> {
         let resp = client
             .get(self.key(key), Some(GetOptions::new().with_keys_only()))
             .await
@@ -226,7 +238,10 @@ impl Registry for Etcd {
             .map_err(to_err)?;
         // The key moved to the new lease; the old one holds nothing now. Revoke it so it does not
         // linger; failure only means it expires on its own.
-        if let Some(old) = put.prev_key().map(|kv| kv.lease()).filter(|l| *l != 0 && *l != lease)
+        if let Some(old) = put
+            .prev_key()
+            .map(|kv| kv.lease())
+            .filter(|l| *l != 0 && *l != lease)
             && let Err(e) = client.lease_revoke(old).await
         {
             tracing::debug!(lease = old, error = %describe(&e), "revoking a replaced etcd lease failed");
@@ -263,7 +278,12 @@ impl Registry for Etcd {
             .await
             .map_err(to_err)?;
         let existed = resp.deleted() > 0;
-        for lease in resp.prev_kvs().iter().map(|kv| kv.lease()).filter(|l| *l != 0) {
+        for lease in resp
+            .prev_kvs()
+            .iter()
+            .map(|kv| kv.lease())
+            .filter(|l| *l != 0)
+        {
             if let Err(e) = client.lease_revoke(lease).await {
                 tracing::debug!(lease, error = %describe(&e), "revoking a deregistered etcd lease failed");
             }
@@ -314,7 +334,10 @@ impl Registry for Etcd {
         let mut client = self.client().await?;
         let root = format!("{}/", self.prefix);
         let resp = client
-            .get(root.as_str(), Some(GetOptions::new().with_prefix().with_keys_only()))
+            .get(
+                root.as_str(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
             .await
             .map_err(to_err)?;
         Ok(resp
@@ -395,7 +418,12 @@ mod tests {
 
     #[test]
     fn garbage_decodes_to_none() {
-        for bad in [&b"not json"[..], b"{}", b"[1]", br#"{"service":"other","id":"pay-1","address":"h","port":1}"#] {
+        for bad in [
+            &b"not json"[..],
+            b"{}",
+            b"[1]",
+            br#"{"service":"other","id":"pay-1","address":"h","port":1}"#,
+        ] {
             assert!(Record::decode(&key(), bad).is_none());
         }
     }

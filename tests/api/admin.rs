@@ -12,8 +12,18 @@ async fn healthz_readyz_and_metrics() {
     assert_eq!(b["registries"]["etcd"]["state"], "up");
 
     let c = env.gw.client("payments");
-    assert_eq!(c.put_json(&path("payments", "p"), &body("10.0.0.1", 80)).await.status, 200);
-    assert_eq!(c.put_json(&path("payments", "p"), &serde_json::json!({"port": 1})).await.status, 400);
+    assert_eq!(
+        c.put_json(&path("payments", "p"), &body("10.0.0.1", 80))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        c.put_json(&path("payments", "p"), &serde_json::json!({"port": 1}))
+            .await
+            .status,
+        400
+    );
     let (s, m) = env.gw.admin_get("/metrics").await;
     assert_eq!(s, 200);
     for needle in [
@@ -32,10 +42,18 @@ async fn healthz_readyz_and_metrics() {
 async fn shutdown_turns_readyz_503_and_stops_serving() {
     let env = Env::start().await;
     let c = env.gw.client("payments");
-    assert_eq!(c.put_json(&path("payments", "p"), &body("10.0.0.1", 80)).await.status, 200);
+    assert_eq!(
+        c.put_json(&path("payments", "p"), &body("10.0.0.1", 80))
+            .await
+            .status,
+        200
+    );
     let admin = env.gw.admin;
     env.gw.stop().await;
-    assert!(tokio::net::TcpStream::connect(admin).await.is_err(), "admin listener closed");
+    assert!(
+        tokio::net::TcpStream::connect(admin).await.is_err(),
+        "admin listener closed"
+    );
     // What was accepted is still in the registries.
     let key = "/services/payments/p";
     assert!(env.etcd.dump(key).await.iter().any(|(k, _, _)| k == key));

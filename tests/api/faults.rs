@@ -11,50 +11,81 @@ const SLACK: Duration = Duration::from_millis(1500);
 
 #[tokio::test]
 async fn etcd_killed_still_registers_through_consul() {
-    let mut env = Env::start_with(Options { timeout_ms: Some(DEADLINE_MS), ..Default::default() }).await;
+    let mut env = Env::start_with(Options {
+        timeout_ms: Some(DEADLINE_MS),
+        ..Default::default()
+    })
+    .await;
     let c = env.gw.client("payments");
     env.etcd.kill();
     let start = Instant::now();
-    let r = c.put_json(&path("payments", "pay-1"), &body("10.0.0.5", 8080)).await;
+    let r = c
+        .put_json(&path("payments", "pay-1"), &body("10.0.0.5", 8080))
+        .await;
     let took = start.elapsed();
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json["registered"], true);
     assert_eq!(r.json["degraded"], true);
     assert_eq!(r.json["registries"]["etcd"]["ok"], false);
-    assert!(r.json["registries"]["etcd"]["error"].as_str().unwrap().len() > 3);
+    assert!(
+        r.json["registries"]["etcd"]["error"]
+            .as_str()
+            .unwrap()
+            .len()
+            > 3
+    );
     assert_eq!(r.json["registries"]["consul"]["ok"], true);
-    assert!(took < Duration::from_millis(DEADLINE_MS) + SLACK, "answered after {took:?}");
+    assert!(
+        took < Duration::from_millis(DEADLINE_MS) + SLACK,
+        "answered after {took:?}"
+    );
     assert!(env.consul_service("payments", "pay-1").await.is_some());
 
-    let hb = c.put(&format!("{}/heartbeat", path("payments", "pay-1"))).await;
+    let hb = c
+        .put(&format!("{}/heartbeat", path("payments", "pay-1")))
+        .await;
     assert_eq!(hb.status, 200, "{}", hb.text);
     assert_eq!(hb.json["degraded"], true);
     let list = c.get("/v1/services/payments/instances").await;
     assert_eq!(list.status, 200);
-    assert_eq!(list.json["instances"][0]["sources"], serde_json::json!(["consul"]));
+    assert_eq!(
+        list.json["instances"][0]["sources"],
+        serde_json::json!(["consul"])
+    );
     assert_eq!(list.json["registries"]["etcd"]["ok"], false);
 
     // When etcd is back, the missed write is re-driven into it.
     env.etcd.restart().await;
-    crate::support::eventually(Duration::from_secs(60), "the repair to land in etcd", || async {
-        env.etcd_record("payments", "pay-1").await.map(drop)
-    })
+    crate::support::eventually(
+        Duration::from_secs(60),
+        "the repair to land in etcd",
+        || async { env.etcd_record("payments", "pay-1").await.map(drop) },
+    )
     .await;
 }
 
 #[tokio::test]
 async fn consul_killed_still_registers_through_etcd() {
-    let mut env = Env::start_with(Options { timeout_ms: Some(DEADLINE_MS), ..Default::default() }).await;
+    let mut env = Env::start_with(Options {
+        timeout_ms: Some(DEADLINE_MS),
+        ..Default::default()
+    })
+    .await;
     let c = env.gw.client("payments");
     env.consul.kill();
     let start = Instant::now();
-    let r = c.put_json(&path("payments", "pay-1"), &body("10.0.0.5", 8080)).await;
+    let r = c
+        .put_json(&path("payments", "pay-1"), &body("10.0.0.5", 8080))
+        .await;
     let took = start.elapsed();
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json["degraded"], true);
     assert_eq!(r.json["registries"]["etcd"]["ok"], true);
     assert_eq!(r.json["registries"]["consul"]["ok"], false);
-    assert!(took < Duration::from_millis(DEADLINE_MS) + SLACK, "answered after {took:?}");
+    assert!(
+        took < Duration::from_millis(DEADLINE_MS) + SLACK,
+        "answered after {took:?}"
+    );
     assert!(env.etcd_record("payments", "pay-1").await.is_some());
 
     let d = c.delete(&path("payments", "pay-1")).await;
@@ -65,16 +96,28 @@ async fn consul_killed_still_registers_through_etcd() {
 
 #[tokio::test]
 async fn frozen_etcd_never_holds_a_response_past_its_deadline() {
-    let env = Env::start_with(Options { timeout_ms: Some(DEADLINE_MS), ..Default::default() }).await;
+    let env = Env::start_with(Options {
+        timeout_ms: Some(DEADLINE_MS),
+        ..Default::default()
+    })
+    .await;
     let c = env.gw.client("payments");
     crate::support::signal(env.etcd.pid(), nix::sys::signal::Signal::SIGSTOP);
     let start = Instant::now();
-    let r = c.put_json(&path("payments", "pay-1"), &body("10.0.0.5", 8080)).await;
+    let r = c
+        .put_json(&path("payments", "pay-1"), &body("10.0.0.5", 8080))
+        .await;
     let took = start.elapsed();
     crate::support::signal(env.etcd.pid(), nix::sys::signal::Signal::SIGCONT);
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(r.json["registries"]["etcd"]["error"], format!("timed out after {DEADLINE_MS} ms"));
-    assert!(took < Duration::from_millis(DEADLINE_MS) + SLACK, "answered after {took:?}");
+    assert_eq!(
+        r.json["registries"]["etcd"]["error"],
+        format!("timed out after {DEADLINE_MS} ms")
+    );
+    assert!(
+        took < Duration::from_millis(DEADLINE_MS) + SLACK,
+        "answered after {took:?}"
+    );
 }
 
 #[tokio::test]
@@ -83,7 +126,9 @@ async fn both_killed_gives_503_with_retry_after() {
     let c = env.gw.client("payments");
     env.etcd.kill();
     env.consul.kill();
-    let r = c.put_json(&path("payments", "pay-1"), &body("10.0.0.5", 8080)).await;
+    let r = c
+        .put_json(&path("payments", "pay-1"), &body("10.0.0.5", 8080))
+        .await;
     assert_eq!(r.status, 503, "{}", r.text);
     assert_eq!(r.json["error"], "unavailable");
     assert_eq!(r.json["registries"]["etcd"]["ok"], false);
@@ -99,9 +144,11 @@ async fn both_killed_gives_503_with_retry_after() {
         assert_eq!(r.status, 503, "{method} {p}: {}", r.text);
         assert!(r.headers.contains_key("retry-after"));
     }
-    crate::support::eventually(Duration::from_secs(10), "/readyz to report not ready", || async {
-        (env.gw.readyz().await.0 == 503).then_some(())
-    })
+    crate::support::eventually(
+        Duration::from_secs(10),
+        "/readyz to report not ready",
+        || async { (env.gw.readyz().await.0 == 503).then_some(()) },
+    )
     .await;
 }
 
@@ -120,15 +167,23 @@ async fn starts_without_registries_and_joins_them_later() {
     let (s, body) = gw.readyz().await;
     assert_eq!(s, 503, "{body}");
     assert_eq!(body["ready"], false);
-    let r = gw.client("payments").put_json(&path("payments", "p"), &crate::body("10.0.0.1", 80)).await;
+    let r = gw
+        .client("payments")
+        .put_json(&path("payments", "p"), &crate::body("10.0.0.1", 80))
+        .await;
     assert_eq!(r.status, 503, "{}", r.text);
 
     let etcd = crate::support::etcd::Etcd::start_on(etcd_port).await;
-    crate::support::eventually(Duration::from_secs(30), "readyz 200 with etcd up", || async {
-        (gw.readyz().await.0 == 200).then_some(())
-    })
+    crate::support::eventually(
+        Duration::from_secs(30),
+        "readyz 200 with etcd up",
+        || async { (gw.readyz().await.0 == 200).then_some(()) },
+    )
     .await;
-    let r = gw.client("payments").put_json(&path("payments", "p"), &crate::body("10.0.0.1", 80)).await;
+    let r = gw
+        .client("payments")
+        .put_json(&path("payments", "p"), &crate::body("10.0.0.1", 80))
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     drop(etcd);
 }

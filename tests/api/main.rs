@@ -45,7 +45,10 @@ impl Env {
 
     /// The Consul agent service of an instance, read directly from Consul.
     pub async fn consul_service(&self, service: &str, id: &str) -> Option<Value> {
-        self.consul.agent_services().await.remove(&format!("{service}.{id}"))
+        self.consul
+            .agent_services()
+            .await
+            .remove(&format!("{service}.{id}"))
     }
 }
 

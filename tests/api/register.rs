@@ -8,7 +8,9 @@ use crate::{Env, body, path};
 async fn register_lands_in_both_registries() {
     let env = Env::start().await;
     let c = env.gw.client("payments");
-    let r = c.put_json(&path("payments", "pay-1"), &body("10.0.0.5", 8080)).await;
+    let r = c
+        .put_json(&path("payments", "pay-1"), &body("10.0.0.5", 8080))
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json["registered"], true);
     assert_eq!(r.json["service"], "payments");
@@ -19,7 +21,10 @@ async fn register_lands_in_both_registries() {
     assert_eq!(r.json["registries"]["consul"]["ok"], true);
     assert!(r.json["registries"]["etcd"]["latency_ms"].is_u64());
 
-    let (value, lease) = env.etcd_record("payments", "pay-1").await.expect("etcd holds the key");
+    let (value, lease) = env
+        .etcd_record("payments", "pay-1")
+        .await
+        .expect("etcd holds the key");
     assert_ne!(lease, 0, "the key is attached to a lease");
     assert_eq!(value["address"], "10.0.0.5");
     assert_eq!(value["port"], 8080);
@@ -33,7 +38,10 @@ async fn register_lands_in_both_registries() {
     let ttl = etcd.lease_time_to_live(lease, None).await.unwrap();
     assert_eq!(ttl.granted_ttl(), 30);
 
-    let svc = env.consul_service("payments", "pay-1").await.expect("consul holds the service");
+    let svc = env
+        .consul_service("payments", "pay-1")
+        .await
+        .expect("consul holds the service");
     assert_eq!(svc["Service"], "payments");
     assert_eq!(svc["ID"], "payments.pay-1");
     assert_eq!(svc["Address"], "10.0.0.5");
@@ -44,7 +52,10 @@ async fn register_lands_in_both_registries() {
     let check = &checks["service:payments.pay-1"];
     assert_eq!(check["Status"], "passing");
     assert_eq!(check["ServiceID"], "payments.pay-1");
-    let health = env.consul.get_json("/v1/health/service/payments?passing").await;
+    let health = env
+        .consul
+        .get_json("/v1/health/service/payments?passing")
+        .await;
     assert_eq!(health.as_array().unwrap().len(), 1, "{health}");
 }
 
@@ -53,7 +64,9 @@ async fn identical_reregister_leaves_one_record_and_changes_replace() {
     let env = Env::start().await;
     let c = env.gw.client("payments");
     for _ in 0..3 {
-        let r = c.put_json(&path("payments", "pay-1"), &body("10.0.0.5", 8080)).await;
+        let r = c
+            .put_json(&path("payments", "pay-1"), &body("10.0.0.5", 8080))
+            .await;
         assert_eq!(r.status, 200, "{}", r.text);
     }
     assert_eq!(env.etcd.dump("/services/").await.len(), 1);
@@ -88,14 +101,24 @@ async fn identical_reregister_leaves_one_record_and_changes_replace() {
 async fn deregister_removes_from_both_and_is_idempotent() {
     let env = Env::start().await;
     let c = env.gw.client("payments");
-    assert_eq!(c.put_json(&path("payments", "pay-1"), &body("10.0.0.5", 8080)).await.status, 200);
+    assert_eq!(
+        c.put_json(&path("payments", "pay-1"), &body("10.0.0.5", 8080))
+            .await
+            .status,
+        200
+    );
     let r = c.delete(&path("payments", "pay-1")).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json["deregistered"], true);
     assert_eq!(r.json["existed"], true);
     assert!(env.etcd_record("payments", "pay-1").await.is_none());
     assert!(env.consul_service("payments", "pay-1").await.is_none());
-    assert!(!env.consul.agent_checks().await.contains_key("service:payments.pay-1"));
+    assert!(
+        !env.consul
+            .agent_checks()
+            .await
+            .contains_key("service:payments.pay-1")
+    );
 
     let r = c.delete(&path("payments", "pay-1")).await;
     assert_eq!(r.status, 200, "{}", r.text);
@@ -108,27 +131,46 @@ async fn deregister_removes_from_both_and_is_idempotent() {
 async fn list_merges_both_registries_and_marks_sources() {
     let env = Env::start().await;
     let c = env.gw.client("payments");
-    assert_eq!(c.put_json(&path("payments", "both"), &body("10.0.0.1", 80)).await.status, 200);
+    assert_eq!(
+        c.put_json(&path("payments", "both"), &body("10.0.0.1", 80))
+            .await
+            .status,
+        200
+    );
     // Written behind twinreg's back: one instance only in etcd, one only in Consul.
     let mut etcd = env.etcd.client().await;
     let lease = etcd.lease_grant(60, None).await.unwrap().id();
     let v = json!({"service":"payments","id":"etcd-only","address":"10.0.0.2","port":81,"tags":[],"meta":{},"ttl_seconds":60,"Op":0,"Addr":"10.0.0.2:81"});
-    etcd.put("/services/payments/etcd-only", v.to_string(), Some(etcd_client::PutOptions::new().with_lease(lease)))
-        .await
-        .unwrap();
+    etcd.put(
+        "/services/payments/etcd-only",
+        v.to_string(),
+        Some(etcd_client::PutOptions::new().with_lease(lease)),
+    )
+    .await
+    .unwrap();
     let reg = json!({"ID":"payments.consul-only","Name":"payments","Address":"10.0.0.3","Port":82,
         "Check":{"CheckID":"service:payments.consul-only","TTL":"60s","Status":"passing"}});
-    let (s, b) = env.consul.request("PUT", "/v1/agent/service/register", Some(&reg.to_string())).await.unwrap();
+    let (s, b) = env
+        .consul
+        .request("PUT", "/v1/agent/service/register", Some(&reg.to_string()))
+        .await
+        .unwrap();
     assert_eq!(s, 200, "{b}");
     // Garbage another tool wrote under the prefix is skipped, not fatal.
-    etcd.put("/services/payments/garbage", "not json", None).await.unwrap();
+    etcd.put("/services/payments/garbage", "not json", None)
+        .await
+        .unwrap();
 
     let r = c.get("/v1/services/payments/instances").await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json["service"], "payments");
     assert!(r.json["index"].as_u64().unwrap() > 0);
     let inst = r.json["instances"].as_array().unwrap();
-    let by_id = |id: &str| inst.iter().find(|i| i["id"] == id).unwrap_or_else(|| panic!("{id} missing: {}", r.text));
+    let by_id = |id: &str| {
+        inst.iter()
+            .find(|i| i["id"] == id)
+            .unwrap_or_else(|| panic!("{id} missing: {}", r.text))
+    };
     assert_eq!(inst.len(), 3, "{}", r.text);
     assert_eq!(by_id("both")["sources"], json!(["etcd", "consul"]));
     assert_eq!(by_id("both")["meta"], json!({"zone": "eu-1a"}));
@@ -140,39 +182,73 @@ async fn list_merges_both_registries_and_marks_sources() {
 
     let s = c.get("/v1/services").await;
     assert_eq!(s.status, 200, "{}", s.text);
-    assert_eq!(s.json["services"], json!([{"name": "payments", "instances": 3}]));
+    assert_eq!(
+        s.json["services"],
+        json!([{"name": "payments", "instances": 3}])
+    );
 
     // The primary's record wins where they differ.
     let v = json!({"service":"payments","id":"both","address":"10.9.9.9","port":80,"ttl_seconds":30,"Op":0,"Addr":"10.9.9.9:80"});
-    etcd.put("/services/payments/both", v.to_string(), Some(etcd_client::PutOptions::new().with_lease(lease)))
-        .await
-        .unwrap();
+    etcd.put(
+        "/services/payments/both",
+        v.to_string(),
+        Some(etcd_client::PutOptions::new().with_lease(lease)),
+    )
+    .await
+    .unwrap();
     let r2 = c.get("/v1/services/payments/instances").await;
-    let both = r2.json["instances"].as_array().unwrap().iter().find(|i| i["id"] == "both").unwrap().clone();
+    let both = r2.json["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == "both")
+        .unwrap()
+        .clone();
     assert_eq!(both["address"], "10.9.9.9");
-    assert_ne!(r2.json["index"], r.json["index"], "a changed set has a new index");
+    assert_ne!(
+        r2.json["index"], r.json["index"],
+        "a changed set has a new index"
+    );
 }
 
 #[tokio::test]
 async fn long_poll_returns_on_change_and_after_wait_without_one() {
     let env = Env::start().await;
     let c = env.gw.client("payments");
-    assert_eq!(c.put_json(&path("payments", "a"), &body("10.0.0.1", 80)).await.status, 200);
+    assert_eq!(
+        c.put_json(&path("payments", "a"), &body("10.0.0.1", 80))
+            .await
+            .status,
+        200
+    );
     let first = c.get("/v1/services/payments/instances").await;
     let index = first.json["index"].as_u64().unwrap();
 
-    let unchanged = c.get(&format!("/v1/services/payments/instances?index={index}&wait=1s")).await;
+    let unchanged = c
+        .get(&format!(
+            "/v1/services/payments/instances?index={index}&wait=1s"
+        ))
+        .await;
     assert_eq!(unchanged.status, 200);
     assert_eq!(unchanged.json["index"].as_u64(), Some(index));
 
     let poll = {
         let c = env.gw.client("payments");
-        tokio::spawn(async move { c.get(&format!("/v1/services/payments/instances?index={index}&wait=30s")).await })
+        tokio::spawn(async move {
+            c.get(&format!(
+                "/v1/services/payments/instances?index={index}&wait=30s"
+            ))
+            .await
+        })
     };
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(c.delete(&path("payments", "a")).await.status, 200);
     let changed = poll.await.unwrap();
     assert_eq!(changed.status, 200);
     assert_ne!(changed.json["index"].as_u64(), Some(index));
-    assert_eq!(changed.json["instances"], json!([]), "the last instance going away is reported");
+    assert_eq!(
+        changed.json["instances"],
+        json!([]),
+        "the last instance going away is reported"
+    );
 }

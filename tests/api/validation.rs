@@ -5,8 +5,14 @@ use serde_json::{Value, json};
 use crate::{Env, path};
 
 async fn assert_nothing_written(env: &Env) {
-    assert!(env.etcd.dump("/services/").await.is_empty(), "etcd was written to");
-    assert!(env.consul.agent_services().await.is_empty(), "consul was written to");
+    assert!(
+        env.etcd.dump("/services/").await.is_empty(),
+        "etcd was written to"
+    );
+    assert!(
+        env.consul.agent_services().await.is_empty(),
+        "consul was written to"
+    );
 }
 
 #[tokio::test]
@@ -23,28 +29,86 @@ async fn every_validation_rule_names_its_field_and_writes_nothing() {
         (path("payments", "bad id!"), ok.clone(), "id"),
         (path("payments", &"x".repeat(129)), ok.clone(), "id"),
         (path("payments", "pay%2F1"), ok.clone(), "id"),
-        (path("payments", "a", ), json!({"port": 1}), "address"),
-        (path("payments", "a"), with("address", json!("not a host!")), "address"),
-        (path("payments", "a"), with("address", json!(format!("{}.com", "a".repeat(250)))), "address"),
+        (path("payments", "a"), json!({"port": 1}), "address"),
+        (
+            path("payments", "a"),
+            with("address", json!("not a host!")),
+            "address",
+        ),
+        (
+            path("payments", "a"),
+            with("address", json!(format!("{}.com", "a".repeat(250)))),
+            "address",
+        ),
         (path("payments", "a"), with("address", json!(5)), "address"),
-        (path("payments", "a"), json!({"address": "10.0.0.5"}), "port"),
+        (
+            path("payments", "a"),
+            json!({"address": "10.0.0.5"}),
+            "port",
+        ),
         (path("payments", "a"), with("port", json!(0)), "port"),
         (path("payments", "a"), with("port", json!(65536)), "port"),
         (path("payments", "a"), with("port", json!(-1)), "port"),
         (path("payments", "a"), with("port", json!(80.5)), "port"),
-        (path("payments", "a"), with("tags", json!((0..33).map(|i| format!("t{i}")).collect::<Vec<_>>())), "tags"),
+        (
+            path("payments", "a"),
+            with(
+                "tags",
+                json!((0..33).map(|i| format!("t{i}")).collect::<Vec<_>>()),
+            ),
+            "tags",
+        ),
         (path("payments", "a"), with("tags", json!([""])), "tags"),
-        (path("payments", "a"), with("tags", json!(["x".repeat(129)])), "tags"),
+        (
+            path("payments", "a"),
+            with("tags", json!(["x".repeat(129)])),
+            "tags",
+        ),
         (path("payments", "a"), with("tags", json!(["a\nb"])), "tags"),
         (path("payments", "a"), with("tags", json!("v1")), "tags"),
-        (path("payments", "a"), with("meta", json!((0..65).map(|i| (format!("k{i}"), json!("v"))).collect::<serde_json::Map<_, _>>())), "meta"),
-        (path("payments", "a"), with("meta", json!({"bad key": "v"})), "meta"),
-        (path("payments", "a"), with("meta", json!({"k".repeat(129): "v"})), "meta"),
-        (path("payments", "a"), with("meta", json!({"k": "v".repeat(513)})), "meta"),
+        (
+            path("payments", "a"),
+            with(
+                "meta",
+                json!(
+                    (0..65)
+                        .map(|i| (format!("k{i}"), json!("v")))
+                        .collect::<serde_json::Map<_, _>>()
+                ),
+            ),
+            "meta",
+        ),
+        (
+            path("payments", "a"),
+            with("meta", json!({"bad key": "v"})),
+            "meta",
+        ),
+        (
+            path("payments", "a"),
+            with("meta", json!({"k".repeat(129): "v"})),
+            "meta",
+        ),
+        (
+            path("payments", "a"),
+            with("meta", json!({"k": "v".repeat(513)})),
+            "meta",
+        ),
         (path("payments", "a"), with("meta", json!({"k": 1})), "meta"),
-        (path("payments", "a"), with("ttl_seconds", json!(4)), "ttl_seconds"),
-        (path("payments", "a"), with("ttl_seconds", json!(3601)), "ttl_seconds"),
-        (path("payments", "a"), with("ttl_seconds", json!("30")), "ttl_seconds"),
+        (
+            path("payments", "a"),
+            with("ttl_seconds", json!(4)),
+            "ttl_seconds",
+        ),
+        (
+            path("payments", "a"),
+            with("ttl_seconds", json!(3601)),
+            "ttl_seconds",
+        ),
+        (
+            path("payments", "a"),
+            with("ttl_seconds", json!("30")),
+            "ttl_seconds",
+        ),
         (path("payments", "a"), with("weight", json!(1)), "weight"),
         (path("payments", "a"), json!([1, 2]), "body"),
     ];
@@ -55,7 +119,9 @@ async fn every_validation_rule_names_its_field_and_writes_nothing() {
         assert_eq!(r.json["field"], *field, "{p} {b}: {}", r.text);
         assert!(r.json["message"].as_str().unwrap().len() > 5);
     }
-    let r = c.request("PUT", &path("payments", "a"), Some(b"{not json".to_vec())).await;
+    let r = c
+        .request("PUT", &path("payments", "a"), Some(b"{not json".to_vec()))
+        .await;
     assert_eq!(r.status, 400);
     assert_eq!(r.json["field"], "body");
     assert_nothing_written(&env).await;

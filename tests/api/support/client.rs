@@ -1,6 +1,5 @@
 //! An HTTPS client for the tests: hyper with rustls, presenting a client certificate.
 
-
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body_util::{BodyExt, Full};
@@ -38,7 +37,9 @@ pub fn tls_config(ca_pem: &str, identity: Option<&Issued>) -> rustls::ClientConf
     match identity {
         Some(id) => b
             .with_client_auth_cert(
-                CertificateDer::pem_slice_iter(id.cert_pem.as_bytes()).map(Result::unwrap).collect(),
+                CertificateDer::pem_slice_iter(id.cert_pem.as_bytes())
+                    .map(Result::unwrap)
+                    .collect(),
                 PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes()).unwrap(),
             )
             .unwrap(),
@@ -60,12 +61,21 @@ impl TestClient {
         }
     }
 
-    pub async fn try_request(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Resp, String> {
-        let mut req = http::Request::builder().method(method).uri(format!("{}{path}", self.base));
+    pub async fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Resp, String> {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
         if body.is_some() {
             req = req.header("content-type", "application/json");
         }
-        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).unwrap();
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .unwrap();
         let resp = self.http.request(req).await.map_err(|e| {
             let mut msg = e.to_string();
             let mut src = std::error::Error::source(&e);
@@ -77,10 +87,20 @@ impl TestClient {
         })?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
         let text = String::from_utf8_lossy(&body).into_owned();
         let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Ok(Resp { status, headers, text, json })
+        Ok(Resp {
+            status,
+            headers,
+            text,
+            json,
+        })
     }
 
     pub async fn request(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Resp {
@@ -90,7 +110,8 @@ impl TestClient {
     }
 
     pub async fn put_json(&self, path: &str, body: &Value) -> Resp {
-        self.request("PUT", path, Some(serde_json::to_vec(body).unwrap())).await
+        self.request("PUT", path, Some(serde_json::to_vec(body).unwrap()))
+            .await
     }
 
     pub async fn put(&self, path: &str) -> Resp {
@@ -105,4 +126,3 @@ impl TestClient {
         self.request("DELETE", path, None).await
     }
 }
-

@@ -44,7 +44,13 @@ impl Consul {
     async fn spawn(&mut self) {
         let child = match &self.real {
             Some(bin) => Command::new(bin)
-                .args(["agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1", "-log-level=error"])
+                .args([
+                    "agent",
+                    "-dev",
+                    "-bind=127.0.0.1",
+                    "-client=127.0.0.1",
+                    "-log-level=error",
+                ])
                 .arg(format!("-http-port={}", self.port))
                 .arg("-dns-port=-1")
                 .arg("-grpc-port=-1")
@@ -88,7 +94,12 @@ impl Consul {
         self.spawn().await;
     }
 
-    pub async fn request(&self, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String), String> {
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<(u16, String), String> {
         let req = http::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.address()))
@@ -96,12 +107,20 @@ impl Consul {
             .unwrap();
         let resp = self.http.request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 
     pub async fn get_json(&self, path: &str) -> Value {
-        let (status, body) = self.request("GET", path, None).await.expect("consul answers");
+        let (status, body) = self
+            .request("GET", path, None)
+            .await
+            .expect("consul answers");
         assert_eq!(status, 200, "GET {path}: {body}");
         serde_json::from_str(&body).expect("consul JSON")
     }

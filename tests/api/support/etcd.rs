@@ -48,7 +48,10 @@ impl Etcd {
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let child = Command::new(&self.bin)
             .arg("--name=t")
-            .arg(format!("--data-dir={}", self.dir.path().join("data").display()))
+            .arg(format!(
+                "--data-dir={}",
+                self.dir.path().join("data").display()
+            ))
             .arg(format!("--listen-client-urls={}", self.endpoint()))
             .arg(format!("--advertise-client-urls={}", self.endpoint()))
             .arg(format!("--listen-peer-urls={peer}"))
@@ -90,13 +93,18 @@ impl Etcd {
     }
 
     pub async fn client(&self) -> Client {
-        Client::connect([self.endpoint()], None).await.expect("connecting to etcd")
+        Client::connect([self.endpoint()], None)
+            .await
+            .expect("connecting to etcd")
     }
 
     /// Every key under `prefix`, with its value.
     pub async fn dump(&self, prefix: &str) -> Vec<(String, serde_json::Value, i64)> {
         let mut c = self.client().await;
-        let resp = c.get(prefix, Some(GetOptions::new().with_prefix())).await.unwrap();
+        let resp = c
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .unwrap();
         resp.kvs()
             .iter()
             .map(|kv| {

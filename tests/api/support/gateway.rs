@@ -37,14 +37,21 @@ impl Gateway {
     }
 
     pub async fn start_with(etcd: &Etcd, consul: &Consul, opts: Options) -> Gateway {
-        let endpoints = opts.etcd_endpoints.clone().unwrap_or_else(|| vec![etcd.endpoint()]);
+        let endpoints = opts
+            .etcd_endpoints
+            .clone()
+            .unwrap_or_else(|| vec![etcd.endpoint()]);
         let gw = Self::launch(endpoints, consul.address(), opts).await;
         gw.wait_both_up().await;
         gw
     }
 
     /// Starts without waiting for any registry (for start-up and outage tests).
-    pub async fn launch(etcd_endpoints: Vec<String>, consul_address: String, opts: Options) -> Gateway {
+    pub async fn launch(
+        etcd_endpoints: Vec<String>,
+        consul_address: String,
+        opts: Options,
+    ) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let ca = CertAuthority::new("test CA").unwrap();
         let server = ca.server(&["localhost", "127.0.0.1"]).unwrap();
@@ -111,7 +118,10 @@ timeout_ms = {timeout}
 
     pub fn client_with(&self, names: &ClientNames) -> TestClient {
         let id = self.issue(names);
-        TestClient::new(format!("https://127.0.0.1:{}", self.addr.port()), tls_config(&self.ca.cert_pem, Some(&id)))
+        TestClient::new(
+            format!("https://127.0.0.1:{}", self.addr.port()),
+            tls_config(&self.ca.cert_pem, Some(&id)),
+        )
     }
 
     /// A client whose certificate has CN = `cn`.
@@ -121,7 +131,8 @@ timeout_ms = {timeout}
 
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
         let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
         let resp = client
             .get(format!("http://{}{path}", self.admin).parse().unwrap())
             .await
@@ -138,10 +149,16 @@ timeout_ms = {timeout}
     }
 
     pub async fn wait_both_up(&self) {
-        eventually(Duration::from_secs(30), "both registries up in /readyz", || async {
-            let (_, body) = self.readyz().await;
-            (body["registries"]["etcd"]["state"] == "up" && body["registries"]["consul"]["state"] == "up").then_some(())
-        })
+        eventually(
+            Duration::from_secs(30),
+            "both registries up in /readyz",
+            || async {
+                let (_, body) = self.readyz().await;
+                (body["registries"]["etcd"]["state"] == "up"
+                    && body["registries"]["consul"]["state"] == "up")
+                    .then_some(())
+            },
+        )
         .await;
     }
 

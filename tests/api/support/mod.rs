@@ -57,5 +57,6 @@ where
 
 /// Sends a signal to a child process.
 pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).expect("signalling a child");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)
+        .expect("signalling a child");
 }
