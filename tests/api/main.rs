@@ -7,6 +7,7 @@ mod authz;
 mod faults;
 mod heartbeat;
 mod register;
+mod tls;
 mod validation;
 
 use serde_json::{Value, json};

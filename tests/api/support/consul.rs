@@ -7,27 +7,78 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
+use twinreg::certs::{CertAuthority, ClientNames};
 
+use super::client::tls_config;
 use super::{eventually, find_binary, free_port};
+
+/// TLS with verified client certificates, and an ACL token, for the tests of those paths.
+pub struct Secure {
+    pub dir: tempfile::TempDir,
+    pub token: String,
+}
+
+impl Secure {
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
 
 pub struct Consul {
     real: Option<PathBuf>,
     pub port: u16,
     child: Option<Child>,
-    http: Client<HttpConnector, Full<Bytes>>,
+    pub secure: Option<Secure>,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl Consul {
     pub async fn start() -> Consul {
+        let tls = tls_config(&CertAuthority::new("unused").unwrap().cert_pem, None);
+        Self::start_inner(None, tls).await
+    }
+
+    /// HTTPS only, client certificates from `ca` required, ACLs on with `token` as the management
+    /// token. The directory holds `ca.pem`, `server.pem`, `server-key.pem` and a client pair
+    /// `client.pem`/`client-key.pem` for twinreg.
+    pub async fn start_secure(ca: &CertAuthority, token: &str) -> Consul {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ca.server(&["localhost", "127.0.0.1"]).unwrap();
+        let client = ca.client(&ClientNames::cn("twinreg")).unwrap();
+        for (name, content) in [
+            ("ca.pem", &ca.cert_pem),
+            ("server.pem", &server.cert_pem),
+            ("server-key.pem", &server.key_pem),
+            ("client.pem", &client.cert_pem),
+            ("client-key.pem", &client.key_pem),
+        ] {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
+        let tls = tls_config(&ca.cert_pem, Some(&client));
+        let secure = Secure {
+            dir,
+            token: token.into(),
+        };
+        Self::start_inner(Some(secure), tls).await
+    }
+
+    async fn start_inner(secure: Option<Secure>, tls: rustls::ClientConfig) -> Consul {
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
         let mut c = Consul {
             real: find_binary("CONSUL_BIN", "consul"),
             port: free_port(),
             child: None,
-            http: Client::builder(TokioExecutor::new()).build_http(),
+            secure,
+            http: Client::builder(TokioExecutor::new()).build(https),
         };
         c.spawn().await;
         c
@@ -38,37 +89,93 @@ impl Consul {
     }
 
     pub fn address(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.secure.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    fn real_command(&self, bin: &PathBuf) -> Command {
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "agent",
+            "-dev",
+            "-bind=127.0.0.1",
+            "-client=127.0.0.1",
+            "-log-level=error",
+        ])
+        .arg("-dns-port=-1")
+        .arg("-grpc-port=-1")
+        .arg(format!("-serf-lan-port={}", free_port()))
+        .arg(format!("-serf-wan-port={}", free_port()))
+        .arg(format!("-server-port={}", free_port()));
+        match &self.secure {
+            None => {
+                cmd.arg(format!("-http-port={}", self.port));
+            }
+            Some(s) => {
+                let hcl = format!(
+                    r#"ports {{
+  http = -1
+  https = {port}
+}}
+tls {{
+  defaults {{
+    ca_file = "{ca}"
+    cert_file = "{cert}"
+    key_file = "{key}"
+    verify_incoming = true
+  }}
+}}
+acl {{
+  enabled = true
+  default_policy = "deny"
+  tokens {{
+    initial_management = "{token}"
+  }}
+}}
+"#,
+                    port = self.port,
+                    ca = s.path("ca.pem").display(),
+                    cert = s.path("server.pem").display(),
+                    key = s.path("server-key.pem").display(),
+                    token = s.token,
+                );
+                std::fs::write(s.path("consul.hcl"), hcl).unwrap();
+                cmd.arg(format!("-config-file={}", s.path("consul.hcl").display()));
+            }
+        }
+        cmd
+    }
+
+    fn mini_command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mini-consul"));
+        cmd.arg("--listen").arg(format!("127.0.0.1:{}", self.port));
+        if let Some(s) = &self.secure {
+            cmd.arg("--tls-cert")
+                .arg(s.path("server.pem"))
+                .arg("--tls-key")
+                .arg(s.path("server-key.pem"))
+                .arg("--tls-client-ca")
+                .arg(s.path("ca.pem"))
+                .arg("--acl-token")
+                .arg(&s.token);
+        }
+        cmd
     }
 
     async fn spawn(&mut self) {
-        let child = match &self.real {
-            Some(bin) => Command::new(bin)
-                .args([
-                    "agent",
-                    "-dev",
-                    "-bind=127.0.0.1",
-                    "-client=127.0.0.1",
-                    "-log-level=error",
-                ])
-                .arg(format!("-http-port={}", self.port))
-                .arg("-dns-port=-1")
-                .arg("-grpc-port=-1")
-                .arg(format!("-serf-lan-port={}", free_port()))
-                .arg(format!("-serf-wan-port={}", free_port()))
-                .arg(format!("-server-port={}", free_port()))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("starting consul"),
-            None => Command::new(env!("CARGO_BIN_EXE_mini-consul"))
-                .arg("--listen")
-                .arg(format!("127.0.0.1:{}", self.port))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("starting mini-consul"),
+        let mut cmd = match &self.real {
+            Some(bin) => self.real_command(bin),
+            None => self.mini_command(),
         };
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting consul");
         self.child = Some(child);
         eventually(Duration::from_secs(30), "consul to answer", || async {
             let (status, body) = self.request("GET", "/v1/status/leader", None).await.ok()?;
@@ -100,9 +207,13 @@ impl Consul {
         path: &str,
         body: Option<&str>,
     ) -> Result<(u16, String), String> {
-        let req = http::Request::builder()
+        let mut req = http::Request::builder()
             .method(method)
-            .uri(format!("{}{path}", self.address()))
+            .uri(format!("{}{path}", self.address()));
+        if let Some(s) = &self.secure {
+            req = req.header("X-Consul-Token", &s.token);
+        }
+        let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default().to_owned())))
             .unwrap();
         let resp = self.http.request(req).await.map_err(|e| e.to_string())?;

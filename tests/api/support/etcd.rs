@@ -8,8 +8,20 @@ use etcd_client::{Client, GetOptions};
 
 use super::{eventually, find_binary, free_port};
 
+/// TLS for an etcd that requires client certificates from the test CA.
+pub struct EtcdTls {
+    pub dir: tempfile::TempDir,
+}
+
+impl EtcdTls {
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
 pub struct Etcd {
     bin: PathBuf,
+    pub tls: Option<EtcdTls>,
     pub dir: tempfile::TempDir,
     pub client_port: u16,
     peer_port: u16,
@@ -22,7 +34,31 @@ impl Etcd {
     }
 
     /// Starts on a given client port (for tests that point twinreg at it before it exists).
+    /// HTTPS with `--client-cert-auth`: clients need a certificate from `ca`. The directory holds
+    /// `ca.pem` and a client pair `client.pem`/`client-key.pem` for twinreg.
+    pub async fn start_tls(ca: &twinreg::certs::CertAuthority) -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ca.server(&["localhost", "127.0.0.1"]).unwrap();
+        let client = ca
+            .client(&twinreg::certs::ClientNames::cn("twinreg"))
+            .unwrap();
+        for (name, content) in [
+            ("ca.pem", &ca.cert_pem),
+            ("server.pem", &server.cert_pem),
+            ("server-key.pem", &server.key_pem),
+            ("client.pem", &client.cert_pem),
+            ("client-key.pem", &client.key_pem),
+        ] {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
+        Self::start_inner(free_port(), Some(EtcdTls { dir })).await
+    }
+
     pub async fn start_on(client_port: u16) -> Etcd {
+        Self::start_inner(client_port, None).await
+    }
+
+    async fn start_inner(client_port: u16, tls: Option<EtcdTls>) -> Etcd {
         let bin = find_binary("ETCD_BIN", "etcd").unwrap_or_else(|| {
             panic!(
                 "etcd not found: these tests need a real etcd. Install it (apt-get install etcd-server) \
@@ -31,6 +67,7 @@ impl Etcd {
         });
         let mut e = Etcd {
             bin,
+            tls,
             dir: tempfile::tempdir().unwrap(),
             client_port,
             peer_port: free_port(),
@@ -41,12 +78,35 @@ impl Etcd {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    fn options(&self) -> Option<etcd_client::ConnectOptions> {
+        let t = self.tls.as_ref()?;
+        let read = |n: &str| std::fs::read(t.path(n)).unwrap();
+        Some(
+            etcd_client::ConnectOptions::new().with_tls(
+                etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(read("ca.pem")))
+                    .identity(etcd_client::Identity::from_pem(
+                        read("client.pem"),
+                        read("client-key.pem"),
+                    )),
+            ),
+        )
     }
 
     async fn spawn(&mut self) {
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(&self.bin)
+        let mut cmd = Command::new(&self.bin);
+        if let Some(t) = &self.tls {
+            cmd.arg(format!("--cert-file={}", t.path("server.pem").display()))
+                .arg(format!("--key-file={}", t.path("server-key.pem").display()))
+                .arg(format!("--trusted-ca-file={}", t.path("ca.pem").display()))
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .arg("--name=t")
             .arg(format!(
                 "--data-dir={}",
@@ -64,10 +124,12 @@ impl Etcd {
             .expect("starting etcd");
         self.child = Some(child);
         let ep = self.endpoint();
+        let opts = self.options();
         eventually(Duration::from_secs(20), "etcd to answer", || {
             let ep = ep.clone();
+            let opts = opts.clone();
             async move {
-                let mut c = Client::connect([ep], None).await.ok()?;
+                let mut c = Client::connect([ep], opts).await.ok()?;
                 c.status().await.ok().map(drop)
             }
         })

@@ -29,6 +29,10 @@ pub struct Options {
     pub extra_toml: String,
     pub etcd_endpoints: Option<Vec<String>>,
     pub timeout_ms: Option<u64>,
+    /// Lines added to the `[etcd]` section.
+    pub etcd_extra: String,
+    /// Lines added to the `[consul]` section.
+    pub consul_extra: String,
 }
 
 impl Gateway {
@@ -75,10 +79,12 @@ client_ca = "{ca}"
 [etcd]
 endpoints = {etcd_endpoints:?}
 timeout_ms = {timeout}
+{etcd_extra}
 
 [consul]
 address = "{consul_address}"
 timeout_ms = {timeout}
+{consul_extra}
 
 {extra}
 "#,
@@ -86,6 +92,8 @@ timeout_ms = {timeout}
             key = p("server-key.pem"),
             ca = p("ca.pem"),
             extra = opts.extra_toml,
+            etcd_extra = opts.etcd_extra,
+            consul_extra = opts.consul_extra,
         );
         let settings = Config::from_toml(&toml)
             .unwrap_or_else(|e| panic!("test config invalid: {e}\n{toml}"))
