@@ -53,6 +53,28 @@ impl Serialize for Outcome {
     }
 }
 
+/// One member's answer to a fanned-out call.
+struct Reply<T> {
+    kind: RegistryKind,
+    result: Result<T, RegistryError>,
+    took: Duration,
+}
+
+impl<T> Reply<T> {
+    fn outcome(&self) -> Outcome {
+        Outcome {
+            registry: self.kind,
+            latency: self.took,
+            error: self.result.as_ref().err().map(|e| e.to_string()),
+            restored: false,
+        }
+    }
+}
+
+fn outcomes<T>(replies: &[Reply<T>]) -> Outcomes {
+    Outcomes(replies.iter().map(Reply::outcome).collect())
+}
+
 /// The per-registry outcomes of one operation, serialized as `{"etcd": {...}, "consul": {...}}`.
 #[derive(Debug, Clone, Default)]
 pub struct Outcomes(pub Vec<Outcome>);
@@ -175,42 +197,42 @@ impl Coordinator {
         (result, took)
     }
 
-    fn outcome<T>(kind: RegistryKind, r: &Result<T, RegistryError>, took: Duration) -> Outcome {
-        Outcome {
-            registry: kind,
-            latency: took,
-            error: r.as_ref().err().map(|e| e.to_string()),
-            restored: false,
-        }
+    /// Runs `f` on every member concurrently, each within its own deadline.
+    async fn fan_out<T, F, Fut>(&self, op: &'static str, f: F) -> Vec<Reply<T>>
+    where
+        F: Fn(Arc<dyn Registry>) -> Fut,
+        Fut: Future<Output = Result<T, RegistryError>>,
+    {
+        join_all(self.members.iter().map(|m| {
+            let f = &f;
+            async move {
+                let (result, took) = self.call(m, op, f).await;
+                Reply {
+                    kind: m.registry.kind(),
+                    result,
+                    took,
+                }
+            }
+        }))
+        .await
     }
 
     pub async fn register(&self, instance: Instance) -> Result<WriteReport, Failure> {
-        let results = join_all(self.members.iter().map(|m| {
-            let i = &instance;
-            async move {
-                self.call(m, "register", |r| async move { r.register(i).await })
-                    .await
-            }
-        }))
-        .await;
-        let outcomes = Outcomes(
-            self.members
-                .iter()
-                .zip(&results)
-                .map(|(m, (r, took))| Self::outcome(m.registry.kind(), r, *took))
-                .collect(),
-        );
-        if results.iter().all(|(r, _)| r.is_err()) {
+        let i = &instance;
+        let replies = self
+            .fan_out("register", |r| async move { r.register(i).await })
+            .await;
+        let outcomes = outcomes(&replies);
+        if replies.iter().all(|r| r.result.is_err()) {
             return Err(Failure::Unavailable(outcomes));
         }
         self.cache.put(&instance);
-        for (m, (r, _)) in self.members.iter().zip(&results) {
-            let kind = m.registry.kind();
-            match r {
-                Ok(()) => self.repair.settle(kind, &instance.key),
+        for r in &replies {
+            match r.result {
+                Ok(()) => self.repair.settle(r.kind, &instance.key),
                 Err(_) => self
                     .repair
-                    .submit(kind, RepairOp::Register(instance.clone())),
+                    .submit(r.kind, RepairOp::Register(instance.clone())),
             }
         }
         Ok(WriteReport {
@@ -220,28 +242,21 @@ impl Coordinator {
     }
 
     pub async fn heartbeat(&self, key: &InstanceKey) -> Result<WriteReport, Failure> {
-        let results = join_all(
-            self.members
-                .iter()
-                .map(|m| self.call(m, "heartbeat", |r| async move { r.heartbeat(key).await })),
-        )
-        .await;
-        let mut outcomes: Vec<Outcome> = self
-            .members
-            .iter()
-            .zip(&results)
-            .map(|(m, (r, took))| Self::outcome(m.registry.kind(), r, *took))
-            .collect();
-        let renewed: Vec<usize> = (0..results.len())
-            .filter(|i| matches!(results[*i].0, Ok(Liveness::Renewed)))
-            .collect();
-        let unknown: Vec<usize> = (0..results.len())
-            .filter(|i| matches!(results[*i].0, Ok(Liveness::Unknown)))
-            .collect();
+        let replies = self
+            .fan_out("heartbeat", |r| async move { r.heartbeat(key).await })
+            .await;
+        let mut outcomes = outcomes(&replies).0;
+        let with = |want: Liveness| -> Vec<usize> {
+            (0..replies.len())
+                .filter(|&i| matches!(&replies[i].result, Ok(l) if *l == want))
+                .collect()
+        };
+        let renewed = with(Liveness::Renewed);
+        let unknown = with(Liveness::Unknown);
         if renewed.is_empty() && unknown.is_empty() {
             return Err(Failure::Unavailable(Outcomes(outcomes)));
         }
-        let any_failed = renewed.len() + unknown.len() < results.len();
+        let any_failed = renewed.len() + unknown.len() < replies.len();
         if renewed.is_empty() && !any_failed {
             // Every registry answered and none knows it: the client must register again.
             self.cache.remove(key);
@@ -250,23 +265,26 @@ impl Coordinator {
             }
             return Err(Failure::UnknownInstance(Outcomes(outcomes)));
         }
-        // The freshest record to restore from: a registry that still holds it, else the cache.
+        if unknown.is_empty() {
+            self.cache.touch(key);
+            return Ok(WriteReport {
+                outcomes: Outcomes(outcomes),
+                existed: true,
+            });
+        }
+        // Some registry lost it. Restore from the freshest record: a registry that still holds
+        // it (so any replica can do this), else this replica's cache.
         let mut record = None;
-        if !unknown.is_empty() {
-            for &i in &renewed {
-                let (got, _) = self
-                    .call(&self.members[i], "get", |r| async move { r.get(key).await })
-                    .await;
-                if let Ok(Some(found)) = got {
-                    record = Some(found);
-                    break;
-                }
-            }
-            if record.is_none() {
-                record = self.cache.get(key);
+        for &i in &renewed {
+            let (got, _) = self
+                .call(&self.members[i], "get", |r| async move { r.get(key).await })
+                .await;
+            if let Ok(Some(found)) = got {
+                record = Some(found);
+                break;
             }
         }
-        let Some(record) = record.filter(|_| !unknown.is_empty()) else {
+        let Some(record) = record.or_else(|| self.cache.get(key)) else {
             if renewed.is_empty() {
                 // Nobody reachable knows it and there is nothing to restore from.
                 return Err(Failure::UnknownInstance(Outcomes(outcomes)));
@@ -289,7 +307,9 @@ impl Coordinator {
             let (r, took) = self
                 .call(m, "restore", |reg| async move { reg.register(rec).await })
                 .await;
-            let mut o = Self::outcome(m.registry.kind(), &r, outcomes[i].latency + took);
+            let o = &mut outcomes[i];
+            o.latency += took;
+            o.error = r.as_ref().err().map(|e| e.to_string());
             o.restored = r.is_ok();
             if r.is_ok() {
                 restored_any = true;
@@ -298,7 +318,6 @@ impl Coordinator {
                 self.repair
                     .submit(m.registry.kind(), RepairOp::Register(record.clone()));
             }
-            outcomes[i] = o;
         }
         if !restored_any {
             return Err(Failure::Unavailable(Outcomes(outcomes)));
@@ -310,29 +329,21 @@ impl Coordinator {
     }
 
     pub async fn deregister(&self, key: &InstanceKey) -> Result<WriteReport, Failure> {
-        let results = join_all(
-            self.members
-                .iter()
-                .map(|m| self.call(m, "deregister", |r| async move { r.deregister(key).await })),
-        )
-        .await;
-        let outcomes = Outcomes(
-            self.members
-                .iter()
-                .zip(&results)
-                .map(|(m, (r, took))| Self::outcome(m.registry.kind(), r, *took))
-                .collect(),
-        );
-        if results.iter().all(|(r, _)| r.is_err()) {
+        let replies = self
+            .fan_out("deregister", |r| async move { r.deregister(key).await })
+            .await;
+        let outcomes = outcomes(&replies);
+        if replies.iter().all(|r| r.result.is_err()) {
             return Err(Failure::Unavailable(outcomes));
         }
         self.cache.remove(key);
-        let existed = results.iter().any(|(r, _)| matches!(r, Ok(true)));
-        for (m, (r, _)) in self.members.iter().zip(&results) {
-            let kind = m.registry.kind();
-            match r {
-                Ok(_) => self.repair.settle(kind, key),
-                Err(_) => self.repair.submit(kind, RepairOp::Deregister(key.clone())),
+        let existed = replies.iter().any(|r| matches!(r.result, Ok(true)));
+        for r in &replies {
+            match r.result {
+                Ok(_) => self.repair.settle(r.kind, key),
+                Err(_) => self
+                    .repair
+                    .submit(r.kind, RepairOp::Deregister(key.clone())),
             }
         }
         Ok(WriteReport { outcomes, existed })
@@ -341,27 +352,21 @@ impl Coordinator {
     /// The union of all registries' live instances of `service`, one per id, the primary's
     /// record winning, each with the registries it was found in.
     pub async fn list(&self, service: &ServiceName) -> Result<ServiceView, Failure> {
-        let results = join_all(
-            self.members
-                .iter()
-                .map(|m| self.call(m, "list", |r| async move { r.list(service).await })),
-        )
-        .await;
+        let replies = self
+            .fan_out("list", |r| async move { r.list(service).await })
+            .await;
+        let outcomes = outcomes(&replies);
+        if replies.iter().all(|r| r.result.is_err()) {
+            return Err(Failure::Unavailable(outcomes));
+        }
         let mut merged: BTreeMap<InstanceKey, (Instance, Vec<RegistryKind>)> = BTreeMap::new();
-        let mut outcomes = Vec::new();
-        for (m, (r, took)) in self.members.iter().zip(results) {
-            let kind = m.registry.kind();
-            outcomes.push(Self::outcome(kind, &r, took));
-            for inst in r.unwrap_or_default() {
+        for reply in replies {
+            for inst in reply.result.unwrap_or_default() {
                 merged
                     .entry(inst.key.clone())
-                    .and_modify(|(_, sources)| sources.push(kind))
-                    .or_insert_with(|| (inst, vec![kind]));
+                    .and_modify(|(_, sources)| sources.push(reply.kind))
+                    .or_insert_with(|| (inst, vec![reply.kind]));
             }
-        }
-        let outcomes = Outcomes(outcomes);
-        if outcomes.0.iter().all(|o| o.error.is_some()) {
-            return Err(Failure::Unavailable(outcomes));
         }
         Ok(ServiceView {
             instances: merged.into_values().collect(),
@@ -372,46 +377,34 @@ impl Coordinator {
     /// Names of services any registry holds, with their merged instance counts (services with
     /// no live instance are left out).
     pub async fn services(&self) -> Result<(Vec<(ServiceName, usize)>, Outcomes), Failure> {
-        let results = join_all(
-            self.members
-                .iter()
-                .map(|m| self.call(m, "services", |r| async move { r.services().await })),
-        )
-        .await;
-        let mut names = BTreeSet::new();
-        let mut outcomes = Vec::new();
-        for (m, (r, took)) in self.members.iter().zip(results) {
-            outcomes.push(Self::outcome(m.registry.kind(), &r, took));
-            names.extend(r.unwrap_or_default());
-        }
-        let outcomes = Outcomes(outcomes);
-        if outcomes.0.iter().all(|o| o.error.is_some()) {
+        let replies = self
+            .fan_out("services", |r| async move { r.services().await })
+            .await;
+        let outcomes = outcomes(&replies);
+        if replies.iter().all(|r| r.result.is_err()) {
             return Err(Failure::Unavailable(outcomes));
         }
-        let views = join_all(names.into_iter().map(|name| async move {
-            let n = self
-                .list(&name)
-                .await
-                .map(|v| v.instances.len())
-                .unwrap_or(0);
+        let names: BTreeSet<ServiceName> = replies
+            .into_iter()
+            .flat_map(|r| r.result.unwrap_or_default())
+            .collect();
+        let counts = join_all(names.into_iter().map(|name| async move {
+            let n = self.list(&name).await.map_or(0, |v| v.instances.len());
             (name, n)
         }))
         .await;
         Ok((
-            views.into_iter().filter(|(_, n)| *n > 0).collect(),
+            counts.into_iter().filter(|(_, n)| *n > 0).collect(),
             outcomes,
         ))
     }
 
     /// Probes every registry once, updating health; true when at least one answered.
     pub async fn probe_all(&self) -> bool {
-        let results = join_all(
-            self.members
-                .iter()
-                .map(|m| self.call(m, "probe", |r| async move { r.probe().await })),
-        )
-        .await;
-        results.iter().any(|(r, _)| r.is_ok())
+        let replies = self
+            .fan_out("probe", |r| async move { r.probe().await })
+            .await;
+        replies.iter().any(|r| r.result.is_ok())
     }
 
     /// True when at least one registry is up (`/readyz`).

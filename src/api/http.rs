@@ -120,6 +120,17 @@ fn authorize_write(st: &AppState, peer: &Peer, service: &ServiceName) -> Result<
     }
 }
 
+/// The instance a write names, once the caller is known to be allowed to write it.
+fn writable_key(
+    st: &AppState,
+    params: &RawPathParams,
+    p: Option<Extension<Peer>>,
+) -> Result<InstanceKey, ApiError> {
+    let key = instance_key(params)?;
+    authorize_write(st, &peer(p)?, &key.service)?;
+    Ok(key)
+}
+
 fn authorize_read(st: &AppState, peer: &Peer, service: &ServiceName) -> Result<(), ApiError> {
     if st.authz.can_read(peer, service) {
         Ok(())
@@ -194,9 +205,7 @@ async fn register(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let key = instance_key(&params)?;
-    let peer = peer(p)?;
-    authorize_write(&st, &peer, &key.service)?;
+    let key = writable_key(&st, &params, p)?;
     let bytes = read_body(&headers, body).await?;
     let instance = parse_register_body(key, &bytes)?;
     let (service, id, ttl) = (
@@ -221,9 +230,7 @@ async fn heartbeat(
     params: RawPathParams,
     p: Option<Extension<Peer>>,
 ) -> Result<Response, ApiError> {
-    let key = instance_key(&params)?;
-    let peer = peer(p)?;
-    authorize_write(&st, &peer, &key.service)?;
+    let key = writable_key(&st, &params, p)?;
     let report = st.coordinator.heartbeat(&key).await.map_err(failure)?;
     Ok(Json(json!({
         "ok": true,
@@ -238,9 +245,7 @@ async fn deregister(
     params: RawPathParams,
     p: Option<Extension<Peer>>,
 ) -> Result<Response, ApiError> {
-    let key = instance_key(&params)?;
-    let peer = peer(p)?;
-    authorize_write(&st, &peer, &key.service)?;
+    let key = writable_key(&st, &params, p)?;
     let report = st.coordinator.deregister(&key).await.map_err(failure)?;
     Ok(Json(json!({
         "deregistered": true,
