@@ -52,6 +52,28 @@ pub struct Config {
     pub authz: AuthzConfig,
     pub etcd: EtcdConfig,
     pub consul: ConsulConfig,
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+}
+
+/// The circuit breaker in front of each registry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Consecutive failed calls (timeouts, unreachable) that open the breaker.
+    pub consecutive_failures: u32,
+    /// How long it stays open before a background probe tries the registry again, e.g. `"2s"`;
+    /// each failed probe doubles it, up to 30 s.
+    pub open_for: String,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: crate::breaker::DEFAULT_CONSECUTIVE_FAILURES,
+            open_for: format!("{}s", crate::breaker::DEFAULT_OPEN_FOR.as_secs()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -197,6 +219,7 @@ pub struct Settings {
     pub raw: Config,
     pub consul_token: Option<Secret>,
     pub deregister_critical_after: Duration,
+    pub breaker_open_for: Duration,
 }
 
 impl Config {
@@ -348,6 +371,27 @@ impl Config {
                 }
             };
 
+        if !(1..=1000).contains(&self.breaker.consecutive_failures) {
+            bad(
+                "breaker.consecutive_failures",
+                format!(
+                    "{} must be from 1 to 1000",
+                    self.breaker.consecutive_failures
+                ),
+            );
+        }
+        let breaker_open_for = match humantime::parse_duration(&self.breaker.open_for) {
+            Ok(d) if d >= Duration::from_millis(100) && d <= crate::breaker::MAX_OPEN => Some(d),
+            Ok(_) => {
+                bad("breaker.open_for", "must be from 100ms to 30s".into());
+                None
+            }
+            Err(e) => {
+                bad("breaker.open_for", format!("{e} (use e.g. \"2s\")"));
+                None
+            }
+        };
+
         for (i, g) in self.authz.grants.iter().enumerate() {
             if g.identity.is_empty() {
                 bad(
@@ -374,6 +418,7 @@ impl Config {
             shutdown_grace: shutdown_grace.expect("checked"),
             consul_token,
             deregister_critical_after: deregister_critical_after.expect("checked"),
+            breaker_open_for: breaker_open_for.expect("checked"),
             raw: self,
         })
     }

@@ -11,7 +11,7 @@
 //!   [`model`] types (parse, don't validate twice), [`authz`] decides whether the caller may act on
 //!   the service, and [`api::admin`] serves `/healthz`, `/readyz` and `/metrics`.
 //! - [`replicate`] is the coordinator: the one place that fans a write out to both registries
-//!   concurrently, bounds each by its own deadline, merges the outcomes and hands a registry that
+//!   concurrently, bounds each by its own deadline, consults each registry's [`breaker`], merges the outcomes and hands a registry that
 //!   missed a write to [`repair`].
 //! - [`registry`] holds the trait every registry implements and one adapter per registry:
 //!   [`registry::etcd`] (primary) and [`registry::consul`] (backup); [`pool`] keeps their
@@ -24,6 +24,7 @@
 
 pub mod api;
 pub mod authz;
+pub mod breaker;
 pub mod cache;
 pub mod certs;
 pub mod config;

@@ -45,6 +45,7 @@ pub struct Metrics {
     pub registry_latency: Family<OpLabels, Histogram>,
     pub registry_up: Family<RegistryLabels, Gauge>,
     pub repairs_pending: Family<RegistryLabels, Gauge>,
+    pub breaker_state: Family<RegistryLabels, Gauge>,
     pub repairs_done: Family<RegistryLabels, Counter>,
 }
 
@@ -83,6 +84,12 @@ impl Metrics {
             "Writes a registry missed that are being re-driven in the background",
             repairs_pending.clone(),
         );
+        let breaker_state = Family::<RegistryLabels, Gauge>::default();
+        registry.register(
+            "breaker_state",
+            "Circuit breaker per registry: 0 closed, 1 half-open (probing), 2 open (calls skip it)",
+            breaker_state.clone(),
+        );
         let repairs_done = Family::<RegistryLabels, Counter>::default();
         registry.register(
             "repairs_completed",
@@ -96,6 +103,7 @@ impl Metrics {
             registry_latency,
             registry_up,
             repairs_pending,
+            breaker_state,
             repairs_done,
         })
     }
@@ -141,6 +149,14 @@ impl Metrics {
                 registry: registry.as_str(),
             })
             .set(v);
+    }
+
+    pub fn set_breaker(&self, registry: RegistryKind, state: crate::breaker::BreakerState) {
+        self.breaker_state
+            .get_or_create(&RegistryLabels {
+                registry: registry.as_str(),
+            })
+            .set(state.metric());
     }
 
     /// The text exposition format.

@@ -14,8 +14,9 @@ use futures::future::join_all;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
+use crate::breaker::{Admit, Breaker};
 use crate::cache::RecordCache;
-use crate::error::RegistryError;
+use crate::error::{RegistryError, RegistryErrorKind};
 use crate::metrics::Metrics;
 use crate::model::{Instance, InstanceKey, ServiceName};
 use crate::registry::{Health, Liveness, Registry, RegistryKind, RegistryState};
@@ -26,6 +27,7 @@ pub struct Member {
     pub registry: Arc<dyn Registry>,
     pub deadline: Duration,
     pub health: Health,
+    pub breaker: Breaker,
 }
 
 /// What one registry did with one operation.
@@ -140,6 +142,7 @@ impl Coordinator {
         );
         for m in &members {
             metrics.set_state(m.registry.kind(), RegistryState::Connecting);
+            metrics.set_breaker(m.registry.kind(), m.breaker.state());
         }
         Arc::new(Self {
             members,
@@ -173,6 +176,16 @@ impl Coordinator {
         Fut: Future<Output = Result<T, RegistryError>>,
     {
         let kind = m.registry.kind();
+        let admit = m.breaker.admit(op == "probe");
+        if let Admit::No(wait) = admit {
+            self.metrics
+                .observe_op(kind, op, "breaker_open", Duration::ZERO);
+            let msg = format!(
+                "circuit open after repeated failures; next probe in {} ms",
+                wait.as_millis()
+            );
+            return (Err(RegistryError::unavailable(kind, msg)), Duration::ZERO);
+        }
         let start = Instant::now();
         let result = match tokio::time::timeout(m.deadline, f(m.registry.clone())).await {
             Ok(r) => r,
@@ -182,12 +195,17 @@ impl Coordinator {
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => match e.kind {
-                crate::error::RegistryErrorKind::Timeout => "timeout",
-                crate::error::RegistryErrorKind::Rejected => "rejected",
-                crate::error::RegistryErrorKind::Unavailable => "error",
+                RegistryErrorKind::Timeout => "timeout",
+                RegistryErrorKind::Rejected => "rejected",
+                RegistryErrorKind::Unavailable => "error",
             },
         };
         self.metrics.observe_op(kind, op, outcome, took);
+        let healthy = result.as_ref().map_or_else(|e| !e.retryable(), |_| true);
+        if let Some(state) = m.breaker.record(admit, healthy) {
+            tracing::warn!(registry = %kind, state = ?state, "circuit breaker changed state");
+            self.metrics.set_breaker(kind, state);
+        }
         let before = m.health.get();
         m.health.observe(&result);
         let after = m.health.get();

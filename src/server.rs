@@ -17,6 +17,7 @@ use tower::ServiceExt;
 
 use crate::api::{self, AppState};
 use crate::authz::{Authorizer, Peer};
+use crate::breaker::Breaker;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::registry::consul::Consul;
@@ -72,8 +73,8 @@ pub async fn run(
     let (etcd, etcd_pool) = Etcd::new(&settings.raw.etcd).map_err(RunError::Registry)?;
     let (consul, consul_pool) = Consul::new(&settings).map_err(RunError::Registry)?;
     let members = vec![
-        member(Arc::new(etcd), settings.raw.etcd.timeout_ms),
-        member(Arc::new(consul), settings.raw.consul.timeout_ms),
+        member(Arc::new(etcd), settings.raw.etcd.timeout_ms, &settings),
+        member(Arc::new(consul), settings.raw.consul.timeout_ms, &settings),
     ];
     let coordinator = Coordinator::new(members, metrics.clone());
     let stop = CancellationToken::new();
@@ -186,11 +187,15 @@ pub async fn run(
     Ok(())
 }
 
-fn member(registry: Arc<dyn Registry>, timeout_ms: u64) -> Member {
+fn member(registry: Arc<dyn Registry>, timeout_ms: u64, settings: &Settings) -> Member {
     Member {
         registry,
         deadline: Duration::from_millis(timeout_ms),
         health: Health::default(),
+        breaker: Breaker::new(
+            settings.raw.breaker.consecutive_failures,
+            settings.breaker_open_for,
+        ),
     }
 }
 

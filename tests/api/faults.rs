@@ -187,3 +187,52 @@ async fn starts_without_registries_and_joins_them_later() {
     assert_eq!(r.status, 200, "{}", r.text);
     drop(etcd);
 }
+
+#[tokio::test]
+async fn after_the_breaker_opens_a_frozen_registry_is_skipped_at_once() {
+    let env = Env::start_with(Options {
+        timeout_ms: Some(DEADLINE_MS),
+        ..Default::default()
+    })
+    .await;
+    let c = env.gw.client("payments");
+    crate::support::signal(env.etcd.pid(), nix::sys::signal::Signal::SIGSTOP);
+    // Three timeouts in a row open etcd's breaker (breaker.consecutive_failures = 3).
+    for i in 0..3 {
+        let r = c
+            .put_json(&path("payments", &format!("p{i}")), &body("10.0.0.5", 8080))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let r = c
+        .put_json(&path("payments", "after"), &body("10.0.0.5", 8080))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let err = r.json["registries"]["etcd"]["error"].as_str().unwrap();
+    assert!(
+        err.starts_with("circuit open"),
+        "etcd is skipped, not waited on: {err}"
+    );
+    let (_, ready) = env.gw.readyz().await;
+    assert_eq!(ready["registries"]["etcd"]["breaker"], "open", "{ready}");
+    let (_, metrics) = env.gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(r#"twinreg_breaker_state{registry="etcd"} 2"#),
+        "{metrics}"
+    );
+
+    // Thawed: a probe closes the breaker and the missed writes land.
+    crate::support::signal(env.etcd.pid(), nix::sys::signal::Signal::SIGCONT);
+    crate::support::eventually(Duration::from_secs(30), "the breaker to close", || async {
+        (env.gw.readyz().await.1["registries"]["etcd"]["breaker"] == "closed").then_some(())
+    })
+    .await;
+    for id in ["p0", "p1", "p2", "after"] {
+        crate::support::eventually(
+            Duration::from_secs(60),
+            "the repair to land in etcd",
+            || async { env.etcd_record("payments", id).await.map(drop) },
+        )
+        .await;
+    }
+}

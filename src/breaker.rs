@@ -1,0 +1,190 @@
+//! A circuit breaker per registry.
+//!
+//! Closed: calls go through. After `consecutive_failures` failures in a row it opens: calls fail
+//! at once (so a dead registry adds no latency) and their writes go to the repairer. After
+//! `open_for` one trial call is let through (half-open): success closes the breaker, failure
+//! opens it again for twice as long, up to [`MAX_OPEN`]. Only failures a retry could fix count
+//! (timeouts, unreachable); a registry that answers with a refusal is up.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 3;
+pub const DEFAULT_OPEN_FOR: Duration = Duration::from_secs(2);
+pub const MAX_OPEN: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// The value exported as `twinreg_breaker_state`.
+    pub fn metric(self) -> i64 {
+        match self {
+            Self::Closed => 0,
+            Self::HalfOpen => 1,
+            Self::Open => 2,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: BreakerState,
+    failures: u32,
+    open_for: Duration,
+    reopen_at: Instant,
+    trial_in_flight: bool,
+}
+
+#[derive(Debug)]
+pub struct Breaker {
+    threshold: u32,
+    base_open_for: Duration,
+    inner: Mutex<Inner>,
+}
+
+/// What the breaker says about a call about to be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Go ahead.
+    Yes,
+    /// Go ahead: this is the half-open trial.
+    Trial,
+    /// Fail at once; the breaker may let a trial through in this long.
+    No(Duration),
+}
+
+impl Breaker {
+    pub fn new(threshold: u32, open_for: Duration) -> Self {
+        Self {
+            threshold: threshold.max(1),
+            base_open_for: open_for,
+            inner: Mutex::new(Inner {
+                state: BreakerState::Closed,
+                failures: 0,
+                open_for,
+                reopen_at: Instant::now(),
+                trial_in_flight: false,
+            }),
+        }
+    }
+
+    pub fn state(&self) -> BreakerState {
+        self.inner.lock().expect("not poisoned").state
+    }
+
+    /// Whether a call may go ahead. Only calls that may serve as the half-open trial
+    /// (`may_trial`: the background probes) are let through once the breaker is open, so client
+    /// requests never wait on a registry that is still dead.
+    pub fn admit(&self, may_trial: bool) -> Admit {
+        let mut b = self.inner.lock().expect("not poisoned");
+        match b.state {
+            BreakerState::Closed => Admit::Yes,
+            BreakerState::Open | BreakerState::HalfOpen => {
+                let now = Instant::now();
+                if !may_trial || b.trial_in_flight || now < b.reopen_at {
+                    let wait = b.reopen_at.saturating_duration_since(now);
+                    return Admit::No(wait);
+                }
+                b.state = BreakerState::HalfOpen;
+                b.trial_in_flight = true;
+                Admit::Trial
+            }
+        }
+    }
+
+    /// Records a call's result; returns the new state when it changed.
+    pub fn record(&self, admitted: Admit, healthy: bool) -> Option<BreakerState> {
+        let mut b = self.inner.lock().expect("not poisoned");
+        let before = b.state;
+        if admitted == Admit::Trial {
+            b.trial_in_flight = false;
+        }
+        if healthy {
+            b.failures = 0;
+            if admitted == Admit::Trial || b.state != BreakerState::Open {
+                b.state = BreakerState::Closed;
+                b.open_for = self.base_open_for;
+            }
+        } else {
+            b.failures = b.failures.saturating_add(1);
+            let trip = match b.state {
+                BreakerState::Closed => b.failures >= self.threshold,
+                BreakerState::HalfOpen => admitted == Admit::Trial,
+                BreakerState::Open => false,
+            };
+            if trip {
+                if before == BreakerState::HalfOpen {
+                    b.open_for = (b.open_for * 2).min(MAX_OPEN);
+                }
+                b.state = BreakerState::Open;
+                b.reopen_at = Instant::now() + b.open_for;
+            }
+        }
+        (b.state != before).then_some(b.state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_consecutive_failures_and_recovers_through_a_trial() {
+        let b = Breaker::new(3, Duration::from_secs(2));
+        for _ in 0..2 {
+            assert_eq!(b.admit(true), Admit::Yes);
+            assert_eq!(b.record(Admit::Yes, false), None);
+        }
+        assert_eq!(b.record(Admit::Yes, false), Some(BreakerState::Open));
+        assert!(matches!(b.admit(true), Admit::No(_)));
+
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(
+            matches!(b.admit(false), Admit::No(_)),
+            "requests are no trials"
+        );
+        assert_eq!(b.admit(true), Admit::Trial);
+        assert!(matches!(b.admit(true), Admit::No(_)), "one trial at a time");
+        assert_eq!(b.record(Admit::Trial, false), Some(BreakerState::Open));
+        // Failed trial: open twice as long.
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(matches!(b.admit(true), Admit::No(_)));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(b.admit(true), Admit::Trial);
+        assert_eq!(b.record(Admit::Trial, true), Some(BreakerState::Closed));
+        assert_eq!(b.admit(true), Admit::Yes);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_resets_the_failure_count() {
+        let b = Breaker::new(3, Duration::from_secs(2));
+        b.record(Admit::Yes, false);
+        b.record(Admit::Yes, false);
+        b.record(Admit::Yes, true);
+        b.record(Admit::Yes, false);
+        b.record(Admit::Yes, false);
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_time_is_capped() {
+        let b = Breaker::new(1, Duration::from_secs(20));
+        b.record(Admit::Yes, false);
+        for _ in 0..5 {
+            tokio::time::advance(MAX_OPEN).await;
+            assert_eq!(b.admit(true), Admit::Trial);
+            b.record(Admit::Trial, false);
+        }
+        tokio::time::advance(MAX_OPEN).await;
+        assert_eq!(b.admit(true), Admit::Trial);
+    }
+}
