@@ -33,9 +33,10 @@ async fn readyz(State(st): State<AppState>) -> Response {
         .iter()
         .map(|m| {
             let state = m.health.get();
+            let breaker = m.breaker.state();
             (
                 m.registry.kind().as_str().to_owned(),
-                json!({"state": state}),
+                json!({"state": state, "breaker": breaker}),
             )
         })
         .collect();

@@ -26,7 +26,7 @@ async fn every_validation_rule_names_its_field_and_writes_nothing() {
         b
     };
     let cases: Vec<(String, Value, &str)> = vec![
-        (path("payments", "bad id!"), ok.clone(), "id"),
+        (path("payments", "bad*id"), ok.clone(), "id"),
         (path("payments", &"x".repeat(129)), ok.clone(), "id"),
         (path("payments", "pay%2F1"), ok.clone(), "id"),
         (path("payments", "a"), json!({"port": 1}), "address"),
