@@ -28,14 +28,15 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub enum RepairOp {
     Register(Instance),
-    Deregister(InstanceKey),
+    /// Remove the instance unless the registry holds a registration newer than the generation.
+    Deregister(InstanceKey, u64),
 }
 
 impl RepairOp {
     fn key(&self) -> &InstanceKey {
         match self {
             Self::Register(i) => &i.key,
-            Self::Deregister(k) => k,
+            Self::Deregister(k, _) => k,
         }
     }
 }
@@ -160,7 +161,7 @@ impl Repairer {
             let result = tokio::time::timeout(deadline, async {
                 match &op {
                     RepairOp::Register(i) => registry.register(i).await,
-                    RepairOp::Deregister(k) => registry.deregister(k).await.map(drop),
+                    RepairOp::Deregister(k, g) => registry.deregister(k, *g).await.map(drop),
                 }
             })
             .await;

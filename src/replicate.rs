@@ -18,7 +18,7 @@ use crate::breaker::{Admit, Breaker};
 use crate::cache::RecordCache;
 use crate::error::{RegistryError, RegistryErrorKind};
 use crate::metrics::Metrics;
-use crate::model::{Instance, InstanceKey, ServiceName};
+use crate::model::{Instance, InstanceKey, ServiceName, next_generation};
 use crate::registry::{Health, Liveness, Registry, RegistryKind, RegistryState};
 use crate::repair::{RepairOp, Repairer};
 
@@ -347,8 +347,13 @@ impl Coordinator {
     }
 
     pub async fn deregister(&self, key: &InstanceKey) -> Result<WriteReport, Failure> {
+        // Fences this delete: a registration written after it (a newer generation) survives it,
+        // in particular when this delete is re-driven late by the repairer.
+        let generation = next_generation();
         let replies = self
-            .fan_out("deregister", |r| async move { r.deregister(key).await })
+            .fan_out("deregister", |r| async move {
+                r.deregister(key, generation).await
+            })
             .await;
         let outcomes = outcomes(&replies);
         if replies.iter().all(|r| r.result.is_err()) {
@@ -361,7 +366,7 @@ impl Coordinator {
                 Ok(_) => self.repair.settle(r.kind, key),
                 Err(_) => self
                     .repair
-                    .submit(r.kind, RepairOp::Deregister(key.clone())),
+                    .submit(r.kind, RepairOp::Deregister(key.clone(), generation)),
             }
         }
         Ok(WriteReport { outcomes, existed })

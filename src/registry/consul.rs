@@ -143,6 +143,26 @@ impl Consul {
         .await
     }
 
+    /// The generation recorded in the instance's TTL check, `None` when the agent has no such
+    /// check. Read before every write: Consul has no compare-and-set for agent services, so the
+    /// fence is compare-then-write.
+    async fn stored_generation(&self, key: &InstanceKey) -> Result<Option<u64>, RegistryError> {
+        let check = check_id(key);
+        let filter = format!("CheckID == \"{check}\"");
+        let (status, body) = self
+            .call(
+                Method::GET,
+                &format!("/v1/agent/checks?filter={}", query_escape(&filter)),
+                None,
+            )
+            .await?;
+        expect_ok(status, &body, "agent/checks")?;
+        let checks: BTreeMap<String, HealthCheck> = serde_json::from_slice(&body).map_err(|e| {
+            RegistryError::unavailable(KIND, format!("consul: unreadable agent/checks answer: {e}"))
+        })?;
+        Ok(checks.get(&check).map(|c| parse_notes(&c.notes).1))
+    }
+
     /// The live (no critical check) twinreg instances of a service, from the health endpoint.
     async fn health_entries(
         &self,
@@ -187,6 +207,19 @@ fn notes(i: &Instance) -> String {
         "twinreg ttl_seconds={} generation={}",
         i.ttl_seconds, i.generation
     )
+}
+
+/// Percent-encodes a query value (everything but unreserved characters).
+fn query_escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len() * 2);
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn parse_notes(notes: &str) -> (u32, u64) {
@@ -341,6 +374,10 @@ impl Registry for Consul {
     }
 
     async fn register(&self, i: &Instance) -> Result<(), RegistryError> {
+        if self.stored_generation(&i.key).await? > Some(i.generation) {
+            tracing::debug!(instance = %i.key, "consul holds a newer generation; write fenced");
+            return Ok(());
+        }
         let sid = service_id(&i.key);
         let payload = json!({
             "ID": sid,
@@ -394,7 +431,11 @@ impl Registry for Consul {
         Ok(Liveness::Renewed)
     }
 
-    async fn deregister(&self, key: &InstanceKey) -> Result<bool, RegistryError> {
+    async fn deregister(&self, key: &InstanceKey, generation: u64) -> Result<bool, RegistryError> {
+        if self.stored_generation(key).await? > Some(generation) {
+            tracing::debug!(instance = %key, "consul holds a newer registration; deregister fenced");
+            return Ok(false);
+        }
         let (status, body) = self
             .call(
                 Method::PUT,

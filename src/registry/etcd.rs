@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Certificate, Client, ConnectOptions, DeleteOptions, GetOptions, Identity, PutOptions,
-    TlsOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
+    TlsOptions, Txn, TxnOp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -146,6 +146,31 @@ async fn probe(client: &mut Client, probe_key: &str) -> Result<(), etcd_client::
         .map(drop)
 }
 
+/// How often a compare-and-swap is retried when another writer changed the key in between.
+const CAS_ATTEMPTS: usize = 5;
+
+/// What the key holds now: enough to fence by generation and to compare-and-swap.
+struct Stored {
+    generation: u64,
+    mod_revision: i64,
+    lease: i64,
+}
+
+/// The transaction guard "the key is as we last read it" (absent, or at that revision).
+fn unchanged(key: &str, current: Option<&Stored>) -> Compare {
+    match current {
+        Some(s) => Compare::mod_revision(key, CompareOp::Equal, s.mod_revision),
+        None => Compare::create_revision(key, CompareOp::Equal, 0),
+    }
+}
+
+async fn revoke_quietly(client: &mut Client, lease: i64) {
+    // Failure only means the lease expires on its own.
+    if let Err(e) = client.lease_revoke(lease).await {
+        tracing::debug!(lease, error = %describe(&e), "revoking an etcd lease failed");
+    }
+}
+
 pub struct Etcd {
     prefix: String,
     pool: Arc<WarmPool<EtcdConnect>>,
@@ -200,6 +225,20 @@ impl Etcd {
         self.pool.client().await
     }
 
+    /// The key's current generation, revision and lease; garbage values count as generation 0.
+    async fn stored(
+        &self,
+        client: &mut Client,
+        key: &InstanceKey,
+    ) -> Result<Option<Stored>, RegistryError> {
+        let resp = client.get(self.key(key), None).await.map_err(to_err)?;
+        Ok(resp.kvs().first().map(|kv| Stored {
+            generation: Record::decode(key, kv.value()).map_or(0, |i| i.generation),
+            mod_revision: kv.mod_revision(),
+            lease: kv.lease(),
+        }))
+    }
+
     async fn lease_of(
         &self,
         client: &mut Client,
@@ -221,32 +260,48 @@ impl Registry for Etcd {
 
     async fn register(&self, instance: &Instance) -> Result<(), RegistryError> {
         let mut client = self.client().await?;
+        let key = self.key(&instance.key);
         let value = serde_json::to_vec(&Record::from_instance(instance))
             .map_err(|e| RegistryError::rejected(KIND, format!("encoding the record: {e}")))?;
-        let lease = client
-            .lease_grant(i64::from(instance.ttl_seconds), None)
-            .await
-            .map_err(to_err)?
-            .id();
-        let put = client
-            .put(
-                self.key(&instance.key),
-                value,
-                Some(PutOptions::new().with_lease(lease).with_prev_key()),
-            )
-            .await
-            .map_err(to_err)?;
-        // The key moved to the new lease; the old one holds nothing now. Revoke it so it does not
-        // linger; failure only means it expires on its own.
-        if let Some(old) = put
-            .prev_key()
-            .map(|kv| kv.lease())
-            .filter(|l| *l != 0 && *l != lease)
-            && let Err(e) = client.lease_revoke(old).await
-        {
-            tracing::debug!(lease = old, error = %describe(&e), "revoking a replaced etcd lease failed");
+        // Read the current record and grant the new lease concurrently: one round trip.
+        let mut reader = client.clone();
+        let mut granter = client.clone();
+        let (mut current, lease) =
+            tokio::try_join!(self.stored(&mut reader, &instance.key), async {
+                let ttl = i64::from(instance.ttl_seconds);
+                Ok(granter.lease_grant(ttl, None).await.map_err(to_err)?.id())
+            },)?;
+        for _ in 0..CAS_ATTEMPTS {
+            if let Some(s) = &current
+                && s.generation > instance.generation
+            {
+                // A newer write is already there: this one is obsolete and must not undo it.
+                tracing::debug!(instance = %instance.key, "etcd holds a newer generation; write fenced");
+                revoke_quietly(&mut client, lease).await;
+                return Ok(());
+            }
+            let put = TxnOp::put(
+                key.as_str(),
+                value.clone(),
+                Some(PutOptions::new().with_lease(lease)),
+            );
+            let txn = Txn::new()
+                .when([unchanged(&key, current.as_ref())])
+                .and_then([put]);
+            if client.txn(txn).await.map_err(to_err)?.succeeded() {
+                // The key moved to the new lease; the old one holds nothing now.
+                if let Some(old) = current.map(|s| s.lease).filter(|l| *l != 0 && *l != lease) {
+                    revoke_quietly(&mut client, old).await;
+                }
+                return Ok(());
+            }
+            current = self.stored(&mut client, &instance.key).await?;
         }
-        Ok(())
+        revoke_quietly(&mut client, lease).await;
+        Err(RegistryError::unavailable(
+            KIND,
+            "etcd: the key kept changing under concurrent writes; retry",
+        ))
     }
 
     async fn heartbeat(&self, key: &InstanceKey) -> Result<Liveness, RegistryError> {
@@ -271,24 +326,31 @@ impl Registry for Etcd {
         }
     }
 
-    async fn deregister(&self, key: &InstanceKey) -> Result<bool, RegistryError> {
+    async fn deregister(&self, key: &InstanceKey, generation: u64) -> Result<bool, RegistryError> {
         let mut client = self.client().await?;
-        let resp = client
-            .delete(self.key(key), Some(DeleteOptions::new().with_prev_key()))
-            .await
-            .map_err(to_err)?;
-        let existed = resp.deleted() > 0;
-        for lease in resp
-            .prev_kvs()
-            .iter()
-            .map(|kv| kv.lease())
-            .filter(|l| *l != 0)
-        {
-            if let Err(e) = client.lease_revoke(lease).await {
-                tracing::debug!(lease, error = %describe(&e), "revoking a deregistered etcd lease failed");
+        let path = self.key(key);
+        for _ in 0..CAS_ATTEMPTS {
+            let Some(current) = self.stored(&mut client, key).await? else {
+                return Ok(false);
+            };
+            if current.generation > generation {
+                tracing::debug!(instance = %key, "etcd holds a newer registration; deregister fenced");
+                return Ok(false);
+            }
+            let txn = Txn::new()
+                .when([unchanged(&path, Some(&current))])
+                .and_then([TxnOp::delete(path.as_str(), None)]);
+            if client.txn(txn).await.map_err(to_err)?.succeeded() {
+                if current.lease != 0 {
+                    revoke_quietly(&mut client, current.lease).await;
+                }
+                return Ok(true);
             }
         }
-        Ok(existed)
+        Err(RegistryError::unavailable(
+            KIND,
+            "etcd: the key kept changing under concurrent writes; retry",
+        ))
     }
 
     async fn get(&self, key: &InstanceKey) -> Result<Option<Instance>, RegistryError> {

@@ -51,14 +51,16 @@ pub trait Registry: Send + Sync + 'static {
     fn kind(&self) -> RegistryKind;
 
     /// Idempotent upsert: afterwards exactly one record for the key exists, equal to `instance`,
-    /// with a full TTL.
+    /// with a full TTL — unless the registry holds a record of a newer generation, which is left
+    /// as it is (fencing: an old write never undoes a newer one). Both count as success.
     async fn register(&self, instance: &Instance) -> Result<(), RegistryError>;
 
     /// Renews the instance's TTL if the registry holds it.
     async fn heartbeat(&self, key: &InstanceKey) -> Result<Liveness, RegistryError>;
 
-    /// Removes the instance; `Ok(true)` when it existed.
-    async fn deregister(&self, key: &InstanceKey) -> Result<bool, RegistryError>;
+    /// Removes the instance unless the registry holds a registration newer than `generation`;
+    /// `Ok(true)` when a record was removed.
+    async fn deregister(&self, key: &InstanceKey, generation: u64) -> Result<bool, RegistryError>;
 
     /// The record the registry holds for the key, alive or not.
     async fn get(&self, key: &InstanceKey) -> Result<Option<Instance>, RegistryError>;

@@ -5,6 +5,7 @@ mod support;
 mod admin;
 mod authz;
 mod faults;
+mod fencing;
 mod heartbeat;
 mod register;
 mod tls;

@@ -155,7 +155,7 @@ impl Etcd {
     }
 
     pub async fn client(&self) -> Client {
-        Client::connect([self.endpoint()], None)
+        Client::connect([self.endpoint()], self.options())
             .await
             .expect("connecting to etcd")
     }
