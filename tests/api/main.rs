@@ -8,6 +8,7 @@ mod faults;
 mod fencing;
 mod heartbeat;
 mod register;
+mod resilience;
 mod tls;
 mod validation;
 

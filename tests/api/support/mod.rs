@@ -4,9 +4,11 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod cluster;
 pub mod consul;
 pub mod etcd;
 pub mod gateway;
+pub mod proxy;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -1,0 +1,1 @@
+//! Registries fail, registrations survive: fault injection against real servers.

@@ -1,0 +1,1 @@
+//! A 3-member etcd cluster on loopback, for tests about losing members.
