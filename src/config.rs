@@ -14,6 +14,7 @@ use serde::Deserialize;
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 pub const DEFAULT_SHUTDOWN_GRACE: &str = "10s";
+pub const DEFAULT_DRAIN_DELAY: &str = "2s";
 pub const DEFAULT_ETCD_PREFIX: &str = "/services";
 pub const DEFAULT_TIMEOUT_MS: u64 = 1500;
 pub const DEFAULT_POOL_SIZE: usize = 2;
@@ -83,6 +84,9 @@ pub struct ServerConfig {
     pub admin_listen: String,
     /// How long in-flight requests and pending repairs get after SIGTERM, e.g. `"10s"`.
     pub shutdown_grace: String,
+    /// After SIGTERM, how long `/readyz` reports 503 while the listener still accepts, so a load
+    /// balancer stops sending new connections first, e.g. `"2s"`.
+    pub drain_delay: String,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +95,7 @@ impl Default for ServerConfig {
             listen: DEFAULT_LISTEN.into(),
             admin_listen: DEFAULT_ADMIN_LISTEN.into(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE.into(),
+            drain_delay: DEFAULT_DRAIN_DELAY.into(),
         }
     }
 }
@@ -216,6 +221,7 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub shutdown_grace: Duration,
+    pub drain_delay: Duration,
     pub raw: Config,
     pub consul_token: Option<Secret>,
     pub deregister_critical_after: Duration,
@@ -265,6 +271,9 @@ impl Config {
         };
         let listen = parse_addr("server.listen", &self.server.listen, &mut bad);
         let admin_listen = parse_addr("server.admin_listen", &self.server.admin_listen, &mut bad);
+        let drain_delay = humantime::parse_duration(&self.server.drain_delay)
+            .map_err(|e| bad("server.drain_delay", format!("{e} (use e.g. \"2s\")")))
+            .ok();
         let shutdown_grace = humantime::parse_duration(&self.server.shutdown_grace)
             .map_err(|e| bad("server.shutdown_grace", format!("{e} (use e.g. \"10s\")")))
             .ok();
@@ -416,6 +425,7 @@ impl Config {
             listen: listen.expect("checked"),
             admin_listen: admin_listen.expect("checked"),
             shutdown_grace: shutdown_grace.expect("checked"),
+            drain_delay: drain_delay.expect("checked"),
             consul_token,
             deregister_critical_after: deregister_critical_after.expect("checked"),
             breaker_open_for: breaker_open_for.expect("checked"),

@@ -57,8 +57,9 @@ pub enum RunError {
     Io(#[from] std::io::Error),
 }
 
-/// Serves until `shutdown` resolves, then drains: `/readyz` turns 503 at once, in-flight requests
-/// and pending repairs get `server.shutdown_grace`, then connections close.
+/// Serves until `shutdown` resolves, then drains: `/readyz` turns 503 at once, new connections
+/// are still accepted for `server.drain_delay`, then in-flight requests and pending repairs get
+/// `server.shutdown_grace` each, then connections close.
 pub async fn run(
     settings: Settings,
     listeners: Listeners,
@@ -105,8 +106,11 @@ pub async fn run(
 
     let admin = axum::serve(listeners.admin, api::admin::router(state.clone()))
         .with_graceful_shutdown({
-            let stop = stop.clone();
-            async move { stop.cancelled().await }
+            // The admin listener outlives the drain: the load balancer must keep reading 503s.
+            let mut closed = stop_rx.clone();
+            async move {
+                let _ = closed.wait_for(|c| *c).await;
+            }
         });
     let admin_task = tokio::spawn(async move { admin.await });
 
@@ -115,10 +119,25 @@ pub async fn run(
     let graceful = GracefulShutdown::new();
     let router = api::http::router(state.clone());
     let acceptor = TlsAcceptor::from(tls);
-    tokio::pin!(shutdown);
+    // On shutdown, /readyz turns 503 at once, but connections are still accepted for
+    // `drain_delay` so the load balancer sees the replica unready before it stops answering.
+    let drain_delay = settings.drain_delay;
+    let serve_until = {
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            tracing::info!(
+                drain_delay_ms = drain_delay.as_millis() as u64,
+                "shutdown: /readyz now 503"
+            );
+            stop.cancel();
+            tokio::time::sleep(drain_delay).await;
+        }
+    };
+    tokio::pin!(serve_until);
     loop {
         tokio::select! {
-            _ = &mut shutdown => break,
+            _ = &mut serve_until => break,
             accepted = listeners.public.accept() => {
                 let (tcp, remote) = match accepted {
                     Ok(a) => a,
@@ -167,9 +186,8 @@ pub async fn run(
         }
     }
 
-    // Drain: readiness first, then in-flight requests, then pending repairs.
-    tracing::info!("shutdown: /readyz now 503, draining connections");
-    stop.cancel();
+    // Drain: in-flight requests, then pending repairs.
+    tracing::info!("shutdown: listener closed, draining connections");
     let _ = stop_tx.send(true);
     drop(listeners.public);
     let grace = settings.shutdown_grace;

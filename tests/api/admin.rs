@@ -39,8 +39,8 @@ async fn healthz_readyz_and_metrics() {
 }
 
 #[tokio::test]
-async fn shutdown_turns_readyz_503_and_stops_serving() {
-    let env = Env::start().await;
+async fn shutdown_turns_readyz_503_first_then_drains_and_stops_serving() {
+    let mut env = Env::start().await;
     let c = env.gw.client("payments");
     assert_eq!(
         c.put_json(&path("payments", "p"), &body("10.0.0.1", 80))
@@ -48,13 +48,41 @@ async fn shutdown_turns_readyz_503_and_stops_serving() {
             .status,
         200
     );
+    env.gw.trigger_stop();
+    // Readiness flips at once while the replica still serves (drain_delay = 300ms in tests).
+    let (status, ready) = env.gw.readyz().await;
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["draining"], true);
+    let fresh = env.gw.client("payments");
+    let r = fresh
+        .put_json(&path("payments", "q"), &body("10.0.0.2", 80))
+        .await;
+    assert_eq!(r.status, 200, "still serving while draining: {}", r.text);
+
     let admin = env.gw.admin;
-    env.gw.stop().await;
+    let public = env.gw.addr;
+    let Env { etcd, consul, gw } = env;
+    gw.stop().await;
     assert!(
         tokio::net::TcpStream::connect(admin).await.is_err(),
         "admin listener closed"
     );
-    // What was accepted is still in the registries.
-    let key = "/services/payments/p";
-    assert!(env.etcd.dump(key).await.iter().any(|(k, _, _)| k == key));
+    assert!(
+        tokio::net::TcpStream::connect(public).await.is_err(),
+        "public listener closed"
+    );
+    // What was accepted is in the registries.
+    for id in ["p", "q"] {
+        let key = format!("/services/payments/{id}");
+        assert!(
+            etcd.dump(&key).await.iter().any(|(k, _, _)| *k == key),
+            "{id}"
+        );
+        assert!(
+            consul
+                .agent_services()
+                .await
+                .contains_key(&format!("payments.{id}"))
+        );
+    }
 }

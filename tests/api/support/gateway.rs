@@ -70,6 +70,7 @@ impl Gateway {
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 shutdown_grace = "5s"
+drain_delay = "300ms"
 
 [tls]
 cert = "{cert}"
@@ -168,6 +169,13 @@ timeout_ms = {timeout}
             },
         )
         .await;
+    }
+
+    /// Sends the shutdown signal (like SIGTERM) without waiting for the drain.
+    pub fn trigger_stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
     }
 
     /// Triggers shutdown and waits for `run` to return.
