@@ -55,6 +55,24 @@ pub struct Config {
     pub consul: ConsulConfig,
     #[serde(default)]
     pub breaker: BreakerConfig,
+    #[serde(default)]
+    pub repair: RepairConfig,
+}
+
+/// The background repairer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RepairConfig {
+    /// Cap on repair writes per second to each registry (recovery after an outage is paced).
+    pub max_writes_per_second: u32,
+}
+
+impl Default for RepairConfig {
+    fn default() -> Self {
+        Self {
+            max_writes_per_second: crate::repair::DEFAULT_MAX_WRITES_PER_SECOND,
+        }
+    }
 }
 
 /// The circuit breaker in front of each registry.
@@ -380,6 +398,15 @@ impl Config {
                 }
             };
 
+        if !(1..=100_000).contains(&self.repair.max_writes_per_second) {
+            bad(
+                "repair.max_writes_per_second",
+                format!(
+                    "{} must be from 1 to 100000",
+                    self.repair.max_writes_per_second
+                ),
+            );
+        }
         if !(1..=1000).contains(&self.breaker.consecutive_failures) {
             bad(
                 "breaker.consecutive_failures",

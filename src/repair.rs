@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,6 +24,9 @@ use crate::registry::{Registry, RegistryKind};
 
 pub const BACKOFF_BASE: Duration = Duration::from_millis(200);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// Default cap on repair writes per second to one registry, so that thousands of instances
+/// re-driven after an outage do not stampede a registry that just came back.
+pub const DEFAULT_MAX_WRITES_PER_SECOND: u32 = 200;
 
 /// A write to re-drive.
 #[derive(Debug, Clone)]
@@ -49,8 +53,15 @@ pub fn full_jitter(attempt: u32) -> Duration {
     Duration::from_micros(rand::rng().random_range(0..=ceiling.as_micros() as u64))
 }
 
+/// A registry the repairer writes to: its deadline and its write-rate limit.
+struct Target {
+    registry: Arc<dyn Registry>,
+    deadline: Duration,
+    limiter: DefaultDirectRateLimiter,
+}
+
 pub struct Repairer {
-    registries: Vec<(Arc<dyn Registry>, Duration)>,
+    targets: Vec<Arc<Target>>,
     cache: Arc<RecordCache>,
     metrics: Arc<Metrics>,
     pending: Mutex<HashMap<(RegistryKind, InstanceKey), u64>>,
@@ -60,13 +71,26 @@ pub struct Repairer {
 }
 
 impl Repairer {
+    /// `max_writes_per_second` bounds repair writes to each registry.
     pub fn new(
         registries: Vec<(Arc<dyn Registry>, Duration)>,
+        max_writes_per_second: u32,
         cache: Arc<RecordCache>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
+        let rate = std::num::NonZeroU32::new(max_writes_per_second.max(1)).expect("at least 1");
+        let targets = registries
+            .into_iter()
+            .map(|(registry, deadline)| {
+                Arc::new(Target {
+                    registry,
+                    deadline,
+                    limiter: RateLimiter::direct(Quota::per_second(rate)),
+                })
+            })
+            .collect();
         Arc::new(Self {
-            registries,
+            targets,
             cache,
             metrics,
             pending: Mutex::default(),
@@ -85,7 +109,7 @@ impl Repairer {
     pub fn settle(&self, kind: RegistryKind, key: &InstanceKey) {
         let mut p = self.pending.lock().expect("not poisoned");
         if p.remove(&(kind, key.clone())).is_some() {
-            self.gauge(kind, p.iter().filter(|((k, _), _)| *k == kind).count());
+            self.gauge(kind).dec();
         }
     }
 
@@ -95,10 +119,10 @@ impl Repairer {
             tracing::warn!(registry = %kind, instance = %op.key(), "shutting down: repair not queued");
             return;
         }
-        let Some((registry, deadline)) = self
-            .registries
+        let Some(target) = self
+            .targets
             .iter()
-            .find(|(r, _)| r.kind() == kind)
+            .find(|t| t.registry.kind() == kind)
             .cloned()
         else {
             return;
@@ -106,21 +130,21 @@ impl Repairer {
         let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
         {
             let mut p = self.pending.lock().expect("not poisoned");
-            p.insert((kind, op.key().clone()), ticket);
-            self.gauge(kind, p.iter().filter(|((k, _), _)| *k == kind).count());
+            if p.insert((kind, op.key().clone()), ticket).is_none() {
+                self.gauge(kind).inc();
+            }
         }
         let this = self.clone();
         self.tracker
-            .spawn(async move { this.drive(registry, deadline, op, ticket).await });
+            .spawn(async move { this.drive(target, op, ticket).await });
     }
 
-    fn gauge(&self, kind: RegistryKind, n: usize) {
+    fn gauge(&self, kind: RegistryKind) -> prometheus_client::metrics::gauge::Gauge {
         self.metrics
             .repairs_pending
-            .get_or_create(&RegistryLabels {
+            .get_or_create_owned(&RegistryLabels {
                 registry: kind.as_str(),
             })
-            .set(n as i64);
     }
 
     fn current(&self, kind: RegistryKind, key: &InstanceKey, ticket: u64) -> bool {
@@ -131,13 +155,8 @@ impl Repairer {
             == Some(&ticket)
     }
 
-    async fn drive(
-        self: Arc<Self>,
-        registry: Arc<dyn Registry>,
-        deadline: Duration,
-        op: RepairOp,
-        ticket: u64,
-    ) {
+    async fn drive(self: Arc<Self>, target: Arc<Target>, op: RepairOp, ticket: u64) {
+        let registry = &target.registry;
         let kind = registry.kind();
         let key = op.key().clone();
         let mut attempt = 0u32;
@@ -158,7 +177,12 @@ impl Repairer {
                 self.settle_ticket(kind, &key, ticket);
                 return;
             }
-            let result = tokio::time::timeout(deadline, async {
+            // Bounded write rate per registry: a registry that just came back is not stampeded.
+            tokio::select! {
+                _ = target.limiter.until_ready() => {}
+                _ = self.cancel.cancelled() => return,
+            }
+            let result = tokio::time::timeout(target.deadline, async {
                 match &op {
                     RepairOp::Register(i) => registry.register(i).await,
                     RepairOp::Deregister(k, g) => registry.deregister(k, *g).await.map(drop),

@@ -129,14 +129,16 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// `members[0]` is the primary: its record wins where registries disagree.
-    pub fn new(members: Vec<Member>, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// `members[0]` is the primary: its record wins where registries disagree. `repair_rate`
+    /// bounds the repairer's writes per second to each registry.
+    pub fn new(members: Vec<Member>, repair_rate: u32, metrics: Arc<Metrics>) -> Arc<Self> {
         let cache = Arc::new(RecordCache::default());
         let repair = Repairer::new(
             members
                 .iter()
                 .map(|m| (m.registry.clone(), m.deadline))
                 .collect(),
+            repair_rate,
             cache.clone(),
             metrics.clone(),
         );
@@ -331,6 +333,7 @@ impl Coordinator {
             o.restored = r.is_ok();
             if r.is_ok() {
                 restored_any = true;
+                self.repair.settle(m.registry.kind(), key);
                 tracing::info!(registry = %m.registry.kind(), instance = %key, "heartbeat restored an instance the registry had lost");
             } else {
                 self.repair
@@ -468,4 +471,168 @@ pub fn view_index(view: &[(Instance, Vec<RegistryKind>)]) -> u64 {
         }
     }
     (h & ((1 << 53) - 1)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::breaker::Breaker;
+    use crate::registry::memory::{Memory, Mode};
+
+    const DEADLINE: Duration = Duration::from_millis(1500);
+
+    fn coordinator(rate: u32) -> (Arc<Coordinator>, Arc<Memory>, Arc<Memory>) {
+        let etcd = Arc::new(Memory::new(RegistryKind::Etcd));
+        let consul = Arc::new(Memory::new(RegistryKind::Consul));
+        let member = |r: Arc<Memory>| Member {
+            registry: r,
+            deadline: DEADLINE,
+            health: Health::default(),
+            breaker: Breaker::new(3, Duration::from_secs(2)),
+        };
+        let c = Coordinator::new(
+            vec![member(etcd.clone()), member(consul.clone())],
+            rate,
+            Metrics::new(),
+        );
+        (c, etcd, consul)
+    }
+
+    fn instance(id: &str) -> Instance {
+        Instance {
+            key: InstanceKey::parse("payments", id).unwrap(),
+            address: "10.0.0.1".into(),
+            port: 80,
+            tags: vec![],
+            meta: Default::default(),
+            ttl_seconds: 30,
+            generation: next_generation(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_registry_holds_no_answer_past_its_deadline_and_the_breaker_then_skips_it() {
+        let (c, etcd, consul) = coordinator(100);
+        etcd.set_mode(Mode::Hang);
+        for i in 0..3 {
+            let start = tokio::time::Instant::now();
+            let r = c.register(instance(&format!("p{i}"))).await.unwrap();
+            assert_eq!(
+                start.elapsed(),
+                DEADLINE,
+                "bounded by the deadline, not more"
+            );
+            assert!(r.outcomes.degraded());
+            assert_eq!(
+                r.outcomes.0[0].error.as_deref(),
+                Some("timed out after 1500 ms")
+            );
+        }
+        let start = tokio::time::Instant::now();
+        let r = c.register(instance("after")).await.unwrap();
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "the open breaker adds no latency"
+        );
+        assert!(
+            r.outcomes.0[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .starts_with("circuit open")
+        );
+        assert!(consul.holds(&instance("after").key).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_missed_write_is_re_driven_until_the_registry_accepts() {
+        let (c, etcd, _consul) = coordinator(100);
+        etcd.set_mode(Mode::Down);
+        let i = instance("p");
+        assert!(c.register(i.clone()).await.unwrap().outcomes.degraded());
+        assert_eq!(c.repairer().pending(), 1);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(etcd.holds(&i.key).is_none());
+        etcd.set_mode(Mode::Up);
+        for _ in 0..120 {
+            if etcd.holds(&i.key).is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            c.heartbeat(&i.key).await.unwrap();
+        }
+        assert_eq!(etcd.holds(&i.key).unwrap(), i);
+        assert_eq!(c.repairer().pending(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_repair_is_dropped_once_the_instance_is_deregistered() {
+        let (c, etcd, consul) = coordinator(100);
+        etcd.set_mode(Mode::Down);
+        let i = instance("p");
+        c.register(i.clone()).await.unwrap();
+        c.deregister(&i.key).await.unwrap();
+        etcd.set_mode(Mode::Up);
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert!(
+            etcd.holds(&i.key).is_none(),
+            "a deregistered instance came back"
+        );
+        assert!(consul.holds(&i.key).is_none());
+        assert_eq!(c.repairer().pending(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeat_restores_from_the_other_registry_and_404s_when_none_knows() {
+        let (c, etcd, consul) = coordinator(100);
+        let i = instance("p");
+        c.register(i.clone()).await.unwrap();
+        etcd.remove_behind_the_back(&i.key);
+        let r = c.heartbeat(&i.key).await.unwrap();
+        assert!(r.outcomes.0[0].restored);
+        assert_eq!(etcd.holds(&i.key).unwrap(), i);
+        etcd.remove_behind_the_back(&i.key);
+        consul.remove_behind_the_back(&i.key);
+        assert!(matches!(
+            c.heartbeat(&i.key).await,
+            Err(Failure::UnknownInstance(_))
+        ));
+        assert!(
+            etcd.holds(&i.key).is_none(),
+            "no resurrection from the cache"
+        );
+    }
+
+    #[tokio::test]
+    async fn recovery_after_an_outage_is_paced() {
+        let rate = 20;
+        let (c, etcd, _consul) = coordinator(rate);
+        etcd.set_mode(Mode::Down);
+        let n = 60;
+        for k in 0..n {
+            c.register(instance(&format!("p{k}"))).await.unwrap();
+        }
+        etcd.set_mode(Mode::Up);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while etcd.writes.load(std::sync::atomic::Ordering::SeqCst) < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "repairs did not land"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // No one-second window holds more than the rate plus the initial burst.
+        let times = etcd.write_times();
+        for (i, t) in times.iter().enumerate() {
+            let in_window = times[i..]
+                .iter()
+                .take_while(|u| u.duration_since(*t) < Duration::from_secs(1))
+                .count();
+            assert!(
+                in_window <= 2 * rate as usize,
+                "{in_window} writes within one second"
+            );
+        }
+    }
 }

@@ -77,7 +77,11 @@ pub async fn run(
         member(Arc::new(etcd), settings.raw.etcd.timeout_ms, &settings),
         member(Arc::new(consul), settings.raw.consul.timeout_ms, &settings),
     ];
-    let coordinator = Coordinator::new(members, metrics.clone());
+    let coordinator = Coordinator::new(
+        members,
+        settings.raw.repair.max_writes_per_second,
+        metrics.clone(),
+    );
     let stop = CancellationToken::new();
     let state = AppState {
         coordinator: coordinator.clone(),

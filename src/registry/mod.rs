@@ -12,6 +12,7 @@ use crate::model::{Instance, InstanceKey, ServiceName};
 
 pub mod consul;
 pub mod etcd;
+pub mod memory;
 
 /// Which registry. The primary is etcd: its record wins where the two disagree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
