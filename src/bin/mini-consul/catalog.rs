@@ -1,0 +1,103 @@
+//! The catalog-backed, blocking endpoints: `/v1/health/service/:service` and
+//! `/v1/catalog/services`. Both send `X-Consul-Index` (never 0) and the other query-meta headers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use crate::acl;
+use crate::agent::{apply_filter, mark_filtered, parse_filter};
+use crate::http::{ApiError, Req, Resp, json};
+use crate::model::PASSING;
+use crate::state::State;
+use crate::{blocking, views};
+
+/// Go's `strconv.ParseBool`.
+fn parse_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// `GET /v1/health/service/:service[?passing][&tag=..][&filter=..][&index=..&wait=..]`.
+pub async fn health_service(state: &Arc<State>, req: &Req, name: &str) -> Result<Resp, ApiError> {
+    let b = blocking::parse(req)?;
+    if name.is_empty() {
+        return Err(ApiError::bad_request("Missing service name"));
+    }
+    let passing = match req.query("passing") {
+        None => false,
+        Some("") => true,
+        Some(v) => {
+            parse_bool(v).ok_or_else(|| ApiError::bad_request("Invalid value for ?passing"))?
+        }
+    };
+    let tags: Vec<String> = req
+        .query_all("tag")
+        .iter()
+        .map(|t| t.to_lowercase())
+        .collect();
+    let expr = parse_filter(req)?;
+    let token = acl::request_token(req);
+    let authz = acl::resolve(state.cfg.acl_token.as_deref(), &token)?;
+
+    let (mut entries, index) = blocking::run(state, b, |inner| {
+        (
+            views::health_entries(inner, &state.cfg, name),
+            inner.health_index(name),
+        )
+    })
+    .await;
+    let total = entries.len();
+    if !authz.can_read() {
+        entries.clear();
+    }
+    let filtered = entries.len() != total;
+    entries.retain(|e| {
+        tags.iter()
+            .all(|want| e.service.tags.iter().any(|t| t.to_lowercase() == *want))
+    });
+    apply_filter(&mut entries, expr.as_ref());
+    if passing {
+        entries.retain(|e| e.checks.iter().all(|c| c.status == PASSING));
+    }
+    let mut resp = json(&entries);
+    blocking::set_meta(&mut resp, index, &b);
+    mark_filtered(&mut resp, &token, filtered);
+    Ok(resp)
+}
+
+/// `GET /v1/catalog/services`: service name → the union of its instances' tags.
+pub async fn services(state: &Arc<State>, req: &Req) -> Result<Resp, ApiError> {
+    let b = blocking::parse(req)?;
+    let expr = parse_filter(req)?;
+    let token = acl::request_token(req);
+    let authz = acl::resolve(state.cfg.acl_token.as_deref(), &token)?;
+
+    let (nodes, index) = blocking::run(state, b, |inner| {
+        (
+            views::service_nodes(inner, &state.cfg),
+            inner.services_index,
+        )
+    })
+    .await;
+    let readable = authz.can_read();
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (name, tags, value) in &nodes {
+        if !readable || expr.as_ref().is_some_and(|e| !e.eval(value)) {
+            continue;
+        }
+        out.entry(name.clone())
+            .or_default()
+            .extend(tags.iter().cloned());
+    }
+    let out: BTreeMap<String, Vec<String>> = out
+        .into_iter()
+        .map(|(k, v)| (k, v.into_iter().collect()))
+        .collect();
+    let mut resp = json(&out);
+    blocking::set_meta(&mut resp, index, &b);
+    mark_filtered(&mut resp, &token, !readable);
+    Ok(resp)
+}

@@ -1,0 +1,298 @@
+//! The shared state: the catalog behind a lock, the operations that change it (with Consul's
+//! agent semantics), and a `watch` channel on which every change is published for blocking
+//! queries. All in memory: a restart starts empty, like a dev agent.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use crate::model::{CRITICAL, Check, CheckSpec, Config, Probe, Service, truncate_output};
+use crate::store::Inner;
+
+/// The shared state plus its change notifications.
+pub struct State {
+    pub cfg: Config,
+    inner: Mutex<Inner>,
+    changes: watch::Sender<u64>,
+    ttl_wake: Notify,
+}
+
+/// Why a TTL update failed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UpdateError {
+    UnknownCheck,
+    NotTtl,
+}
+
+impl State {
+    pub fn new(cfg: Config) -> Arc<State> {
+        let inner = Inner::new();
+        let (changes, _) = watch::channel(inner.index);
+        Arc::new(State {
+            cfg,
+            inner: Mutex::new(inner),
+            changes,
+            ttl_wake: Notify::new(),
+        })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A receiver that sees every change made after this call.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    pub fn ttl_wakeup(&self) -> &Notify {
+        &self.ttl_wake
+    }
+
+    fn publish(&self, idx: u64) {
+        self.changes.send_replace(idx);
+    }
+
+    /// Registers or replaces a service and its checks, with Consul's agent semantics: existing
+    /// checks keep their status and output, TTL timers restart, checks left out of the payload
+    /// stay unless `replace_checks`.
+    pub fn register(
+        self: &Arc<Self>,
+        mut svc: Service,
+        specs: Vec<CheckSpec>,
+        replace_checks: bool,
+    ) {
+        let now = Instant::now();
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let existing = inner.services.get(&svc.id).cloned();
+        let service_changed = existing.as_ref().is_none_or(|e| !e.same_definition(&svc));
+        let mut new_checks = Vec::new();
+        for spec in specs {
+            let generation = inner.next_generation();
+            let prev = inner.checks.get(&spec.id);
+            let (status, output) = match prev {
+                Some(p) => (p.status.clone(), p.output.clone()),
+                None => (
+                    spec.status.clone().unwrap_or_else(|| CRITICAL.to_owned()),
+                    String::new(),
+                ),
+            };
+            let check = Check {
+                ttl_deadline: (spec.probe == Probe::Ttl)
+                    .then(|| now + crate::duration::to_std(spec.ttl)),
+                critical_since: (status == CRITICAL).then_some(now),
+                create_index: prev.map_or(0, |p| p.create_index),
+                modify_index: prev.map_or(0, |p| p.modify_index),
+                spec,
+                service_id: svc.id.clone(),
+                status,
+                output,
+                last_output: String::new(),
+                generation,
+                runner: None,
+            };
+            let changed = prev.is_none_or(|p| !p.same_catalog_view(&check));
+            new_checks.push((check, changed, prev.is_none()));
+        }
+        let removed: Vec<String> = if replace_checks {
+            inner
+                .checks
+                .iter()
+                .filter(|(id, c)| {
+                    c.service_id == svc.id && !new_checks.iter().any(|(n, _, _)| &n.spec.id == *id)
+                })
+                .map(|(id, _)| id.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let any_change = service_changed
+            || !removed.is_empty()
+            || new_checks.iter().any(|(_, changed, _)| *changed);
+        let idx = if any_change {
+            inner.bump()
+        } else {
+            inner.index
+        };
+
+        match &existing {
+            Some(e) => {
+                svc.create_index = e.create_index;
+                svc.modify_index = if service_changed { idx } else { e.modify_index };
+            }
+            None => (svc.create_index, svc.modify_index) = (idx, idx),
+        }
+        if service_changed {
+            inner.services_index = idx;
+        }
+        let name = svc.name.clone();
+        inner.services.insert(svc.id.clone(), svc);
+        for (mut check, changed, is_new) in new_checks {
+            if let Some(old) = inner.checks.remove(&check.spec.id)
+                && let Some(r) = old.runner
+            {
+                r.abort();
+            }
+            if is_new {
+                check.create_index = idx;
+            }
+            if changed {
+                check.modify_index = idx;
+            }
+            if check.spec.probe != Probe::Ttl {
+                check.runner = Some(crate::checks::spawn_probe(self.clone(), &check));
+            }
+            inner.checks.insert(check.spec.id.clone(), check);
+        }
+        for id in removed {
+            if let Some(c) = inner.checks.remove(&id)
+                && let Some(r) = c.runner
+            {
+                r.abort();
+            }
+        }
+        if any_change {
+            inner.touch_name(&name, idx);
+            if let Some(old) = existing.filter(|e| !e.name.eq_ignore_ascii_case(&name)) {
+                inner.after_removal(&old.name, idx);
+            }
+        }
+        drop(g);
+        if any_change {
+            self.publish(idx);
+        }
+        self.ttl_wake.notify_one();
+    }
+
+    /// Removes a service and its checks; false when there is no such service.
+    pub fn deregister(&self, id: &str) -> bool {
+        let mut g = self.lock();
+        if !g.services.contains_key(id) {
+            return false;
+        }
+        let idx = g.bump();
+        g.remove_service(id, idx);
+        drop(g);
+        self.publish(idx);
+        true
+    }
+
+    /// A TTL check update (pass/warn/fail/update): restarts the TTL clock.
+    pub fn update_ttl(
+        &self,
+        check_id: &str,
+        status: &str,
+        output: &str,
+    ) -> Result<(), UpdateError> {
+        let now = Instant::now();
+        let mut g = self.lock();
+        let check = g
+            .checks
+            .get_mut(check_id)
+            .ok_or(UpdateError::UnknownCheck)?;
+        if check.spec.probe != Probe::Ttl {
+            return Err(UpdateError::NotTtl);
+        }
+        let output = truncate_output(output, check.spec.output_max_size);
+        check.last_output = output.clone();
+        check.ttl_deadline = Some(now + crate::duration::to_std(check.spec.ttl));
+        let changed = check.set(status, output, now);
+        self.after_check_update(g, check_id, changed);
+        self.ttl_wake.notify_one();
+        Ok(())
+    }
+
+    /// A probe's result for the check incarnation `generation`.
+    pub fn probe_result(&self, check_id: &str, generation: u64, status: &str, output: String) {
+        let mut g = self.lock();
+        let Some(check) = g
+            .checks
+            .get_mut(check_id)
+            .filter(|c| c.generation == generation)
+        else {
+            return;
+        };
+        let output = truncate_output(&output, check.spec.output_max_size);
+        let changed = check.set(status, output, Instant::now());
+        self.after_check_update(g, check_id, changed);
+    }
+
+    fn after_check_update(&self, mut g: MutexGuard<'_, Inner>, check_id: &str, changed: bool) {
+        if !changed {
+            return;
+        }
+        let idx = g.bump();
+        let service_id = g.checks.get_mut(check_id).map(|c| {
+            c.modify_index = idx;
+            c.service_id.clone()
+        });
+        if let Some(name) = service_id
+            .and_then(|s| g.services.get(&s))
+            .map(|s| s.name.clone())
+        {
+            g.touch_name(&name, idx);
+        }
+        drop(g);
+        self.publish(idx);
+    }
+
+    /// Turns every TTL check past its deadline critical; returns the next deadline.
+    pub fn expire_ttls(&self, now: Instant) -> Option<Instant> {
+        let mut g = self.lock();
+        let expired: Vec<String> = g
+            .checks
+            .iter()
+            .filter(|(_, c)| c.ttl_deadline.is_some_and(|d| d <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            let Some(c) = g.checks.get_mut(&id) else {
+                continue;
+            };
+            c.ttl_deadline = None;
+            let output = if c.last_output.is_empty() {
+                "TTL expired".to_owned()
+            } else {
+                format!(
+                    "TTL expired (last output before timeout follows): {}",
+                    c.last_output
+                )
+            };
+            tracing::warn!(check = %id, "check missed TTL, is now critical");
+            let changed = c.set(CRITICAL, output, now);
+            self.after_check_update(g, &id, changed);
+            g = self.lock();
+        }
+        g.checks.values().filter_map(|c| c.ttl_deadline).min()
+    }
+
+    /// Removes every service with a check critical for longer than its
+    /// `DeregisterCriticalServiceAfter`.
+    pub fn reap(&self, now: Instant) {
+        let mut g = self.lock();
+        let mut doomed: Vec<String> = g
+            .checks
+            .values()
+            .filter(|c| !c.service_id.is_empty() && c.status == CRITICAL)
+            .filter(|c| match (c.spec.deregister_after, c.critical_since) {
+                (Some(after), Some(since)) => now.duration_since(since) > after,
+                _ => false,
+            })
+            .map(|c| c.service_id.clone())
+            .collect();
+        doomed.sort();
+        doomed.dedup();
+        for id in doomed {
+            if !g.services.contains_key(&id) {
+                continue;
+            }
+            let idx = g.bump();
+            if g.remove_service(&id, idx) {
+                tracing::info!(service = %id, "check for service has been critical for too long; deregistered service");
+                self.publish(idx);
+            }
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! `/v1/health/service/:service` filtering (`?passing`, `?tag`, `?filter`, case-insensitive names)
+//! and `/v1/catalog/services` tag unions.
+
+use serde_json::{Value, json};
+
+use crate::support::Server;
+
+fn ids(v: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = v
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|e| e["Service"]["ID"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn three_instances() -> Server {
+    let s = Server::start(&[]).await;
+    for (id, tags, status) in [
+        ("web-1", json!(["v1", "blue"]), "passing"),
+        ("web-2", json!(["v1"]), "warning"),
+        ("web-3", json!(["v2"]), "critical"),
+    ] {
+        s.register(json!({"Name": "web", "ID": id, "Tags": tags, "Port": 80,
+                          "Check": {"TTL": "60s", "Status": status}}))
+            .await;
+    }
+    s.register(json!({"Name": "db", "ID": "db-1", "Tags": ["v1", "primary"]}))
+        .await;
+    s
+}
+
+#[tokio::test]
+async fn passing_filter() {
+    let s = three_instances().await;
+    assert_eq!(
+        ids(&s.get_json("/v1/health/service/web").await),
+        ["web-1", "web-2", "web-3"]
+    );
+    for q in [
+        "passing",
+        "passing=",
+        "passing=true",
+        "passing=1",
+        "passing=T",
+    ] {
+        assert_eq!(
+            ids(&s.get_json(&format!("/v1/health/service/web?{q}")).await),
+            ["web-1"],
+            "{q}"
+        );
+    }
+    for q in ["passing=false", "passing=0", "passing=F"] {
+        assert_eq!(
+            ids(&s.get_json(&format!("/v1/health/service/web?{q}")).await).len(),
+            3,
+            "{q}"
+        );
+    }
+    for q in ["passing=yes", "passing=nope-nope-nope"] {
+        s.get(&format!("/v1/health/service/web?{q}"))
+            .await
+            .assert_error(400, "Invalid value for ?passing");
+    }
+    // Warning is not passing either; a pass makes web-2 count.
+    s.put("/v1/agent/check/pass/service:web-2", None)
+        .await
+        .assert_write_ok();
+    assert_eq!(
+        ids(&s.get_json("/v1/health/service/web?passing").await),
+        ["web-1", "web-2"]
+    );
+}
+
+#[tokio::test]
+async fn tags_names_and_unknown_services() {
+    let s = three_instances().await;
+    assert_eq!(
+        ids(&s.get_json("/v1/health/service/web?tag=v1").await),
+        ["web-1", "web-2"]
+    );
+    assert_eq!(
+        ids(&s.get_json("/v1/health/service/web?tag=v1&tag=blue").await),
+        ["web-1"]
+    );
+    assert_eq!(
+        ids(&s.get_json("/v1/health/service/web?tag=V1&tag=BLUE").await),
+        ["web-1"]
+    );
+    assert_eq!(
+        ids(&s.get_json("/v1/health/service/web?tag=v1&tag=v2").await).len(),
+        0
+    );
+    assert_eq!(
+        ids(&s.get_json("/v1/health/service/WEB").await),
+        ["web-1", "web-2", "web-3"]
+    );
+    let r = s.get("/v1/health/service/missing").await;
+    assert_eq!((r.status, r.json()), (200, json!([])));
+    r.index();
+
+    assert_eq!(
+        s.get_json("/v1/catalog/services").await,
+        json!({"consul": [], "db": ["primary", "v1"], "web": ["blue", "v1", "v2"]})
+    );
+}
+
+#[tokio::test]
+async fn health_filter_expressions() {
+    let s = three_instances().await;
+    let q = |expr: &str| {
+        format!(
+            "/v1/health/service/web?filter={}",
+            expr.replace(' ', "%20").replace('"', "%22")
+        )
+    };
+    assert_eq!(
+        ids(&s.get_json(&q(r#"Service.ID == "web-3""#)).await),
+        ["web-3"]
+    );
+    assert_eq!(
+        ids(&s.get_json(&q(r#""blue" in Service.Tags"#)).await),
+        ["web-1"]
+    );
+    assert_eq!(
+        ids(&s.get_json(&q(r#"Checks.Status == critical"#)).await),
+        ["web-3"]
+    );
+    assert_eq!(
+        ids(&s
+            .get_json(&q(
+                r#"Service.ID != "web-3" and not ("v1" in Service.Tags)"#
+            ))
+            .await)
+        .len(),
+        0
+    );
+    let cat = s
+        .get_json("/v1/catalog/services?filter=ServiceName%20%3D%3D%20db")
+        .await;
+    assert_eq!(cat, json!({"db": ["primary", "v1"]}));
+}
