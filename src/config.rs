@@ -57,6 +57,26 @@ pub struct Config {
     pub breaker: BreakerConfig,
     #[serde(default)]
     pub repair: RepairConfig,
+    #[serde(default)]
+    pub anti_entropy: AntiEntropyConfig,
+}
+
+/// The periodic sweep that makes the registries agree.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AntiEntropyConfig {
+    pub enabled: bool,
+    /// Time between sweeps, e.g. `"30s"`.
+    pub interval: String,
+}
+
+impl Default for AntiEntropyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: format!("{}s", crate::antientropy::DEFAULT_INTERVAL.as_secs()),
+        }
+    }
 }
 
 /// The background repairer.
@@ -244,6 +264,7 @@ pub struct Settings {
     pub consul_token: Option<Secret>,
     pub deregister_critical_after: Duration,
     pub breaker_open_for: Duration,
+    pub anti_entropy_interval: Duration,
 }
 
 impl Config {
@@ -398,6 +419,17 @@ impl Config {
                 }
             };
 
+        let anti_entropy_interval = match humantime::parse_duration(&self.anti_entropy.interval) {
+            Ok(d) if d >= Duration::from_millis(100) => Some(d),
+            Ok(_) => {
+                bad("anti_entropy.interval", "must be at least 100ms".into());
+                None
+            }
+            Err(e) => {
+                bad("anti_entropy.interval", format!("{e} (use e.g. \"30s\")"));
+                None
+            }
+        };
         if !(1..=100_000).contains(&self.repair.max_writes_per_second) {
             bad(
                 "repair.max_writes_per_second",
@@ -456,6 +488,7 @@ impl Config {
             consul_token,
             deregister_critical_after: deregister_critical_after.expect("checked"),
             breaker_open_for: breaker_open_for.expect("checked"),
+            anti_entropy_interval: anti_entropy_interval.expect("checked"),
             raw: self,
         })
     }

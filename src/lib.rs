@@ -17,11 +17,13 @@
 //!   [`registry::etcd`] (primary) and [`registry::consul`] (backup); [`pool`] keeps their
 //!   connections open and warm.
 //!
-//! Beside the request path: [`config`] (TOML + environment, validated at start-up), [`metrics`]
+//! Beside the request path: [`antientropy`] (the periodic sweep that makes the registries
+//! agree), [`config`] (TOML + environment, validated at start-up), [`metrics`]
 //! (Prometheus), [`certs`] (development certificates), [`error`] (the one mapping of errors to
 //! HTTP status), [`shutdown`] (signals and draining).
 #![forbid(unsafe_code)]
 
+pub mod antientropy;
 pub mod api;
 pub mod authz;
 pub mod breaker;

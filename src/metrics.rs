@@ -46,6 +46,8 @@ pub struct Metrics {
     pub registry_up: Family<RegistryLabels, Gauge>,
     pub repairs_pending: Family<RegistryLabels, Gauge>,
     pub breaker_state: Family<RegistryLabels, Gauge>,
+    pub sweeper_leader: Gauge,
+    pub disagreements: Gauge,
     pub repairs_done: Family<RegistryLabels, Counter>,
 }
 
@@ -90,6 +92,18 @@ impl Metrics {
             "Circuit breaker per registry: 0 closed, 1 half-open (probing), 2 open (calls skip it)",
             breaker_state.clone(),
         );
+        let sweeper_leader = Gauge::default();
+        registry.register(
+            "sweeper_leader",
+            "1 while this replica holds the anti-entropy sweeper election",
+            sweeper_leader.clone(),
+        );
+        let disagreements = Gauge::default();
+        registry.register(
+            "registry_disagreements",
+            "Instances the last anti-entropy sweep found the registries disagreeing on (and fixed)",
+            disagreements.clone(),
+        );
         let repairs_done = Family::<RegistryLabels, Counter>::default();
         registry.register(
             "repairs_completed",
@@ -104,6 +118,8 @@ impl Metrics {
             registry_up,
             repairs_pending,
             breaker_state,
+            sweeper_leader,
+            disagreements,
             repairs_done,
         })
     }

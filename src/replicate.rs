@@ -158,6 +158,10 @@ impl Coordinator {
         &self.members
     }
 
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     pub fn repairer(&self) -> &Arc<Repairer> {
         &self.repair
     }
@@ -167,7 +171,7 @@ impl Coordinator {
     }
 
     /// Runs `op` on one member within its deadline, recording latency, outcome and health.
-    async fn call<T, F, Fut>(
+    pub(crate) async fn call<T, F, Fut>(
         &self,
         m: &Member,
         op: &'static str,

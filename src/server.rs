@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::antientropy::Sweeper;
 use crate::api::{self, AppState};
 use crate::authz::{Authorizer, Peer};
 use crate::breaker::Breaker;
@@ -106,6 +107,20 @@ pub async fn run(
             c.probe_all().await;
         });
         background.spawn(probe_loop(coordinator.clone(), stop.clone()));
+        if settings.raw.anti_entropy.enabled {
+            let holder = format!(
+                "twinreg-{}-{:016x}",
+                public_addr_hint(&settings),
+                rand::random::<u64>()
+            );
+            let sweeper = Sweeper::new(
+                coordinator.clone(),
+                settings.anti_entropy_interval,
+                holder,
+                settings.raw.repair.max_writes_per_second,
+            );
+            background.spawn(sweeper.run(stop.clone()));
+        }
     }
 
     let admin = axum::serve(listeners.admin, api::admin::router(state.clone()))
@@ -207,6 +222,11 @@ pub async fn run(
     let _ = admin_task.await;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Something that tells replicas apart in the sweeper election and its logs.
+fn public_addr_hint(settings: &Settings) -> String {
+    std::env::var("HOSTNAME").unwrap_or_else(|_| settings.listen.to_string())
 }
 
 fn member(registry: Arc<dyn Registry>, timeout_ms: u64, settings: &Settings) -> Member {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
-    TlsOptions, Txn, TxnOp,
+    TlsOptions, Txn, TxnOp, TxnOpResponse,
 };
 use serde::{Deserialize, Serialize};
 
@@ -146,8 +146,16 @@ async fn probe(client: &mut Client, probe_key: &str) -> Result<(), etcd_client::
         .map(drop)
 }
 
+/// Tombstones live beside the instances, under a name no service can have (it starts with '.').
+const TOMBSTONE_DIR: &str = ".tombstones";
+
 /// How often a compare-and-swap is retried when another writer changed the key in between.
 const CAS_ATTEMPTS: usize = 5;
+
+/// How long a deregistration is remembered (its tombstone's lease): longer than an instance can
+/// linger in Consul after a missed delete (its TTL, `deregister_critical_after`, the reaper), so
+/// the anti-entropy sweep removes such a leftover instead of copying it back.
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(3600);
 
 /// What the key holds now: enough to fence by generation and to compare-and-swap.
 struct Stored {
@@ -156,11 +164,32 @@ struct Stored {
     lease: i64,
 }
 
-/// The transaction guard "the key is as we last read it" (absent, or at that revision).
-fn unchanged(key: &str, current: Option<&Stored>) -> Compare {
-    match current {
-        Some(s) => Compare::mod_revision(key, CompareOp::Equal, s.mod_revision),
-        None => Compare::create_revision(key, CompareOp::Equal, 0),
+/// The record and the tombstone of one instance, read together.
+struct Current {
+    record: Option<Stored>,
+    /// `(generation, mod_revision, lease)` of the last deregistration, while remembered.
+    tombstone: Option<(u64, i64, i64)>,
+}
+
+impl Current {
+    /// The newest generation this instance has seen here, live or deleted.
+    fn newest(&self) -> u64 {
+        let r = self.record.as_ref().map_or(0, |s| s.generation);
+        let t = self.tombstone.map_or(0, |(g, _, _)| g);
+        r.max(t)
+    }
+
+    /// The transaction guards "record and tombstone are as we read them".
+    fn unchanged(&self, key: &str, tomb: &str) -> [Compare; 2] {
+        let rec = match &self.record {
+            Some(s) => Compare::mod_revision(key, CompareOp::Equal, s.mod_revision),
+            None => Compare::create_revision(key, CompareOp::Equal, 0),
+        };
+        let t = match self.tombstone {
+            Some((_, rev, _)) => Compare::mod_revision(tomb, CompareOp::Equal, rev),
+            None => Compare::create_revision(tomb, CompareOp::Equal, 0),
+        };
+        [rec, t]
     }
 }
 
@@ -171,8 +200,13 @@ async fn revoke_quietly(client: &mut Client, lease: i64) {
     }
 }
 
+/// The anti-entropy sweeper's election key, beside the services (no service name starts with '.').
+const LEADER_KEY: &str = ".sweeper";
+
 pub struct Etcd {
     prefix: String,
+    /// The lease of this replica's sweeper leadership, while it holds it.
+    leadership: std::sync::Mutex<Option<i64>>,
     pool: Arc<WarmPool<EtcdConnect>>,
 }
 
@@ -211,6 +245,7 @@ impl Etcd {
         Ok((
             Self {
                 prefix: cfg.prefix.clone(),
+                leadership: std::sync::Mutex::new(None),
                 pool: pool.clone(),
             },
             pool,
@@ -225,18 +260,68 @@ impl Etcd {
         self.pool.client().await
     }
 
-    /// The key's current generation, revision and lease; garbage values count as generation 0.
-    async fn stored(
+    fn tombstone_key(&self, key: &InstanceKey) -> String {
+        format!("{}/{TOMBSTONE_DIR}/{}/{}", self.prefix, key.service, key.id)
+    }
+
+    /// Reads the record (generation, revision, lease; garbage counts as generation 0) and the
+    /// tombstone in one transaction.
+    async fn current(
         &self,
         client: &mut Client,
         key: &InstanceKey,
-    ) -> Result<Option<Stored>, RegistryError> {
-        let resp = client.get(self.key(key), None).await.map_err(to_err)?;
-        Ok(resp.kvs().first().map(|kv| Stored {
-            generation: Record::decode(key, kv.value()).map_or(0, |i| i.generation),
-            mod_revision: kv.mod_revision(),
-            lease: kv.lease(),
-        }))
+    ) -> Result<Current, RegistryError> {
+        let txn = Txn::new().and_then([
+            TxnOp::get(self.key(key), None),
+            TxnOp::get(self.tombstone_key(key), None),
+        ]);
+        let resp = client.txn(txn).await.map_err(to_err)?;
+        let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
+            TxnOpResponse::Get(g) => Some(g),
+            _ => None,
+        });
+        let (Some(rec), Some(tomb)) = (gets.next(), gets.next()) else {
+            return Err(RegistryError::unavailable(
+                KIND,
+                "etcd: malformed transaction answer",
+            ));
+        };
+        Ok(Current {
+            record: rec.kvs().first().map(|kv| Stored {
+                generation: Record::decode(key, kv.value()).map_or(0, |i| i.generation),
+                mod_revision: kv.mod_revision(),
+                lease: kv.lease(),
+            }),
+            tombstone: tomb.kvs().first().map(|kv| {
+                let g = std::str::from_utf8(kv.value())
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                (g, kv.mod_revision(), kv.lease())
+            }),
+        })
+    }
+
+    /// Deregistrations remembered for `service`: id → generation.
+    async fn tombstones_in(
+        &self,
+        service: &ServiceName,
+    ) -> Result<BTreeMap<InstanceId, u64>, RegistryError> {
+        let mut client = self.client().await?;
+        let dir = format!("{}/{TOMBSTONE_DIR}/{service}/", self.prefix);
+        let resp = client
+            .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(to_err)?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let id = std::str::from_utf8(kv.key().strip_prefix(dir.as_bytes())?).ok()?;
+                let g = std::str::from_utf8(kv.value()).ok()?.trim().parse().ok()?;
+                Some((InstanceId::parse(id).ok()?, g))
+            })
+            .collect())
     }
 
     async fn lease_of(
@@ -261,21 +346,20 @@ impl Registry for Etcd {
     async fn register(&self, instance: &Instance) -> Result<(), RegistryError> {
         let mut client = self.client().await?;
         let key = self.key(&instance.key);
+        let tomb = self.tombstone_key(&instance.key);
         let value = serde_json::to_vec(&Record::from_instance(instance))
             .map_err(|e| RegistryError::rejected(KIND, format!("encoding the record: {e}")))?;
-        // Read the current record and grant the new lease concurrently: one round trip.
+        // Read the current state and grant the new lease concurrently: one round trip.
         let mut reader = client.clone();
         let mut granter = client.clone();
         let (mut current, lease) =
-            tokio::try_join!(self.stored(&mut reader, &instance.key), async {
+            tokio::try_join!(self.current(&mut reader, &instance.key), async {
                 let ttl = i64::from(instance.ttl_seconds);
                 Ok(granter.lease_grant(ttl, None).await.map_err(to_err)?.id())
             },)?;
         for _ in 0..CAS_ATTEMPTS {
-            if let Some(s) = &current
-                && s.generation > instance.generation
-            {
-                // A newer write is already there: this one is obsolete and must not undo it.
+            if current.newest() > instance.generation {
+                // A newer write or delete is already there: this one is obsolete.
                 tracing::debug!(instance = %instance.key, "etcd holds a newer generation; write fenced");
                 revoke_quietly(&mut client, lease).await;
                 return Ok(());
@@ -285,17 +369,26 @@ impl Registry for Etcd {
                 value.clone(),
                 Some(PutOptions::new().with_lease(lease)),
             );
+            let mut ops = vec![put];
+            if current.tombstone.is_some() {
+                ops.push(TxnOp::delete(tomb.as_str(), None));
+            }
             let txn = Txn::new()
-                .when([unchanged(&key, current.as_ref())])
-                .and_then([put]);
+                .when(current.unchanged(&key, &tomb))
+                .and_then(ops);
             if client.txn(txn).await.map_err(to_err)?.succeeded() {
-                // The key moved to the new lease; the old one holds nothing now.
-                if let Some(old) = current.map(|s| s.lease).filter(|l| *l != 0 && *l != lease) {
-                    revoke_quietly(&mut client, old).await;
+                // The key moved to the new lease and the tombstone is gone: their old leases
+                // hold nothing now.
+                let old_record = current.record.map(|s| s.lease);
+                let old_tomb = current.tombstone.map(|(_, _, l)| l);
+                for old in [old_record, old_tomb].into_iter().flatten() {
+                    if old != 0 && old != lease {
+                        revoke_quietly(&mut client, old).await;
+                    }
                 }
                 return Ok(());
             }
-            current = self.stored(&mut client, &instance.key).await?;
+            current = self.current(&mut client, &instance.key).await?;
         }
         revoke_quietly(&mut client, lease).await;
         Err(RegistryError::unavailable(
@@ -326,27 +419,49 @@ impl Registry for Etcd {
         }
     }
 
+    /// Deletes the record and leaves a tombstone (the deregistration's generation, on a lease of
+    /// [`TOMBSTONE_TTL`]) in the same transaction, so the sweep can tell "deregistered" from
+    /// "never arrived here".
     async fn deregister(&self, key: &InstanceKey, generation: u64) -> Result<bool, RegistryError> {
         let mut client = self.client().await?;
         let path = self.key(key);
+        let tomb = self.tombstone_key(key);
+        let mut reader = client.clone();
+        let mut granter = client.clone();
+        let (mut current, tomb_lease) = tokio::try_join!(self.current(&mut reader, key), async {
+            let ttl = TOMBSTONE_TTL.as_secs() as i64;
+            Ok(granter.lease_grant(ttl, None).await.map_err(to_err)?.id())
+        })?;
         for _ in 0..CAS_ATTEMPTS {
-            let Some(current) = self.stored(&mut client, key).await? else {
-                return Ok(false);
-            };
-            if current.generation > generation {
+            if current.newest() > generation {
                 tracing::debug!(instance = %key, "etcd holds a newer registration; deregister fenced");
+                revoke_quietly(&mut client, tomb_lease).await;
                 return Ok(false);
+            }
+            let mut ops = vec![TxnOp::put(
+                tomb.as_str(),
+                generation.to_string(),
+                Some(PutOptions::new().with_lease(tomb_lease)),
+            )];
+            if current.record.is_some() {
+                ops.push(TxnOp::delete(path.as_str(), None));
             }
             let txn = Txn::new()
-                .when([unchanged(&path, Some(&current))])
-                .and_then([TxnOp::delete(path.as_str(), None)]);
+                .when(current.unchanged(&path, &tomb))
+                .and_then(ops);
             if client.txn(txn).await.map_err(to_err)?.succeeded() {
-                if current.lease != 0 {
-                    revoke_quietly(&mut client, current.lease).await;
+                let old_record = current.record.as_ref().map(|s| s.lease);
+                let old_tomb = current.tombstone.map(|(_, _, l)| l);
+                for old in [old_record, old_tomb].into_iter().flatten() {
+                    if old != 0 && old != tomb_lease {
+                        revoke_quietly(&mut client, old).await;
+                    }
                 }
-                return Ok(true);
+                return Ok(current.record.is_some());
             }
+            current = self.current(&mut client, key).await?;
         }
+        revoke_quietly(&mut client, tomb_lease).await;
         Err(RegistryError::unavailable(
             KIND,
             "etcd: the key kept changing under concurrent writes; retry",
@@ -418,6 +533,52 @@ impl Registry for Etcd {
         probe(&mut client, &format!("{}/", self.prefix))
             .await
             .map_err(to_err)
+    }
+
+    async fn tombstones(
+        &self,
+        service: &ServiceName,
+    ) -> Result<BTreeMap<InstanceId, u64>, RegistryError> {
+        self.tombstones_in(service).await
+    }
+
+    /// A lease-based election on `{prefix}/.sweeper`: the holder keeps its lease alive on every
+    /// call; if it stops calling (crashed, partitioned), the lease lapses and another takes over.
+    async fn lead(&self, holder: &str, ttl: Duration) -> Result<bool, RegistryError> {
+        let mut client = self.client().await?;
+        let key = format!("{}/{LEADER_KEY}", self.prefix);
+        let held = *self.leadership.lock().expect("not poisoned");
+        if let Some(lease) = held {
+            let (mut keeper, mut stream) = client.lease_keep_alive(lease).await.map_err(to_err)?;
+            keeper.keep_alive().await.map_err(to_err)?;
+            let alive = matches!(stream.message().await.map_err(to_err)?, Some(r) if r.ttl() > 0);
+            if alive {
+                let resp = client.get(key.as_str(), None).await.map_err(to_err)?;
+                if resp.kvs().first().is_some_and(|kv| kv.lease() == lease) {
+                    return Ok(true);
+                }
+            }
+            *self.leadership.lock().expect("not poisoned") = None;
+        }
+        let lease = client
+            .lease_grant(ttl.as_secs().max(1) as i64, None)
+            .await
+            .map_err(to_err)?
+            .id();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.as_str(),
+                holder,
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        if client.txn(txn).await.map_err(to_err)?.succeeded() {
+            *self.leadership.lock().expect("not poisoned") = Some(lease);
+            Ok(true)
+        } else {
+            revoke_quietly(&mut client, lease).await;
+            Ok(false)
+        }
     }
 }
 

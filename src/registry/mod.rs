@@ -1,6 +1,6 @@
 //! The registry trait and one adapter per registry. The coordinator speaks only this trait.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::error::RegistryError;
-use crate::model::{Instance, InstanceKey, ServiceName};
+use crate::model::{Instance, InstanceId, InstanceKey, ServiceName};
 
 pub mod consul;
 pub mod etcd;
@@ -74,6 +74,21 @@ pub trait Registry: Send + Sync + 'static {
 
     /// A cheap round trip proving the registry answers.
     async fn probe(&self) -> Result<(), RegistryError>;
+
+    /// Deregistrations this registry still remembers for `service` (id → generation), so the
+    /// anti-entropy sweep can tell "deregistered" from "never arrived". Default: none.
+    async fn tombstones(
+        &self,
+        _service: &ServiceName,
+    ) -> Result<BTreeMap<InstanceId, u64>, RegistryError> {
+        Ok(BTreeMap::new())
+    }
+
+    /// Takes or keeps the anti-entropy sweeper's leadership for `holder` (one replica sweeps at
+    /// a time); `Ok(false)` when another replica holds it or the registry cannot elect.
+    async fn lead(&self, _holder: &str, _ttl: std::time::Duration) -> Result<bool, RegistryError> {
+        Ok(false)
+    }
 }
 
 /// A registry's state as `/readyz` reports it.

@@ -3,6 +3,7 @@
 mod support;
 
 mod admin;
+mod antientropy;
 mod authz;
 mod faults;
 mod fencing;

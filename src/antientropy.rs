@@ -1,0 +1,198 @@
+//! Anti-entropy: a periodic, paced sweep that makes the registries agree.
+//!
+//! For every service it reads each registry's live instances and each registry's tombstones
+//! (deregistrations still remembered; etcd keeps them), then per instance:
+//! - the newest deregistration is newer than every live copy → remove the leftovers (a delete a
+//!   registry missed);
+//! - otherwise → write the newest record into every registry that lacks it or holds an older
+//!   generation (a write a registry missed, a wiped data directory, a restarted Consul agent).
+//!
+//! Writes go through the coordinator (deadlines, breakers, metrics) and are generation-fenced,
+//! so a sweep racing a client's newer write cannot undo it. With several replicas only the holder
+//! of an etcd lease election sweeps. The election lives in etcd alone, on purpose: a sweep needs
+//! both registries up to compare them, so when etcd is down there is nothing to sweep, and
+//! heartbeats keep restoring instances into Consul meanwhile.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{Instance, InstanceId, InstanceKey, ServiceName};
+use crate::replicate::Coordinator;
+
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    pub services: usize,
+    pub restored: usize,
+    pub removed: usize,
+}
+
+pub struct Sweeper {
+    coordinator: Arc<Coordinator>,
+    interval: Duration,
+    holder: String,
+    limiter: DefaultDirectRateLimiter,
+}
+
+impl Sweeper {
+    /// `holder` names this replica in the election; `max_writes_per_second` paces the sweep.
+    pub fn new(
+        coordinator: Arc<Coordinator>,
+        interval: Duration,
+        holder: String,
+        max_writes_per_second: u32,
+    ) -> Self {
+        let rate = NonZeroU32::new(max_writes_per_second.max(1)).expect("at least 1");
+        Self {
+            coordinator,
+            interval,
+            holder,
+            limiter: RateLimiter::direct(Quota::per_second(rate)),
+        }
+    }
+
+    /// Sweeps every `interval` while this replica leads, until `stop`.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The election lease outlives a few missed ticks, not more.
+        let lease_ttl = (self.interval * 3).max(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            let primary = &self.coordinator.members()[0];
+            let leading = primary
+                .registry
+                .lead(&self.holder, lease_ttl)
+                .await
+                .unwrap_or(false);
+            self.coordinator
+                .metrics()
+                .sweeper_leader
+                .set(i64::from(leading));
+            if !leading {
+                continue;
+            }
+            tokio::select! {
+                report = self.sweep() => {
+                    if let Some(r) = report.filter(|r| r.restored + r.removed > 0) {
+                        tracing::info!(services = r.services, restored = r.restored, removed = r.removed, "anti-entropy sweep repaired the registries");
+                    }
+                }
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// One pass over every service. `None` when the registries could not all be read.
+    pub async fn sweep(&self) -> Option<SweepReport> {
+        let members = self.coordinator.members();
+        let names = join_all(members.iter().map(|m| m.registry.services())).await;
+        let mut all = std::collections::BTreeSet::new();
+        for n in names {
+            all.extend(n.ok()?);
+        }
+        let mut report = SweepReport::default();
+        for service in all {
+            report.services += 1;
+            let (restored, removed) = self.sweep_service(&service).await?;
+            report.restored += restored;
+            report.removed += removed;
+        }
+        self.coordinator
+            .metrics()
+            .disagreements
+            .set((report.restored + report.removed) as i64);
+        Some(report)
+    }
+
+    async fn sweep_service(&self, service: &ServiceName) -> Option<(usize, usize)> {
+        let members = self.coordinator.members();
+        let lists = join_all(members.iter().map(|m| m.registry.list(service))).await;
+        let tombs = join_all(members.iter().map(|m| m.registry.tombstones(service))).await;
+        // Sweeping needs every registry's view: a registry that did not answer is skipped as a
+        // whole rather than mistaken for one that lost everything.
+        let lists: Vec<Vec<Instance>> = lists.into_iter().collect::<Result<_, _>>().ok()?;
+        let mut deleted: BTreeMap<InstanceId, u64> = BTreeMap::new();
+        for t in tombs {
+            for (id, g) in t.ok()? {
+                let e = deleted.entry(id).or_default();
+                *e = (*e).max(g);
+            }
+        }
+        // id → what each registry holds.
+        let mut by_id: BTreeMap<InstanceId, Vec<Option<Instance>>> = BTreeMap::new();
+        for (m, list) in lists.into_iter().enumerate() {
+            for inst in list {
+                let id = inst.key.id.clone();
+                by_id.entry(id).or_insert_with(|| vec![None; members.len()])[m] = Some(inst);
+            }
+        }
+        let (mut restored, mut removed) = (0, 0);
+        for (id, held) in by_id {
+            let newest = held
+                .iter()
+                .flatten()
+                .max_by_key(|i| i.generation)
+                .cloned()
+                .expect("at least one registry holds it");
+            let key = InstanceKey {
+                service: service.clone(),
+                id: id.clone(),
+            };
+            match deleted.get(&id) {
+                Some(&tomb) if tomb >= newest.generation => {
+                    for (m, h) in held.iter().enumerate() {
+                        if h.is_some() && self.write(m, Write::Remove(&key, tomb)).await {
+                            removed += 1;
+                        }
+                    }
+                }
+                _ => {
+                    for (m, h) in held.iter().enumerate() {
+                        let stale = h.as_ref().is_none_or(|i| i.generation < newest.generation);
+                        if stale && self.write(m, Write::Put(&newest)).await {
+                            restored += 1;
+                        }
+                    }
+                }
+            }
+        }
+        Some((restored, removed))
+    }
+
+    async fn write(&self, member: usize, w: Write<'_>) -> bool {
+        self.limiter.until_ready().await;
+        let m = &self.coordinator.members()[member];
+        let (r, _) = match w {
+            Write::Put(i) => {
+                self.coordinator
+                    .call(m, "sweep", |reg| async move { reg.register(i).await })
+                    .await
+            }
+            Write::Remove(k, g) => {
+                self.coordinator
+                    .call(m, "sweep", |reg| async move {
+                        reg.deregister(k, g).await.map(drop)
+                    })
+                    .await
+            }
+        };
+        r.is_ok()
+    }
+}
+
+enum Write<'a> {
+    Put(&'a Instance),
+    Remove(&'a InstanceKey, u64),
+}
