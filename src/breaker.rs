@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 3;
 pub const DEFAULT_OPEN_FOR: Duration = Duration::from_secs(2);
-pub const MAX_OPEN: Duration = Duration::from_secs(30);
+pub const MAX_OPEN: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -64,6 +64,7 @@ pub enum Admit {
 
 impl Breaker {
     pub fn new(threshold: u32, open_for: Duration) -> Self {
+        let open_for = open_for.min(MAX_OPEN);
         Self {
             threshold: threshold.max(1),
             base_open_for: open_for,

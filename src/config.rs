@@ -102,7 +102,7 @@ pub struct BreakerConfig {
     /// Consecutive failed calls (timeouts, unreachable) that open the breaker.
     pub consecutive_failures: u32,
     /// How long it stays open before a background probe tries the registry again, e.g. `"2s"`;
-    /// each failed probe doubles it, up to 30 s.
+    /// each failed probe doubles it, up to 10 s.
     pub open_for: String,
 }
 
@@ -451,7 +451,7 @@ impl Config {
         let breaker_open_for = match humantime::parse_duration(&self.breaker.open_for) {
             Ok(d) if d >= Duration::from_millis(100) && d <= crate::breaker::MAX_OPEN => Some(d),
             Ok(_) => {
-                bad("breaker.open_for", "must be from 100ms to 30s".into());
+                bad("breaker.open_for", "must be from 100ms to 10s".into());
                 None
             }
             Err(e) => {

@@ -182,7 +182,14 @@ impl Coordinator {
         Fut: Future<Output = Result<T, RegistryError>>,
     {
         let kind = m.registry.kind();
-        let admit = m.breaker.admit(op == "probe");
+        // A breaker refuses client calls while open, unless every other registry's breaker is
+        // open too: then trying beats failing for sure.
+        let others_out = self
+            .members
+            .iter()
+            .filter(|o| !std::ptr::eq(*o, m))
+            .all(|o| o.breaker.state() != crate::breaker::BreakerState::Closed);
+        let admit = m.breaker.admit(op == "probe" || others_out);
         if let Admit::No(wait) = admit {
             self.metrics
                 .observe_op(kind, op, "breaker_open", Duration::ZERO);

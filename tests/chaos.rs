@@ -73,44 +73,50 @@ async fn register(
     }
 }
 
+/// One simulated instance slot: registers an id, heartbeats it at ttl/3, and now and then (while
+/// faults run) deregisters it and registers a fresh id, so registers happen during faults too.
 async fn instance_loop(
     gw: Arc<Gateway>,
-    id: String,
+    slot: usize,
     seed: u64,
+    deregister_chance: f64,
     stats: Arc<Mutex<Stats>>,
     running: Arc<AtomicBool>,
 ) {
     let c = gw.client("payments");
-    let path = format!("/v1/services/payments/instances/{id}");
     let body = json!({"address": "10.1.0.1", "port": 8080, "ttl_seconds": TTL});
     let mut rng = StdRng::seed_from_u64(seed);
-    register(&c, &path, &body, &stats).await;
-    stats.lock().await.fates.insert(id.clone(), Fate::Alive);
-    // Heartbeat at ttl/3 until aborted; deregister now and then while faults are running.
-    loop {
-        tokio::time::sleep(Duration::from_secs(TTL / 3)).await;
-        if running.load(Ordering::SeqCst) && rng.random_bool(0.03) {
-            // Deregister until a registry confirms it; then this id is done.
-            loop {
-                let r = c.delete(&path).await;
-                if r.status == 200 {
-                    stats
-                        .lock()
-                        .await
-                        .fates
-                        .insert(id.clone(), Fate::Deregistered);
-                    return;
+    for round in 0.. {
+        let id = format!("s{slot}r{round}");
+        let path = format!("/v1/services/payments/instances/{id}");
+        register(&c, &path, &body, &stats).await;
+        stats.lock().await.fates.insert(id.clone(), Fate::Alive);
+        loop {
+            tokio::time::sleep(Duration::from_secs(TTL / 3)).await;
+            if running.load(Ordering::SeqCst) && rng.random_bool(deregister_chance) {
+                // Deregister until a registry confirms it; then this id is done.
+                loop {
+                    let r = c.delete(&path).await;
+                    if r.status == 200 {
+                        stats
+                            .lock()
+                            .await
+                            .fates
+                            .insert(id.clone(), Fate::Deregistered);
+                        break;
+                    }
+                    assert_eq!(r.status, 503, "deregister: {}", r.text);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                assert_eq!(r.status, 503, "deregister: {}", r.text);
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                break;
             }
-        }
-        let r = c.put(&format!("{path}/heartbeat")).await;
-        match r.status {
-            200 => stats.lock().await.heartbeats += 1,
-            404 => register(&c, &path, &body, &stats).await,
-            503 => stats.lock().await.unavailable += 1,
-            other => panic!("heartbeat answered {other}: {}", r.text),
+            let r = c.put(&format!("{path}/heartbeat")).await;
+            match r.status {
+                200 => stats.lock().await.heartbeats += 1,
+                404 => register(&c, &path, &body, &stats).await,
+                503 => stats.lock().await.unavailable += 1,
+                other => panic!("heartbeat answered {other}: {}", r.text),
+            }
         }
     }
 }
@@ -170,11 +176,15 @@ async fn chaos_loses_nothing_and_leaves_no_zombies() {
     let stats = Arc::new(Mutex::new(Stats::default()));
     let running = Arc::new(AtomicBool::new(true));
     let mut tasks = Vec::new();
+    // About a third of the slots deregister (and re-register as a new id) once per run.
+    let beats = (seconds / (TTL / 3)).max(1) as f64;
+    let deregister_chance = (0.35 / beats).min(0.05);
     for i in 0..n {
         tasks.push(tokio::spawn(instance_loop(
             gw.clone(),
-            format!("i{i}"),
+            i,
             seed.wrapping_add(i as u64),
+            deregister_chance,
             stats.clone(),
             running.clone(),
         )));
