@@ -51,6 +51,17 @@ pub struct Breaker {
     inner: Mutex<Inner>,
 }
 
+/// Who is asking to make a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// A client request.
+    Request,
+    /// The background probe: may be the half-open trial.
+    Probe,
+    /// A client request when every other registry is out as well.
+    LastResort,
+}
+
 /// What the breaker says about a call about to be made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admit {
@@ -82,24 +93,22 @@ impl Breaker {
         self.inner.lock().expect("not poisoned").state
     }
 
-    /// Whether a call may go ahead. Only calls that may serve as the half-open trial
-    /// (`may_trial`: the background probes) are let through once the breaker is open, so client
-    /// requests never wait on a registry that is still dead.
-    pub fn admit(&self, may_trial: bool) -> Admit {
+    /// Whether a call may go ahead. While the breaker is open, client requests are refused so
+    /// none waits on a registry that may still be dead; a background probe is let through as the
+    /// half-open trial once `open_for` has passed; a last-resort call (every other registry is
+    /// out too) always goes ahead, since trying beats failing for sure.
+    pub fn admit(&self, caller: Caller) -> Admit {
         let mut b = self.inner.lock().expect("not poisoned");
-        match b.state {
-            BreakerState::Closed => Admit::Yes,
-            BreakerState::Open | BreakerState::HalfOpen => {
-                let now = Instant::now();
-                if !may_trial || b.trial_in_flight || now < b.reopen_at {
-                    let wait = b.reopen_at.saturating_duration_since(now);
-                    return Admit::No(wait);
-                }
-                b.state = BreakerState::HalfOpen;
-                b.trial_in_flight = true;
-                Admit::Trial
-            }
+        if b.state == BreakerState::Closed || caller == Caller::LastResort {
+            return Admit::Yes;
         }
+        let now = Instant::now();
+        if caller == Caller::Request || b.trial_in_flight || now < b.reopen_at {
+            return Admit::No(b.reopen_at.saturating_duration_since(now));
+        }
+        b.state = BreakerState::HalfOpen;
+        b.trial_in_flight = true;
+        Admit::Trial
     }
 
     /// Records a call's result; returns the new state when it changed.
@@ -110,11 +119,10 @@ impl Breaker {
             b.trial_in_flight = false;
         }
         if healthy {
+            // Any success proves the registry answers again.
             b.failures = 0;
-            if admitted == Admit::Trial || b.state != BreakerState::Open {
-                b.state = BreakerState::Closed;
-                b.open_for = self.base_open_for;
-            }
+            b.state = BreakerState::Closed;
+            b.open_for = self.base_open_for;
         } else {
             b.failures = b.failures.saturating_add(1);
             let trip = match b.state {
@@ -142,27 +150,46 @@ mod tests {
     async fn opens_after_consecutive_failures_and_recovers_through_a_trial() {
         let b = Breaker::new(3, Duration::from_secs(2));
         for _ in 0..2 {
-            assert_eq!(b.admit(true), Admit::Yes);
+            assert_eq!(b.admit(Caller::Probe), Admit::Yes);
             assert_eq!(b.record(Admit::Yes, false), None);
         }
         assert_eq!(b.record(Admit::Yes, false), Some(BreakerState::Open));
-        assert!(matches!(b.admit(true), Admit::No(_)));
+        assert!(matches!(b.admit(Caller::Probe), Admit::No(_)));
 
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(
-            matches!(b.admit(false), Admit::No(_)),
+            matches!(b.admit(Caller::Request), Admit::No(_)),
             "requests are no trials"
         );
-        assert_eq!(b.admit(true), Admit::Trial);
-        assert!(matches!(b.admit(true), Admit::No(_)), "one trial at a time");
+        assert_eq!(b.admit(Caller::Probe), Admit::Trial);
+        assert!(
+            matches!(b.admit(Caller::Probe), Admit::No(_)),
+            "one trial at a time"
+        );
         assert_eq!(b.record(Admit::Trial, false), Some(BreakerState::Open));
         // Failed trial: open twice as long.
         tokio::time::advance(Duration::from_secs(3)).await;
-        assert!(matches!(b.admit(true), Admit::No(_)));
+        assert!(matches!(b.admit(Caller::Probe), Admit::No(_)));
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(b.admit(true), Admit::Trial);
+        assert_eq!(b.admit(Caller::Probe), Admit::Trial);
         assert_eq!(b.record(Admit::Trial, true), Some(BreakerState::Closed));
-        assert_eq!(b.admit(true), Admit::Yes);
+        assert_eq!(b.admit(Caller::Probe), Admit::Yes);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_last_resort_call_goes_through_an_open_breaker_and_closes_it_on_success() {
+        let b = Breaker::new(1, Duration::from_secs(8));
+        b.record(Admit::Yes, false);
+        assert!(matches!(b.admit(Caller::Request), Admit::No(_)));
+        assert_eq!(b.admit(Caller::LastResort), Admit::Yes);
+        assert_eq!(
+            b.record(Admit::Yes, false),
+            None,
+            "still open after a failed last resort"
+        );
+        assert_eq!(b.admit(Caller::LastResort), Admit::Yes);
+        assert_eq!(b.record(Admit::Yes, true), Some(BreakerState::Closed));
+        assert_eq!(b.admit(Caller::Request), Admit::Yes);
     }
 
     #[tokio::test(start_paused = true)]
@@ -182,10 +209,10 @@ mod tests {
         b.record(Admit::Yes, false);
         for _ in 0..5 {
             tokio::time::advance(MAX_OPEN).await;
-            assert_eq!(b.admit(true), Admit::Trial);
+            assert_eq!(b.admit(Caller::Probe), Admit::Trial);
             b.record(Admit::Trial, false);
         }
         tokio::time::advance(MAX_OPEN).await;
-        assert_eq!(b.admit(true), Admit::Trial);
+        assert_eq!(b.admit(Caller::Probe), Admit::Trial);
     }
 }

@@ -14,7 +14,7 @@ use futures::future::join_all;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
-use crate::breaker::{Admit, Breaker};
+use crate::breaker::{Admit, Breaker, Caller};
 use crate::cache::RecordCache;
 use crate::error::{RegistryError, RegistryErrorKind};
 use crate::metrics::Metrics;
@@ -182,14 +182,22 @@ impl Coordinator {
         Fut: Future<Output = Result<T, RegistryError>>,
     {
         let kind = m.registry.kind();
-        // A breaker refuses client calls while open, unless every other registry's breaker is
-        // open too: then trying beats failing for sure.
+        // A breaker refuses client calls while open, unless every other registry is out too
+        // (its breaker open, or its last call failed): then trying beats failing for sure.
         let others_out = self
             .members
             .iter()
             .filter(|o| !std::ptr::eq(*o, m))
-            .all(|o| o.breaker.state() != crate::breaker::BreakerState::Closed);
-        let admit = m.breaker.admit(op == "probe" || others_out);
+            .all(|o| {
+                o.breaker.state() != crate::breaker::BreakerState::Closed
+                    || o.health.get() == RegistryState::Down
+            });
+        let caller = match op {
+            "probe" => Caller::Probe,
+            _ if others_out => Caller::LastResort,
+            _ => Caller::Request,
+        };
+        let admit = m.breaker.admit(caller);
         if let Admit::No(wait) = admit {
             self.metrics
                 .observe_op(kind, op, "breaker_open", Duration::ZERO);
