@@ -118,11 +118,11 @@ impl Sweeper {
 
     async fn sweep_service(&self, service: &ServiceName) -> Option<(usize, usize)> {
         let members = self.coordinator.members();
-        let lists = join_all(members.iter().map(|m| m.registry.list(service))).await;
+        let held = join_all(members.iter().map(|m| m.registry.inventory(service))).await;
         let tombs = join_all(members.iter().map(|m| m.registry.tombstones(service))).await;
         // Sweeping needs every registry's view: a registry that did not answer is skipped as a
         // whole rather than mistaken for one that lost everything.
-        let lists: Vec<Vec<Instance>> = lists.into_iter().collect::<Result<_, _>>().ok()?;
+        let held: Vec<Vec<(Instance, bool)>> = held.into_iter().collect::<Result<_, _>>().ok()?;
         let mut deleted: BTreeMap<InstanceId, u64> = BTreeMap::new();
         for t in tombs {
             for (id, g) in t.ok()? {
@@ -130,41 +130,56 @@ impl Sweeper {
                 *e = (*e).max(g);
             }
         }
-        // id → what each registry holds.
-        let mut by_id: BTreeMap<InstanceId, Vec<Option<Instance>>> = BTreeMap::new();
-        for (m, list) in lists.into_iter().enumerate() {
-            for inst in list {
+        // id → what each registry holds, and whether it is live there.
+        type Copies = Vec<Option<(Instance, bool)>>;
+        let mut by_id: BTreeMap<InstanceId, Copies> = BTreeMap::new();
+        for (m, list) in held.into_iter().enumerate() {
+            for (inst, live) in list {
                 let id = inst.key.id.clone();
-                by_id.entry(id).or_insert_with(|| vec![None; members.len()])[m] = Some(inst);
+                by_id.entry(id).or_insert_with(|| vec![None; members.len()])[m] =
+                    Some((inst, live));
             }
         }
         let (mut restored, mut removed) = (0, 0);
-        for (id, held) in by_id {
-            let newest = held
-                .iter()
-                .flatten()
-                .max_by_key(|i| i.generation)
-                .cloned()
-                .expect("at least one registry holds it");
+        for (id, copies) in by_id {
             let key = InstanceKey {
                 service: service.clone(),
                 id: id.clone(),
             };
-            match deleted.get(&id) {
-                Some(&tomb) if tomb >= newest.generation => {
-                    for (m, h) in held.iter().enumerate() {
-                        if h.is_some() && self.write(m, Write::Remove(&key, tomb)).await {
-                            removed += 1;
-                        }
+            let newest_any = copies
+                .iter()
+                .flatten()
+                .map(|(i, _)| i.generation)
+                .max()
+                .unwrap_or(0);
+            if let Some(&tomb) = deleted.get(&id)
+                && tomb >= newest_any
+            {
+                // Deregistered after every copy was written: remove the leftovers, live or not.
+                for (m, c) in copies.iter().enumerate() {
+                    if c.is_some() && self.write(m, Write::Remove(&key, tomb)).await {
+                        removed += 1;
                     }
                 }
-                _ => {
-                    for (m, h) in held.iter().enumerate() {
-                        let stale = h.as_ref().is_none_or(|i| i.generation < newest.generation);
-                        if stale && self.write(m, Write::Put(&newest)).await {
-                            restored += 1;
-                        }
-                    }
+                continue;
+            }
+            // Copy the newest live record where it is missing, older, or not live.
+            let Some(newest) = copies
+                .iter()
+                .flatten()
+                .filter(|(_, live)| *live)
+                .map(|(i, _)| i)
+                .max_by_key(|i| i.generation)
+                .cloned()
+            else {
+                continue;
+            };
+            for (m, c) in copies.iter().enumerate() {
+                let stale = c
+                    .as_ref()
+                    .is_none_or(|(i, live)| !live || i.generation < newest.generation);
+                if stale && self.write(m, Write::Put(&newest)).await {
+                    restored += 1;
                 }
             }
         }

@@ -47,6 +47,9 @@ pub struct RegistryError {
     pub registry: RegistryKind,
     pub kind: RegistryErrorKind,
     pub message: String,
+    /// The request could not reach the registry (connection refused or reset, member down):
+    /// another member of the same registry may do.
+    pub unreachable: bool,
 }
 
 impl fmt::Display for RegistryError {
@@ -61,6 +64,14 @@ impl RegistryError {
             registry,
             kind: RegistryErrorKind::Unavailable,
             message: message.into(),
+            unreachable: false,
+        }
+    }
+
+    pub fn unreachable(registry: RegistryKind, message: impl Into<String>) -> Self {
+        Self {
+            unreachable: true,
+            ..Self::unavailable(registry, message)
         }
     }
 
@@ -69,6 +80,7 @@ impl RegistryError {
             registry,
             kind: RegistryErrorKind::Rejected,
             message: message.into(),
+            unreachable: false,
         }
     }
 
@@ -77,6 +89,7 @@ impl RegistryError {
             registry,
             kind: RegistryErrorKind::Timeout,
             message: format!("timed out after {} ms", after.as_millis()),
+            unreachable: false,
         }
     }
 

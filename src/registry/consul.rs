@@ -469,6 +469,13 @@ impl Registry for Consul {
             .collect())
     }
 
+    async fn inventory(
+        &self,
+        service: &ServiceName,
+    ) -> Result<Vec<(Instance, bool)>, RegistryError> {
+        self.health_entries(service).await
+    }
+
     async fn services(&self) -> Result<BTreeSet<ServiceName>, RegistryError> {
         let client = self.pool.client().await?;
         let consul = rs_consul::Consul::new_with_client(

@@ -205,6 +205,8 @@ const LEADER_KEY: &str = ".sweeper";
 
 pub struct Etcd {
     prefix: String,
+    /// Attempts per operation: one per endpoint, at least two.
+    attempts: usize,
     /// The lease of this replica's sweeper leadership, while it holds it.
     leadership: std::sync::Mutex<Option<i64>>,
     pool: Arc<WarmPool<EtcdConnect>>,
@@ -245,11 +247,30 @@ impl Etcd {
         Ok((
             Self {
                 prefix: cfg.prefix.clone(),
+                attempts: cfg.endpoints.len().max(2),
                 leadership: std::sync::Mutex::new(None),
                 pool: pool.clone(),
             },
             pool,
         ))
+    }
+
+    /// Runs `op` again, up to once per configured endpoint, while it fails to reach a member.
+    async fn failover<T, F, Fut>(&self, op: F) -> Result<T, RegistryError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RegistryError>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Err(e) if e.unreachable && attempt < self.attempts => {
+                    tracing::debug!(attempt, error = %e, "etcd member unreachable; trying another");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     fn key(&self, key: &InstanceKey) -> String {
@@ -337,13 +358,9 @@ impl Etcd {
     }
 }
 
-#[async_trait]
-impl Registry for Etcd {
-    fn kind(&self) -> RegistryKind {
-        KIND
-    }
-
-    async fn register(&self, instance: &Instance) -> Result<(), RegistryError> {
+/// The operations, each one attempt; [`Registry`] wraps them with fail-over.
+impl Etcd {
+    async fn register_once(&self, instance: &Instance) -> Result<(), RegistryError> {
         let mut client = self.client().await?;
         let key = self.key(&instance.key);
         let tomb = self.tombstone_key(&instance.key);
@@ -397,7 +414,7 @@ impl Registry for Etcd {
         ))
     }
 
-    async fn heartbeat(&self, key: &InstanceKey) -> Result<Liveness, RegistryError> {
+    async fn heartbeat_once(&self, key: &InstanceKey) -> Result<Liveness, RegistryError> {
         let mut client = self.client().await?;
         let Some(lease) = self.lease_of(&mut client, key).await? else {
             return Ok(Liveness::Unknown);
@@ -422,7 +439,11 @@ impl Registry for Etcd {
     /// Deletes the record and leaves a tombstone (the deregistration's generation, on a lease of
     /// [`TOMBSTONE_TTL`]) in the same transaction, so the sweep can tell "deregistered" from
     /// "never arrived here".
-    async fn deregister(&self, key: &InstanceKey, generation: u64) -> Result<bool, RegistryError> {
+    async fn deregister_once(
+        &self,
+        key: &InstanceKey,
+        generation: u64,
+    ) -> Result<bool, RegistryError> {
         let mut client = self.client().await?;
         let path = self.key(key);
         let tomb = self.tombstone_key(key);
@@ -468,7 +489,7 @@ impl Registry for Etcd {
         ))
     }
 
-    async fn get(&self, key: &InstanceKey) -> Result<Option<Instance>, RegistryError> {
+    async fn get_once(&self, key: &InstanceKey) -> Result<Option<Instance>, RegistryError> {
         let mut client = self.client().await?;
         let resp = client.get(self.key(key), None).await.map_err(to_err)?;
         Ok(resp
@@ -477,7 +498,7 @@ impl Registry for Etcd {
             .and_then(|kv| Record::decode(key, kv.value())))
     }
 
-    async fn list(&self, service: &ServiceName) -> Result<Vec<Instance>, RegistryError> {
+    async fn list_once(&self, service: &ServiceName) -> Result<Vec<Instance>, RegistryError> {
         let mut client = self.client().await?;
         let dir = format!("{}/{}/", self.prefix, service);
         let resp = client
@@ -507,7 +528,7 @@ impl Registry for Etcd {
         Ok(out)
     }
 
-    async fn services(&self) -> Result<BTreeSet<ServiceName>, RegistryError> {
+    async fn services_once(&self) -> Result<BTreeSet<ServiceName>, RegistryError> {
         let mut client = self.client().await?;
         let root = format!("{}/", self.prefix);
         let resp = client
@@ -528,14 +549,14 @@ impl Registry for Etcd {
             .collect())
     }
 
-    async fn probe(&self) -> Result<(), RegistryError> {
+    async fn probe_once(&self) -> Result<(), RegistryError> {
         let mut client = self.client().await?;
         probe(&mut client, &format!("{}/", self.prefix))
             .await
             .map_err(to_err)
     }
 
-    async fn tombstones(
+    async fn tombstones_once(
         &self,
         service: &ServiceName,
     ) -> Result<BTreeMap<InstanceId, u64>, RegistryError> {
@@ -544,7 +565,7 @@ impl Registry for Etcd {
 
     /// A lease-based election on `{prefix}/.sweeper`: the holder keeps its lease alive on every
     /// call; if it stops calling (crashed, partitioned), the lease lapses and another takes over.
-    async fn lead(&self, holder: &str, ttl: Duration) -> Result<bool, RegistryError> {
+    async fn lead_once(&self, holder: &str, ttl: Duration) -> Result<bool, RegistryError> {
         let mut client = self.client().await?;
         let key = format!("{}/{LEADER_KEY}", self.prefix);
         let held = *self.leadership.lock().expect("not poisoned");
@@ -582,6 +603,57 @@ impl Registry for Etcd {
     }
 }
 
+/// Every operation is retried on another etcd member when it failed to reach one (a dead member
+/// of a multi-endpoint cluster keeps being offered by the balancer until its reconnects fail),
+/// within the coordinator's deadline. Writes are compare-and-swap guarded, so a retry of a write
+/// whose first attempt did land is harmless.
+#[async_trait]
+impl Registry for Etcd {
+    fn kind(&self) -> RegistryKind {
+        KIND
+    }
+
+    async fn register(&self, instance: &Instance) -> Result<(), RegistryError> {
+        self.failover(|| self.register_once(instance)).await
+    }
+
+    async fn heartbeat(&self, key: &InstanceKey) -> Result<Liveness, RegistryError> {
+        self.failover(|| self.heartbeat_once(key)).await
+    }
+
+    async fn deregister(&self, key: &InstanceKey, generation: u64) -> Result<bool, RegistryError> {
+        self.failover(|| self.deregister_once(key, generation))
+            .await
+    }
+
+    async fn get(&self, key: &InstanceKey) -> Result<Option<Instance>, RegistryError> {
+        self.failover(|| self.get_once(key)).await
+    }
+
+    async fn list(&self, service: &ServiceName) -> Result<Vec<Instance>, RegistryError> {
+        self.failover(|| self.list_once(service)).await
+    }
+
+    async fn services(&self) -> Result<BTreeSet<ServiceName>, RegistryError> {
+        self.failover(|| self.services_once()).await
+    }
+
+    async fn probe(&self) -> Result<(), RegistryError> {
+        self.failover(|| self.probe_once()).await
+    }
+
+    async fn tombstones(
+        &self,
+        service: &ServiceName,
+    ) -> Result<BTreeMap<InstanceId, u64>, RegistryError> {
+        self.failover(|| self.tombstones_once(service)).await
+    }
+
+    async fn lead(&self, holder: &str, ttl: Duration) -> Result<bool, RegistryError> {
+        self.failover(|| self.lead_once(holder, ttl)).await
+    }
+}
+
 /// A message for an etcd error: the gRPC status message, never credentials.
 fn describe(e: &etcd_client::Error) -> String {
     match e {
@@ -606,6 +678,12 @@ fn to_err(e: etcd_client::Error) -> RegistryError {
             ) =>
         {
             RegistryError::rejected(KIND, msg)
+        }
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => {
+            RegistryError::unreachable(KIND, msg)
+        }
+        etcd_client::Error::GRpcStatus(s) if s.code() == Code::Unavailable => {
+            RegistryError::unreachable(KIND, msg)
         }
         _ => RegistryError::unavailable(KIND, msg),
     }

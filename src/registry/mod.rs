@@ -69,6 +69,22 @@ pub trait Registry: Send + Sync + 'static {
     /// The live instances of one service.
     async fn list(&self, service: &ServiceName) -> Result<Vec<Instance>, RegistryError>;
 
+    /// Every instance of `service` the registry holds, live or not, each with whether it is live
+    /// (Consul keeps an instance whose TTL check went critical until it reaps it). The sweep
+    /// removes a deregistered instance's leftovers whether or not they are live. Default: the
+    /// live ones.
+    async fn inventory(
+        &self,
+        service: &ServiceName,
+    ) -> Result<Vec<(Instance, bool)>, RegistryError> {
+        Ok(self
+            .list(service)
+            .await?
+            .into_iter()
+            .map(|i| (i, true))
+            .collect())
+    }
+
     /// Names of services that may hold twinreg instances.
     async fn services(&self) -> Result<BTreeSet<ServiceName>, RegistryError>;
 

@@ -1,1 +1,282 @@
 //! A 3-member etcd cluster on loopback, for tests about losing members.
+//!
+//! Each member is a real `etcd` process (found like [`super::etcd`] finds it) with its own client
+//! port, peer port and data directory. Members can be killed (SIGKILL, data kept) and restarted
+//! with their data, frozen (SIGSTOP) and thawed (SIGCONT); the leader is found by asking each
+//! member for its `status()`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use etcd_client::{Client, GetOptions};
+use nix::sys::signal::Signal;
+
+use super::{eventually, find_binary, free_port, signal};
+
+pub const MEMBERS: usize = 3;
+/// How long one status/get round trip to a member may take in the helpers here.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct Member {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    frozen: bool,
+}
+
+impl Member {
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+pub struct Cluster {
+    bin: PathBuf,
+    token: String,
+    pub members: Vec<Member>,
+}
+
+impl Cluster {
+    /// Starts three members and waits until they elected a leader and accept writes.
+    pub async fn start() -> Cluster {
+        let bin = find_binary("ETCD_BIN", "etcd").unwrap_or_else(|| {
+            panic!(
+                "etcd not found: these tests need a real etcd. Install it (apt-get install etcd-server) \
+                 or set ETCD_BIN to the etcd binary"
+            )
+        });
+        let members = (0..MEMBERS)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                dir: tempfile::tempdir().unwrap(),
+                child: None,
+                frozen: false,
+            })
+            .collect::<Vec<_>>();
+        let mut c = Cluster {
+            bin,
+            token: format!("twinreg-test-{}", members[0].client_port),
+            members,
+        };
+        for i in 0..MEMBERS {
+            c.spawn(i);
+        }
+        c.wait_healthy().await;
+        c
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn(&mut self, i: usize) {
+        assert!(
+            self.members[i].child.is_none(),
+            "member {i} is already running"
+        );
+        let initial = self.initial_cluster();
+        let m = &self.members[i];
+        // With an existing data directory etcd ignores the --initial-* flags and rejoins.
+        let child = Command::new(&self.bin)
+            .arg(format!("--name={}", m.name))
+            .arg(format!(
+                "--data-dir={}",
+                m.dir.path().join("data").display()
+            ))
+            .arg(format!("--listen-client-urls={}", m.endpoint()))
+            .arg(format!("--advertise-client-urls={}", m.endpoint()))
+            .arg(format!("--listen-peer-urls={}", m.peer_url()))
+            .arg(format!("--initial-advertise-peer-urls={}", m.peer_url()))
+            .arg(format!("--initial-cluster={initial}"))
+            .arg("--initial-cluster-state=new")
+            .arg(format!("--initial-cluster-token={}", self.token))
+            .arg("--log-level=error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting etcd member {i}: {e}"));
+        let m = &mut self.members[i];
+        m.child = Some(child);
+        m.frozen = false;
+    }
+
+    /// Every member's client URL (the list twinreg is given).
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Member::endpoint).collect()
+    }
+
+    /// Client URLs of the members running and not frozen.
+    pub fn live_endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| m.is_running() && !m.frozen)
+            .map(Member::endpoint)
+            .collect()
+    }
+
+    pub fn pid(&self, i: usize) -> u32 {
+        self.members[i]
+            .child
+            .as_ref()
+            .unwrap_or_else(|| panic!("member {i} is not running"))
+            .id()
+    }
+
+    /// One member's `status()`: (its own member ID, the leader it knows of, 0 when none).
+    async fn status_of(endpoint: &str) -> Option<(u64, u64)> {
+        tokio::time::timeout(CALL_TIMEOUT, async {
+            let mut c = Client::connect([endpoint], None).await.ok()?;
+            let s = c.status().await.ok()?;
+            Some((s.header()?.member_id(), s.leader()))
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// The index of the member that is leader now, as the members that answer see it (they must
+    /// agree); `None` when there is no leader or they disagree.
+    pub async fn leader(&self) -> Option<usize> {
+        let mut ids = Vec::new();
+        let mut leaders = Vec::new();
+        for (i, m) in self.members.iter().enumerate() {
+            if !m.is_running() || m.frozen {
+                continue;
+            }
+            if let Some((id, leader)) = Self::status_of(&m.endpoint()).await {
+                ids.push((i, id));
+                leaders.push(leader);
+            }
+        }
+        let first = *leaders.first()?;
+        if first == 0 || leaders.iter().any(|l| *l != first) {
+            return None;
+        }
+        ids.iter().find(|(_, id)| *id == first).map(|(i, _)| *i)
+    }
+
+    /// SIGKILL, keeping the member's data directory.
+    pub fn kill(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        if let Some(mut c) = m.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        m.frozen = false;
+    }
+
+    /// Starts a killed member again with its data and waits until it answers.
+    pub async fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+        let ep = self.members[i].endpoint();
+        eventually(
+            Duration::from_secs(30),
+            &format!("etcd member {i} to answer again"),
+            || {
+                let ep = ep.clone();
+                async move { Self::status_of(&ep).await.map(drop) }
+            },
+        )
+        .await;
+    }
+
+    /// SIGSTOP: the member keeps its sockets but answers nothing.
+    pub fn freeze(&mut self, i: usize) {
+        signal(self.pid(i), Signal::SIGSTOP);
+        self.members[i].frozen = true;
+    }
+
+    /// SIGCONT after [`Cluster::freeze`].
+    pub fn thaw(&mut self, i: usize) {
+        signal(self.pid(i), Signal::SIGCONT);
+        self.members[i].frozen = false;
+    }
+
+    /// Waits until every running member answers, they agree on a leader, and a write through the
+    /// cluster commits (a quorum is there).
+    pub async fn wait_healthy(&self) {
+        eventually(
+            Duration::from_secs(60),
+            "the etcd cluster to have a leader and commit writes",
+            || async {
+                for m in self.members.iter().filter(|m| m.is_running() && !m.frozen) {
+                    let (_, leader) = Self::status_of(&m.endpoint()).await?;
+                    if leader == 0 {
+                        return None;
+                    }
+                }
+                self.leader().await?;
+                tokio::time::timeout(CALL_TIMEOUT, async {
+                    let mut c = self.client().await?;
+                    c.put("/_cluster_health", "ok", None).await.ok().map(drop)
+                })
+                .await
+                .ok()
+                .flatten()
+            },
+        )
+        .await;
+    }
+
+    /// A client over the members running now, or `None` when it cannot connect.
+    pub async fn client(&self) -> Option<Client> {
+        let eps = self.live_endpoints();
+        if eps.is_empty() {
+            return None;
+        }
+        tokio::time::timeout(CALL_TIMEOUT, Client::connect(eps, None))
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Every key under `prefix` with its value and lease (a linearizable read: needs a quorum).
+    pub async fn dump(&self, prefix: &str) -> Option<Vec<(String, serde_json::Value, i64)>> {
+        let mut c = self.client().await?;
+        let resp = tokio::time::timeout(
+            CALL_TIMEOUT,
+            c.get(prefix, Some(GetOptions::new().with_prefix())),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        Some(
+            resp.kvs()
+                .iter()
+                .map(|kv| {
+                    (
+                        kv.key_str().unwrap_or_default().to_owned(),
+                        serde_json::from_slice(kv.value()).unwrap_or(serde_json::Value::Null),
+                        kv.lease(),
+                    )
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}

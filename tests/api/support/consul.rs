@@ -195,6 +195,16 @@ acl {{
         }
     }
 
+    /// SIGSTOP: Consul keeps its sockets but answers nothing.
+    pub fn freeze(&self) {
+        super::signal(self.pid(), nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Consul::freeze`].
+    pub fn thaw(&self) {
+        super::signal(self.pid(), nix::sys::signal::Signal::SIGCONT);
+    }
+
     /// Starts again on the same port; a dev agent (and mini-consul) starts empty.
     pub async fn restart(&mut self) {
         self.kill();

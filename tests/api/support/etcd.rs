@@ -154,6 +154,27 @@ impl Etcd {
         self.spawn().await;
     }
 
+    /// Starts again on the same ports with the data directory wiped: a fresh etcd, every key and
+    /// lease gone.
+    pub async fn restart_wiped(&mut self) {
+        self.kill();
+        let data = self.dir.path().join("data");
+        if data.exists() {
+            std::fs::remove_dir_all(&data).expect("wiping the etcd data directory");
+        }
+        self.spawn().await;
+    }
+
+    /// SIGSTOP: etcd keeps its sockets but answers nothing.
+    pub fn freeze(&self) {
+        super::signal(self.pid(), nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Etcd::freeze`].
+    pub fn thaw(&self) {
+        super::signal(self.pid(), nix::sys::signal::Signal::SIGCONT);
+    }
+
     pub async fn client(&self) -> Client {
         Client::connect([self.endpoint()], self.options())
             .await
