@@ -1,5 +1,7 @@
 //! The admin listener: health, readiness and Prometheus metrics.
 
+use std::time::Duration;
+
 use crate::{Env, body, path};
 
 #[tokio::test]
@@ -85,4 +87,82 @@ async fn shutdown_turns_readyz_503_first_then_drains_and_stops_serving() {
                 .contains_key(&format!("payments.{id}"))
         );
     }
+}
+
+/// The real binary and a real SIGTERM: readiness flips to 503 while it still serves, then it
+/// drains and exits 0, and what it acknowledged is in the registries.
+#[tokio::test]
+async fn the_binary_drains_on_sigterm_and_exits_cleanly() {
+    let (etcd, consul) = tokio::join!(
+        crate::support::etcd::Etcd::start(),
+        crate::support::consul::Consul::start()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    twinreg::certs::write_dev(dir.path(), &["payments".into()]).unwrap();
+    let (port, admin_port) = (crate::support::free_port(), crate::support::free_port());
+    let d = dir.path().display();
+    let config = dir.path().join("twinreg.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
+             drain_delay = \"1s\"\n[tls]\ncert = \"{d}/server.pem\"\nkey = \"{d}/server-key.pem\"\n\
+             client_ca = \"{d}/ca.pem\"\n[etcd]\nendpoints = [\"{}\"]\n[consul]\naddress = \"{}\"\n",
+            etcd.endpoint(),
+            consul.address()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_twinreg"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let readyz = || async move {
+        let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        client
+            .get(format!("http://{admin}/readyz").parse().unwrap())
+            .await
+            .ok()
+            .map(|r| r.status().as_u16())
+    };
+    crate::support::eventually(
+        Duration::from_secs(30),
+        "the binary to be ready",
+        || async { (readyz().await == Some(200)).then_some(()) },
+    )
+    .await;
+    let pem = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+    let identity = twinreg::certs::Issued {
+        cert_pem: pem("payments.pem"),
+        key_pem: pem("payments-key.pem"),
+        der: vec![],
+    };
+    let c = crate::support::client::TestClient::new(
+        format!("https://127.0.0.1:{port}"),
+        crate::support::client::tls_config(&pem("ca.pem"), Some(&identity)),
+    );
+    let r = c
+        .put_json(&path("payments", "p"), &body("10.0.0.1", 80))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    crate::support::signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+    crate::support::eventually(
+        Duration::from_secs(5),
+        "readyz 503 while draining",
+        || async { (readyz().await == Some(503)).then_some(()) },
+    )
+    .await;
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(etcd.dump("/services/payments/p").await.len() == 1);
+    assert!(consul.agent_services().await.contains_key("payments.p"));
 }
