@@ -310,12 +310,19 @@ impl Config {
         };
         let listen = parse_addr("server.listen", &self.server.listen, &mut bad);
         let admin_listen = parse_addr("server.admin_listen", &self.server.admin_listen, &mut bad);
-        let drain_delay = humantime::parse_duration(&self.server.drain_delay)
-            .map_err(|e| bad("server.drain_delay", format!("{e} (use e.g. \"2s\")")))
-            .ok();
-        let shutdown_grace = humantime::parse_duration(&self.server.shutdown_grace)
-            .map_err(|e| bad("server.shutdown_grace", format!("{e} (use e.g. \"10s\")")))
-            .ok();
+        let any = Duration::ZERO..=Duration::MAX;
+        let drain_delay = parse_duration(
+            "server.drain_delay",
+            &self.server.drain_delay,
+            any.clone(),
+            &mut bad,
+        );
+        let shutdown_grace = parse_duration(
+            "server.shutdown_grace",
+            &self.server.shutdown_grace,
+            any.clone(),
+            &mut bad,
+        );
 
         for (key, path) in [
             ("tls.cert", &self.tls.cert),
@@ -400,36 +407,20 @@ impl Config {
             },
             (None, None) => None,
         };
-        let deregister_critical_after =
-            match humantime::parse_duration(&self.consul.deregister_critical_after) {
-                Ok(d) if d >= MIN_DEREGISTER_CRITICAL_AFTER => Some(d),
-                Ok(_) => {
-                    bad(
-                        "consul.deregister_critical_after",
-                        "must be at least 1m (Consul's minimum)".into(),
-                    );
-                    None
-                }
-                Err(e) => {
-                    bad(
-                        "consul.deregister_critical_after",
-                        format!("{e} (use e.g. \"1m\" or \"10m\")"),
-                    );
-                    None
-                }
-            };
+        // Consul's minimum is 1m.
+        let deregister_critical_after = parse_duration(
+            "consul.deregister_critical_after",
+            &self.consul.deregister_critical_after,
+            MIN_DEREGISTER_CRITICAL_AFTER..=Duration::MAX,
+            &mut bad,
+        );
 
-        let anti_entropy_interval = match humantime::parse_duration(&self.anti_entropy.interval) {
-            Ok(d) if d >= Duration::from_millis(100) => Some(d),
-            Ok(_) => {
-                bad("anti_entropy.interval", "must be at least 100ms".into());
-                None
-            }
-            Err(e) => {
-                bad("anti_entropy.interval", format!("{e} (use e.g. \"30s\")"));
-                None
-            }
-        };
+        let anti_entropy_interval = parse_duration(
+            "anti_entropy.interval",
+            &self.anti_entropy.interval,
+            Duration::from_millis(100)..=Duration::MAX,
+            &mut bad,
+        );
         if !(1..=100_000).contains(&self.repair.max_writes_per_second) {
             bad(
                 "repair.max_writes_per_second",
@@ -448,17 +439,12 @@ impl Config {
                 ),
             );
         }
-        let breaker_open_for = match humantime::parse_duration(&self.breaker.open_for) {
-            Ok(d) if d >= Duration::from_millis(100) && d <= crate::breaker::MAX_OPEN => Some(d),
-            Ok(_) => {
-                bad("breaker.open_for", "must be from 100ms to 10s".into());
-                None
-            }
-            Err(e) => {
-                bad("breaker.open_for", format!("{e} (use e.g. \"2s\")"));
-                None
-            }
-        };
+        let breaker_open_for = parse_duration(
+            "breaker.open_for",
+            &self.breaker.open_for,
+            Duration::from_millis(100)..=crate::breaker::MAX_OPEN,
+            &mut bad,
+        );
 
         for (i, g) in self.authz.grants.iter().enumerate() {
             if g.identity.is_empty() {
@@ -491,6 +477,38 @@ impl Config {
             anti_entropy_interval: anti_entropy_interval.expect("checked"),
             raw: self,
         })
+    }
+}
+
+/// A duration such as `"30s"` or `"1m"`, within `range`; reports the key otherwise.
+fn parse_duration(
+    key: &str,
+    v: &str,
+    range: std::ops::RangeInclusive<Duration>,
+    bad: &mut impl FnMut(&str, String),
+) -> Option<Duration> {
+    let fmt = |d: &Duration| humantime::format_duration(*d).to_string();
+    match humantime::parse_duration(v) {
+        Ok(d) if range.contains(&d) => Some(d),
+        Ok(_) if *range.end() == Duration::MAX => {
+            bad(
+                key,
+                format!("'{v}' must be at least {}", fmt(range.start())),
+            );
+            None
+        }
+        Ok(_) => {
+            let (lo, hi) = (fmt(range.start()), fmt(range.end()));
+            bad(key, format!("'{v}' must be from {lo} to {hi}"));
+            None
+        }
+        Err(e) => {
+            bad(
+                key,
+                format!("'{v}': {e} (use a number with a unit, e.g. \"30s\" or \"2m\")"),
+            );
+            None
+        }
     }
 }
 

@@ -193,6 +193,18 @@ impl Current {
     }
 }
 
+/// After a transaction replaced the record and/or the tombstone, their old leases hold nothing:
+/// revoke them (all but `kept`, the lease the transaction wrote with).
+async fn revoke_replaced(client: &mut Client, replaced: &Current, kept: i64) {
+    let old_record = replaced.record.as_ref().map(|s| s.lease);
+    let old_tomb = replaced.tombstone.map(|(_, _, l)| l);
+    for old in [old_record, old_tomb].into_iter().flatten() {
+        if old != 0 && old != kept {
+            revoke_quietly(client, old).await;
+        }
+    }
+}
+
 async fn revoke_quietly(client: &mut Client, lease: i64) {
     // Failure only means the lease expires on its own.
     if let Err(e) = client.lease_revoke(lease).await {
@@ -394,15 +406,8 @@ impl Etcd {
                 .when(current.unchanged(&key, &tomb))
                 .and_then(ops);
             if client.txn(txn).await.map_err(to_err)?.succeeded() {
-                // The key moved to the new lease and the tombstone is gone: their old leases
-                // hold nothing now.
-                let old_record = current.record.map(|s| s.lease);
-                let old_tomb = current.tombstone.map(|(_, _, l)| l);
-                for old in [old_record, old_tomb].into_iter().flatten() {
-                    if old != 0 && old != lease {
-                        revoke_quietly(&mut client, old).await;
-                    }
-                }
+                // The key moved to the new lease and the tombstone is gone.
+                revoke_replaced(&mut client, &current, lease).await;
                 return Ok(());
             }
             current = self.current(&mut client, &instance.key).await?;
@@ -471,13 +476,7 @@ impl Etcd {
                 .when(current.unchanged(&path, &tomb))
                 .and_then(ops);
             if client.txn(txn).await.map_err(to_err)?.succeeded() {
-                let old_record = current.record.as_ref().map(|s| s.lease);
-                let old_tomb = current.tombstone.map(|(_, _, l)| l);
-                for old in [old_record, old_tomb].into_iter().flatten() {
-                    if old != 0 && old != tomb_lease {
-                        revoke_quietly(&mut client, old).await;
-                    }
-                }
+                revoke_replaced(&mut client, &current, tomb_lease).await;
                 return Ok(current.record.is_some());
             }
             current = self.current(&mut client, key).await?;
