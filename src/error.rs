@@ -37,6 +37,8 @@ pub enum RegistryErrorKind {
     Unavailable,
     /// It did not answer within the deadline: a retry later can help.
     Timeout,
+    /// Not tried: its circuit breaker is open after repeated failures.
+    CircuitOpen,
     /// It answered and refused (bad credentials, a permission, a value it will not store): a retry
     /// with the same input will not help until an operator acts.
     Rejected,
@@ -65,6 +67,13 @@ impl RegistryError {
             kind: RegistryErrorKind::Unavailable,
             message: message.into(),
             unreachable: false,
+        }
+    }
+
+    pub fn circuit_open(registry: RegistryKind, message: impl Into<String>) -> Self {
+        Self {
+            kind: RegistryErrorKind::CircuitOpen,
+            ..Self::unavailable(registry, message)
         }
     }
 

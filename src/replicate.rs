@@ -181,6 +181,21 @@ impl Coordinator {
         F: FnOnce(Arc<dyn Registry>) -> Fut,
         Fut: Future<Output = Result<T, RegistryError>>,
     {
+        self.call_as(m, op, false, f).await
+    }
+
+    /// [`Self::call`], with `last_resort` forcing the call through an open breaker.
+    async fn call_as<T, F, Fut>(
+        &self,
+        m: &Member,
+        op: &'static str,
+        last_resort: bool,
+        f: F,
+    ) -> (Result<T, RegistryError>, Duration)
+    where
+        F: FnOnce(Arc<dyn Registry>) -> Fut,
+        Fut: Future<Output = Result<T, RegistryError>>,
+    {
         let kind = m.registry.kind();
         // A breaker refuses client calls while open, unless every other registry is out too
         // (its breaker open, or its last call failed): then trying beats failing for sure.
@@ -194,7 +209,7 @@ impl Coordinator {
             });
         let caller = match op {
             "probe" => Caller::Probe,
-            _ if others_out => Caller::LastResort,
+            _ if last_resort || others_out => Caller::LastResort,
             _ => Caller::Request,
         };
         let admit = m.breaker.admit(caller);
@@ -205,7 +220,7 @@ impl Coordinator {
                 "circuit open after repeated failures; next probe in {} ms",
                 wait.as_millis()
             );
-            return (Err(RegistryError::unavailable(kind, msg)), Duration::ZERO);
+            return (Err(RegistryError::circuit_open(kind, msg)), Duration::ZERO);
         }
         let start = Instant::now();
         let result = match tokio::time::timeout(m.deadline, f(m.registry.clone())).await {
@@ -219,6 +234,7 @@ impl Coordinator {
                 RegistryErrorKind::Timeout => "timeout",
                 RegistryErrorKind::Rejected => "rejected",
                 RegistryErrorKind::Unavailable => "error",
+                RegistryErrorKind::CircuitOpen => "breaker_open",
             },
         };
         self.metrics.observe_op(kind, op, outcome, took);
@@ -242,18 +258,38 @@ impl Coordinator {
         F: Fn(Arc<dyn Registry>) -> Fut,
         Fut: Future<Output = Result<T, RegistryError>>,
     {
-        join_all(self.members.iter().map(|m| {
-            let f = &f;
-            async move {
-                let (result, took) = self.call(m, op, f).await;
-                Reply {
-                    kind: m.registry.kind(),
-                    result,
-                    took,
-                }
+        let f = &f;
+        let mut replies = join_all(self.members.iter().map(|m| async move {
+            let (result, took) = self.call(m, op, f).await;
+            Reply {
+                kind: m.registry.kind(),
+                result,
+                took,
             }
         }))
-        .await
+        .await;
+        // Every registry failed, and some were skipped by an open breaker (it may have recovered
+        // since its last probe): give those one last-resort try rather than fail for sure.
+        let skipped =
+            |r: &Reply<T>| matches!(&r.result, Err(e) if e.kind == RegistryErrorKind::CircuitOpen);
+        if replies.iter().all(|r| r.result.is_err()) && replies.iter().any(skipped) {
+            let retries = join_all(
+                self.members
+                    .iter()
+                    .zip(&replies)
+                    .filter(|(_, r)| skipped(r))
+                    .map(|(m, _)| async move {
+                        (m.registry.kind(), self.call_as(m, op, true, f).await)
+                    }),
+            )
+            .await;
+            for (kind, (result, took)) in retries {
+                if let Some(r) = replies.iter_mut().find(|r| r.kind == kind) {
+                    *r = Reply { kind, result, took };
+                }
+            }
+        }
+        replies
     }
 
     pub async fn register(&self, instance: Instance) -> Result<WriteReport, Failure> {
@@ -562,6 +598,24 @@ mod tests {
                 .starts_with("circuit open")
         );
         assert!(consul.holds(&instance("after").key).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_every_registry_fails_an_open_breaker_gets_a_last_resort_try() {
+        let (c, etcd, consul) = coordinator(100);
+        etcd.set_mode(Mode::Down);
+        for i in 0..3 {
+            c.register(instance(&format!("p{i}"))).await.unwrap();
+        }
+        assert_eq!(c.members()[0].breaker.state(), crate::breaker::BreakerState::Open);
+        // etcd is back but its breaker has not probed it yet; Consul dies in that window.
+        etcd.set_mode(Mode::Up);
+        consul.set_mode(Mode::Down);
+        let i = instance("last");
+        let r = c.register(i.clone()).await.unwrap();
+        assert!(r.outcomes.0[0].error.is_none(), "{:?}", r.outcomes);
+        assert_eq!(etcd.holds(&i.key).unwrap(), i);
+        assert_eq!(c.members()[0].breaker.state(), crate::breaker::BreakerState::Closed);
     }
 
     #[tokio::test(start_paused = true)]
