@@ -47,6 +47,17 @@ struct Stats {
     heartbeats: u64,
     unavailable: u64,
     faults: Vec<&'static str>,
+    /// The first few 503 answers, to tell what the registries said.
+    unavailable_samples: Vec<String>,
+}
+
+impl Stats {
+    fn unavailable(&mut self, what: &str, body: &str) {
+        self.unavailable += 1;
+        if self.unavailable_samples.len() < 5 {
+            self.unavailable_samples.push(format!("{what}: {body}"));
+        }
+    }
 }
 
 /// Registers until some registry accepts, retrying 503s.
@@ -67,7 +78,7 @@ async fn register(
             return;
         }
         assert_eq!(r.status, 503, "register: {}", r.text);
-        s.unavailable += 1;
+        s.unavailable("register", &r.text);
         drop(s);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -114,7 +125,7 @@ async fn instance_loop(
             match r.status {
                 200 => stats.lock().await.heartbeats += 1,
                 404 => register(&c, &path, &body, &stats).await,
-                503 => stats.lock().await.unavailable += 1,
+                503 => stats.lock().await.unavailable("heartbeat", &r.text),
                 other => panic!("heartbeat answered {other}: {}", r.text),
             }
         }
@@ -246,6 +257,9 @@ async fn chaos_loses_nothing_and_leaves_no_zombies() {
         converged_in.as_millis(),
     );
     println!("chaos faults: {:?}", s.faults);
+    for sample in &s.unavailable_samples {
+        println!("chaos 503: {sample}");
+    }
     assert_eq!(
         lost, 0,
         "live instances missing from a registry after the run"
