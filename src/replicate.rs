@@ -607,7 +607,10 @@ mod tests {
         for i in 0..3 {
             c.register(instance(&format!("p{i}"))).await.unwrap();
         }
-        assert_eq!(c.members()[0].breaker.state(), crate::breaker::BreakerState::Open);
+        assert_eq!(
+            c.members()[0].breaker.state(),
+            crate::breaker::BreakerState::Open
+        );
         // etcd is back but its breaker has not probed it yet; Consul dies in that window.
         etcd.set_mode(Mode::Up);
         consul.set_mode(Mode::Down);
@@ -615,7 +618,10 @@ mod tests {
         let r = c.register(i.clone()).await.unwrap();
         assert!(r.outcomes.0[0].error.is_none(), "{:?}", r.outcomes);
         assert_eq!(etcd.holds(&i.key).unwrap(), i);
-        assert_eq!(c.members()[0].breaker.state(), crate::breaker::BreakerState::Closed);
+        assert_eq!(
+            c.members()[0].breaker.state(),
+            crate::breaker::BreakerState::Closed
+        );
     }
 
     #[tokio::test(start_paused = true)]
