@@ -80,12 +80,4 @@ impl RecordCache {
         });
         before - map.len()
     }
-
-    pub fn len(&self) -> usize {
-        self.entries.lock().expect("not poisoned").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

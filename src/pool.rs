@@ -49,7 +49,6 @@ pub struct WarmPool<C: Connect> {
     pool: Pool<ConnectManager<C>>,
     warm: AtomicBool,
     last_error: std::sync::Mutex<String>,
-    warmed: watch::Sender<bool>,
 }
 
 impl<C: Connect> WarmPool<C> {
@@ -64,7 +63,6 @@ impl<C: Connect> WarmPool<C> {
             pool,
             warm: AtomicBool::new(false),
             last_error: std::sync::Mutex::new("connecting".into()),
-            warmed: watch::channel(false).0,
         })
     }
 
@@ -79,7 +77,6 @@ impl<C: Connect> WarmPool<C> {
                 Ok(objects) => {
                     drop(objects);
                     self.warm.store(true, Ordering::Release);
-                    self.warmed.send_replace(true);
                     tracing::info!(registry = %self.kind, connections = size, "registry pool warm");
                     return;
                 }
@@ -102,12 +99,6 @@ impl<C: Connect> WarmPool<C> {
 
     pub fn is_warm(&self) -> bool {
         self.warm.load(Ordering::Acquire)
-    }
-
-    /// Resolves when the pool is warm.
-    pub async fn wait_warm(&self) {
-        let mut rx = self.warmed.subscribe();
-        let _ = rx.wait_for(|w| *w).await;
     }
 
     /// A client handle, or at once an error when the pool is not warm yet.

@@ -9,7 +9,6 @@ use axum::routing::get;
 use serde_json::json;
 
 use super::AppState;
-use crate::registry::RegistryState;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -40,12 +39,7 @@ async fn readyz(State(st): State<AppState>) -> Response {
             )
         })
         .collect();
-    let any_up = st
-        .coordinator
-        .members()
-        .iter()
-        .any(|m| m.health.get() == RegistryState::Up);
-    let ready = any_up && !draining;
+    let ready = st.coordinator.ready() && !draining;
     let status = if ready {
         StatusCode::OK
     } else {
