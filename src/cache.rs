@@ -4,16 +4,26 @@
 //! lets a heartbeat restore a registry that lost an instance without a read, and tells the
 //! repairer whether an instance is still alive (heartbeating within its TTL) and still at the
 //! generation a repair was queued for.
+//!
+//! It also remembers when each registry's copy was last refreshed (written or renewed), so a
+//! heartbeat arriving soon after can be answered without a registry round trip (coalescing).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::model::{Instance, InstanceKey};
+
+/// Registries per instance: twinreg writes exactly two.
+pub const MAX_REGISTRIES: usize = 2;
 
 struct Entry {
     instance: Instance,
     last_seen: Instant,
+    /// Per registry (coordinator member index): when a call that refreshed its copy started.
+    refreshed: [Option<Instant>; MAX_REGISTRIES],
 }
 
 #[derive(Default)]
@@ -33,6 +43,7 @@ impl RecordCache {
                     Entry {
                         instance: instance.clone(),
                         last_seen: Instant::now(),
+                        refreshed: [None; MAX_REGISTRIES],
                     },
                 );
             }
@@ -44,6 +55,39 @@ impl RecordCache {
         if let Some(e) = self.entries.lock().expect("not poisoned").get_mut(key) {
             e.last_seen = Instant::now();
         }
+    }
+
+    /// Records that registry `member`'s copy was refreshed by a call started at `at` (`None`:
+    /// its state is unknown, e.g. the call failed or it had lost the instance).
+    pub fn refreshed(&self, key: &InstanceKey, member: usize, at: Option<Instant>) {
+        if let Some(e) = self.entries.lock().expect("not poisoned").get_mut(key) {
+            e.refreshed[member] = at;
+        }
+    }
+
+    /// Which registries' copies were refreshed less than `ttl × fraction` before `now` (their
+    /// lease or TTL check has more than `1 - fraction` of its life left), for the first
+    /// `members` registries. Marks the instance as heard from when every one is.
+    pub fn fresh(
+        &self,
+        key: &InstanceKey,
+        fraction: f64,
+        now: Instant,
+        members: usize,
+    ) -> [bool; MAX_REGISTRIES] {
+        let mut fresh = [false; MAX_REGISTRIES];
+        let mut map = self.entries.lock().expect("not poisoned");
+        let Some(e) = map.get_mut(key) else {
+            return fresh;
+        };
+        let window = Duration::from_secs(e.instance.ttl_seconds.into()).mul_f64(fraction);
+        for (f, at) in fresh.iter_mut().zip(&e.refreshed).take(members) {
+            *f = at.is_some_and(|t| now.saturating_duration_since(t) < window);
+        }
+        if fresh[..members].iter().all(|f| *f) {
+            e.last_seen = now;
+        }
+        fresh
     }
 
     pub fn get(&self, key: &InstanceKey) -> Option<Instance> {

@@ -59,6 +59,30 @@ pub struct Config {
     pub repair: RepairConfig,
     #[serde(default)]
     pub anti_entropy: AntiEntropyConfig,
+    #[serde(default)]
+    pub heartbeat: HeartbeatConfig,
+}
+
+/// Heartbeat coalescing: a registry whose copy of an instance was refreshed less than
+/// `ttl × coalesce_fraction` ago is not called again for a heartbeat (its lease or TTL check still
+/// has more than `1 - coalesce_fraction` of its life left).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeartbeatConfig {
+    pub coalesce: bool,
+    pub coalesce_fraction: f64,
+}
+
+/// Coalescing may skip refreshes for at most half a TTL: the lease always keeps half its life.
+pub const MAX_COALESCE_FRACTION: f64 = 0.5;
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        Self {
+            coalesce: true,
+            coalesce_fraction: 1.0 / 3.0,
+        }
+    }
 }
 
 /// The periodic sweep that makes the registries agree.
@@ -350,6 +374,18 @@ impl Config {
                 format!("'{p}' must start with '/' and not end with '/' (e.g. \"/services\")"),
             );
         }
+        if self.etcd.ca.is_none()
+            && self
+                .etcd
+                .endpoints
+                .iter()
+                .any(|e| e.starts_with("https://"))
+        {
+            bad(
+                "etcd.ca",
+                "https:// endpoints need the CA that signed etcd's server certificate".into(),
+            );
+        }
         check_timeout("etcd.timeout_ms", self.etcd.timeout_ms, &mut bad);
         check_pool("etcd.pool_size", self.etcd.pool_size, &mut bad);
         check_client_tls(
@@ -371,6 +407,12 @@ impl Config {
             bad(
                 "consul.address",
                 format!("'{a}' must be http:// or https:// host:port with no trailing '/'"),
+            );
+        }
+        if self.consul.ca.is_none() && a.starts_with("https://") {
+            bad(
+                "consul.ca",
+                "an https:// address needs the CA that signed Consul's server certificate".into(),
             );
         }
         check_timeout("consul.timeout_ms", self.consul.timeout_ms, &mut bad);
@@ -414,6 +456,17 @@ impl Config {
             MIN_DEREGISTER_CRITICAL_AFTER..=Duration::MAX,
             &mut bad,
         );
+
+        let f = self.heartbeat.coalesce_fraction;
+        if !(f > 0.0 && f <= MAX_COALESCE_FRACTION) {
+            bad(
+                "heartbeat.coalesce_fraction",
+                format!(
+                    "{f} must be above 0 and at most {MAX_COALESCE_FRACTION} (a lease must keep \
+                     at least half its TTL); set heartbeat.coalesce = false to turn coalescing off"
+                ),
+            );
+        }
 
         let anti_entropy_interval = parse_duration(
             "anti_entropy.interval",

@@ -15,8 +15,50 @@ use crate::registry::{RegistryKind, RegistryState};
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub route: &'static str,
-    pub method: String,
+    pub method: &'static str,
     pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    pub registry: &'static str,
+    /// `full` or `resumed` (TLS session resumption).
+    pub kind: &'static str,
+}
+
+/// TLS handshakes twinreg made to reach a registry. In steady state it stays flat: connections
+/// are opened and warmed at start-up and kept open by keepalives.
+#[derive(Clone, Debug, Default)]
+pub struct Handshakes(Family<HandshakeLabels, Counter>);
+
+impl Handshakes {
+    pub fn record(&self, registry: RegistryKind, kind: Option<rustls::HandshakeKind>) {
+        let kind = match kind {
+            Some(rustls::HandshakeKind::Resumed) => "resumed",
+            _ => "full",
+        };
+        self.0
+            .get_or_create(&HandshakeLabels {
+                registry: registry.as_str(),
+                kind,
+            })
+            .inc();
+    }
+
+    /// All handshakes to `registry`, of either kind.
+    pub fn total(&self, registry: RegistryKind) -> u64 {
+        ["full", "resumed"]
+            .into_iter()
+            .map(|kind| {
+                self.0
+                    .get_or_create(&HandshakeLabels {
+                        registry: registry.as_str(),
+                        kind,
+                    })
+                    .get()
+            })
+            .sum()
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -49,6 +91,8 @@ pub struct Metrics {
     pub sweeper_leader: Gauge,
     pub disagreements: Gauge,
     pub repairs_done: Family<RegistryLabels, Counter>,
+    pub handshakes: Handshakes,
+    pub heartbeats_coalesced: Family<RegistryLabels, Counter>,
 }
 
 impl Metrics {
@@ -110,6 +154,18 @@ impl Metrics {
             "Missed writes that a registry finally accepted",
             repairs_done.clone(),
         );
+        let handshakes = Handshakes::default();
+        registry.register(
+            "registry_tls_handshakes",
+            "TLS handshakes made to reach a registry, by kind (full or resumed); flat in steady state",
+            handshakes.0.clone(),
+        );
+        let heartbeats_coalesced = Family::<RegistryLabels, Counter>::default();
+        registry.register(
+            "heartbeats_coalesced",
+            "Heartbeats answered without a call to the registry, its copy being fresh enough",
+            heartbeats_coalesced.clone(),
+        );
         Arc::new(Self {
             registry,
             requests,
@@ -121,15 +177,36 @@ impl Metrics {
             sweeper_leader,
             disagreements,
             repairs_done,
+            handshakes,
+            heartbeats_coalesced,
         })
     }
 
-    pub fn observe_request(&self, route: &'static str, method: &str, status: u16) {
+    pub fn observe_request(&self, route: &'static str, method: &http::Method, status: u16) {
+        // A fixed label set: an unusual method is counted as OTHER, not as a new series.
+        let method = match *method {
+            http::Method::GET => "GET",
+            http::Method::PUT => "PUT",
+            http::Method::POST => "POST",
+            http::Method::DELETE => "DELETE",
+            http::Method::HEAD => "HEAD",
+            http::Method::PATCH => "PATCH",
+            http::Method::OPTIONS => "OPTIONS",
+            _ => "OTHER",
+        };
         self.requests
             .get_or_create(&RequestLabels {
                 route,
-                method: method.to_owned(),
+                method,
                 status,
+            })
+            .inc();
+    }
+
+    pub fn coalesced(&self, registry: RegistryKind) {
+        self.heartbeats_coalesced
+            .get_or_create(&RegistryLabels {
+                registry: registry.as_str(),
             })
             .inc();
     }

@@ -103,6 +103,15 @@ impl<C: Connect> WarmPool<C> {
 
     /// A client handle, or at once an error when the pool is not warm yet.
     pub async fn client(&self) -> Result<C::Client, RegistryError> {
+        self.client_where(|_| true).await
+    }
+
+    /// A client handle for which `want` holds (e.g. "to another member than the one that just
+    /// failed"), else any; at once an error when the pool is not warm yet.
+    pub async fn client_where(
+        &self,
+        want: impl Fn(&C::Client) -> bool,
+    ) -> Result<C::Client, RegistryError> {
         if !self.is_warm() {
             let last = self.last_error.lock().expect("not poisoned").clone();
             return Err(RegistryError::unavailable(
@@ -110,10 +119,18 @@ impl<C: Connect> WarmPool<C> {
                 format!("not connected yet: {last}"),
             ));
         }
-        let obj =
-            self.pool.get().await.map_err(|e| {
+        // Objects are checked out only long enough to clone a handle, so holding a few while
+        // looking for a match never waits long; at most `max_size` are taken.
+        let mut passed = Vec::new();
+        for _ in 0..self.pool.status().max_size {
+            let obj = self.pool.get().await.map_err(|e| {
                 RegistryError::unavailable(self.kind, format!("connection pool: {e}"))
             })?;
-        Ok(C::Client::clone(&obj))
+            if want(&obj) {
+                return Ok(C::Client::clone(&obj));
+            }
+            passed.push(obj);
+        }
+        Ok(C::Client::clone(&passed[0]))
     }
 }

@@ -8,11 +8,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::join_all;
 use serde::Serialize;
 use serde::ser::SerializeMap;
+use tokio::time::Instant;
 
 use crate::breaker::{Admit, Breaker, Caller};
 use crate::cache::RecordCache;
@@ -38,6 +39,8 @@ pub struct Outcome {
     pub error: Option<String>,
     /// A heartbeat found the instance missing here and wrote it back.
     pub restored: bool,
+    /// A heartbeat needed no call: this registry's copy was refreshed moments ago.
+    pub coalesced: bool,
 }
 
 impl Serialize for Outcome {
@@ -51,15 +54,23 @@ impl Serialize for Outcome {
         if self.restored {
             m.serialize_entry("restored", &true)?;
         }
+        if self.coalesced {
+            m.serialize_entry("coalesced", &true)?;
+        }
         m.end()
     }
 }
+
+/// Members whose answer is already known (`.0[i]`), and that answer.
+type Known<'a, T> = (&'a [bool], fn() -> T);
 
 /// One member's answer to a fanned-out call.
 struct Reply<T> {
     kind: RegistryKind,
     result: Result<T, RegistryError>,
     took: Duration,
+    /// Answered without a call (see [`Coordinator::heartbeat`]).
+    coalesced: bool,
 }
 
 impl<T> Reply<T> {
@@ -69,6 +80,7 @@ impl<T> Reply<T> {
             latency: self.took,
             error: self.result.as_ref().err().map(|e| e.to_string()),
             restored: false,
+            coalesced: self.coalesced,
         }
     }
 }
@@ -123,6 +135,9 @@ pub struct ServiceView {
 
 pub struct Coordinator {
     members: Vec<Member>,
+    /// Heartbeat coalescing: `Some(fraction)` of the TTL within which a refreshed copy is not
+    /// refreshed again; `None` when off.
+    coalesce: Option<f64>,
     cache: Arc<RecordCache>,
     metrics: Arc<Metrics>,
     repair: Arc<Repairer>,
@@ -132,6 +147,20 @@ impl Coordinator {
     /// `members[0]` is the primary: its record wins where registries disagree. `repair_rate`
     /// bounds the repairer's writes per second to each registry.
     pub fn new(members: Vec<Member>, repair_rate: u32, metrics: Arc<Metrics>) -> Arc<Self> {
+        Self::with_coalescing(members, repair_rate, metrics, None)
+    }
+
+    /// [`Self::new`] with heartbeat coalescing within `coalesce` × TTL (see [`Self::heartbeat`]).
+    pub fn with_coalescing(
+        members: Vec<Member>,
+        repair_rate: u32,
+        metrics: Arc<Metrics>,
+        coalesce: Option<f64>,
+    ) -> Arc<Self> {
+        assert!(
+            members.len() <= crate::cache::MAX_REGISTRIES,
+            "twinreg writes at most two registries"
+        );
         let cache = Arc::new(RecordCache::default());
         let repair = Repairer::new(
             members
@@ -148,6 +177,7 @@ impl Coordinator {
         }
         Arc::new(Self {
             members,
+            coalesce,
             cache,
             metrics,
             repair,
@@ -258,13 +288,40 @@ impl Coordinator {
         F: Fn(Arc<dyn Registry>) -> Fut,
         Fut: Future<Output = Result<T, RegistryError>>,
     {
+        self.fan_out_skipping(op, None, f).await
+    }
+
+    /// [`Self::fan_out`], except that members marked in `skip.0` are not called and answer
+    /// `skip.1()` at once (their answer is already known).
+    async fn fan_out_skipping<T, F, Fut>(
+        &self,
+        op: &'static str,
+        skip: Option<Known<'_, T>>,
+        f: F,
+    ) -> Vec<Reply<T>>
+    where
+        F: Fn(Arc<dyn Registry>) -> Fut,
+        Fut: Future<Output = Result<T, RegistryError>>,
+    {
         let f = &f;
-        let mut replies = join_all(self.members.iter().map(|m| async move {
+        let mut replies = join_all(self.members.iter().enumerate().map(|(i, m)| async move {
+            if let Some((mask, known)) = skip
+                && mask[i]
+            {
+                self.metrics.coalesced(m.registry.kind());
+                return Reply {
+                    kind: m.registry.kind(),
+                    result: Ok(known()),
+                    took: Duration::ZERO,
+                    coalesced: true,
+                };
+            }
             let (result, took) = self.call(m, op, f).await;
             Reply {
                 kind: m.registry.kind(),
                 result,
                 took,
+                coalesced: false,
             }
         }))
         .await;
@@ -285,7 +342,12 @@ impl Coordinator {
             .await;
             for (kind, (result, took)) in retries {
                 if let Some(r) = replies.iter_mut().find(|r| r.kind == kind) {
-                    *r = Reply { kind, result, took };
+                    *r = Reply {
+                        kind,
+                        result,
+                        took,
+                        coalesced: false,
+                    };
                 }
             }
         }
@@ -293,6 +355,7 @@ impl Coordinator {
     }
 
     pub async fn register(&self, instance: Instance) -> Result<WriteReport, Failure> {
+        let started = Instant::now();
         let i = &instance;
         let replies = self
             .fan_out("register", |r| async move { r.register(i).await })
@@ -302,7 +365,9 @@ impl Coordinator {
             return Err(Failure::Unavailable(outcomes));
         }
         self.cache.put(&instance);
-        for r in &replies {
+        for (m, r) in replies.iter().enumerate() {
+            let fresh = r.result.is_ok().then_some(started);
+            self.cache.refreshed(&instance.key, m, fresh);
             match r.result {
                 Ok(()) => self.repair.settle(r.kind, &instance.key),
                 Err(_) => self
@@ -316,10 +381,37 @@ impl Coordinator {
         })
     }
 
+    /// Renews the instance in every registry. With coalescing on, a registry whose copy this
+    /// replica refreshed less than `fraction × ttl` ago is not called: its lease or TTL check
+    /// still has more than `1 - fraction` of its life (the fraction is at most 1/2), and the
+    /// next heartbeat after the window renews it. Only a refresh this replica made or saw counts,
+    /// and any failure or "unknown" forgets it, so the next heartbeat goes through.
     pub async fn heartbeat(&self, key: &InstanceKey) -> Result<WriteReport, Failure> {
+        let started = Instant::now();
+        let n = self.members.len();
+        let fresh = match self.coalesce {
+            Some(fraction) => self.cache.fresh(key, fraction, started, n),
+            None => [false; crate::cache::MAX_REGISTRIES],
+        };
         let replies = self
-            .fan_out("heartbeat", |r| async move { r.heartbeat(key).await })
+            .fan_out_skipping(
+                "heartbeat",
+                Some((&fresh[..n], || Liveness::Renewed)),
+                |r| async move { r.heartbeat(key).await },
+            )
             .await;
+        if replies.iter().all(|r| r.coalesced) {
+            return Ok(WriteReport {
+                outcomes: outcomes(&replies),
+                existed: true,
+            });
+        }
+        for (m, r) in replies.iter().enumerate() {
+            if !r.coalesced {
+                let renewed = matches!(r.result, Ok(Liveness::Renewed));
+                self.cache.refreshed(key, m, renewed.then_some(started));
+            }
+        }
         let mut outcomes = outcomes(&replies).0;
         let with = |want: Liveness| -> Vec<usize> {
             (0..replies.len())
@@ -379,6 +471,7 @@ impl Coordinator {
         for &i in &unknown {
             let m = &self.members[i];
             let rec = &record;
+            let restore_started = Instant::now();
             let (r, took) = self
                 .call(m, "restore", |reg| async move { reg.register(rec).await })
                 .await;
@@ -386,6 +479,8 @@ impl Coordinator {
             o.latency += took;
             o.error = r.as_ref().err().map(|e| e.to_string());
             o.restored = r.is_ok();
+            self.cache
+                .refreshed(key, i, r.is_ok().then_some(restore_started));
             if r.is_ok() {
                 restored_any = true;
                 self.repair.settle(m.registry.kind(), key);
@@ -713,5 +808,105 @@ mod tests {
                 "{in_window} writes within one second"
             );
         }
+    }
+
+    /// Heartbeats every `every` for `span` (paused time), returning how many reached each
+    /// registry and whether any was refused or failed.
+    async fn beat(c: &Coordinator, key: &InstanceKey, every: Duration, span: Duration) -> usize {
+        let mut sent = 0;
+        let end = Instant::now() + span;
+        while Instant::now() < end {
+            tokio::time::sleep(every).await;
+            let r = c.heartbeat(key).await.expect("heartbeat succeeds");
+            assert!(!r.outcomes.degraded(), "{:?}", r.outcomes);
+            sent += 1;
+        }
+        sent
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn coalescing_skips_fresh_copies_and_never_leaves_a_lease_past_its_window() {
+        let (etcd, consul) = (
+            Arc::new(Memory::new(RegistryKind::Etcd)),
+            Arc::new(Memory::new(RegistryKind::Consul)),
+        );
+        let member = |r: Arc<Memory>| Member {
+            registry: r,
+            deadline: DEADLINE,
+            health: Health::default(),
+            breaker: Breaker::new(3, Duration::from_secs(2)),
+        };
+        let c = Coordinator::with_coalescing(
+            vec![member(etcd.clone()), member(consul.clone())],
+            100,
+            Metrics::new(),
+            Some(1.0 / 3.0),
+        );
+        let i = instance("p1"); // ttl 30 s: the window is 10 s
+        c.register(i.clone()).await.unwrap();
+        let calls = |m: &Memory| m.heartbeats.load(std::sync::atomic::Ordering::SeqCst);
+
+        // Every 2 s for 60 s: only about one heartbeat in five reaches each registry.
+        let sent = beat(&c, &i.key, Duration::from_secs(2), Duration::from_secs(60)).await;
+        assert_eq!(sent, 30);
+        for m in [&etcd, &consul] {
+            let n = calls(m);
+            assert!(
+                (5..=7).contains(&n),
+                "{n} of {sent} heartbeats reached a registry"
+            );
+        }
+
+        // Whatever the client's interval, no registry goes longer than window + interval without
+        // a renewal: the lease always keeps at least ttl - window - interval of its life.
+        for every in [1, 3, 7, 9, 11, 25] {
+            let every = Duration::from_secs(every);
+            let before = calls(&etcd);
+            let start = Instant::now();
+            let sent = beat(&c, &i.key, every, Duration::from_secs(120)).await;
+            let reached = calls(&etcd) - before;
+            for m in [&etcd, &consul] {
+                let mut times = m.renew_times();
+                times.retain(|t| *t >= start);
+                let mut last = start;
+                for t in times {
+                    assert!(
+                        t - last <= Duration::from_secs(10) + every,
+                        "interval {every:?}: {:?} without a renewal",
+                        t - last
+                    );
+                    last = t;
+                }
+            }
+            if every >= Duration::from_secs(10) {
+                assert_eq!(
+                    reached, sent,
+                    "beyond the window every heartbeat goes through"
+                );
+            } else {
+                assert!(reached < sent, "interval {every:?}: nothing was coalesced");
+            }
+        }
+
+        // A failed call forgets the copy's freshness: the next heartbeat goes through at once.
+        consul.set_mode(Mode::Down);
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        let r = c.heartbeat(&i.key).await.unwrap();
+        assert!(r.outcomes.degraded());
+        consul.set_mode(Mode::Up);
+        let before = calls(&consul);
+        c.heartbeat(&i.key).await.unwrap();
+        assert_eq!(
+            calls(&consul),
+            before + 1,
+            "consul was not fresh: it must be called"
+        );
+
+        // A deregistered instance is never coalesced: its heartbeat is a 404.
+        c.deregister(&i.key).await.unwrap();
+        assert!(matches!(
+            c.heartbeat(&i.key).await,
+            Err(Failure::UnknownInstance(_))
+        ));
     }
 }

@@ -72,16 +72,20 @@ pub async fn run(
         &settings.raw.tls.client_ca,
     )?;
     let metrics = Metrics::new();
-    let (etcd, etcd_pool) = Etcd::new(&settings.raw.etcd).map_err(RunError::Registry)?;
-    let (consul, consul_pool) = Consul::new(&settings).map_err(RunError::Registry)?;
+    let (etcd, etcd_pool) =
+        Etcd::new(&settings.raw.etcd, metrics.handshakes.clone()).map_err(RunError::Registry)?;
+    let (consul, consul_pool) =
+        Consul::new(&settings, metrics.handshakes.clone()).map_err(RunError::Registry)?;
     let members = vec![
         member(Arc::new(etcd), settings.raw.etcd.timeout_ms, &settings),
         member(Arc::new(consul), settings.raw.consul.timeout_ms, &settings),
     ];
-    let coordinator = Coordinator::new(
+    let hb = &settings.raw.heartbeat;
+    let coordinator = Coordinator::with_coalescing(
         members,
         settings.raw.repair.max_writes_per_second,
         metrics.clone(),
+        hb.coalesce.then_some(hb.coalesce_fraction),
     );
     let stop = CancellationToken::new();
     let state = AppState {
@@ -187,7 +191,8 @@ pub async fn run(
                         .1
                         .peer_certificates()
                         .and_then(|c| c.first())
-                        .and_then(|c| Peer::from_der(c));
+                        .and_then(|c| Peer::from_der(c))
+                        .map(Arc::new);
                     let svc = router.map_request(move |mut req: axum::extract::Request<hyper::body::Incoming>| {
                         if let Some(p) = &peer {
                             req.extensions_mut().insert(p.clone());

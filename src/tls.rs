@@ -5,10 +5,15 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+
+use crate::metrics::Handshakes;
+use crate::registry::RegistryKind;
 
 /// Why TLS material could not be loaded. Names the file, never prints key material.
 #[derive(Debug, thiserror::Error)]
@@ -80,19 +85,34 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
-/// A client config for reaching a registry over TLS: trust `ca` (else the system's webpki roots
-/// are not used — a registry CA must be configured), present `cert`/`key` when given.
+/// A client config for reaching a registry over TLS: trust `ca` (the system's webpki roots are not
+/// used — a registry CA must be configured), present `cert`/`key` when given. Every full
+/// handshake (a server certificate verified) is counted in `handshakes`; session resumption is on
+/// (rustls' in-memory cache, shared by every connection made with this config).
 pub fn registry_client_config(
     section: &'static str,
     ca: Option<&Path>,
     cert_key: Option<(&Path, &Path)>,
+    handshakes: (Handshakes, RegistryKind),
 ) -> Result<ClientConfig, TlsError> {
     install_crypto_provider();
-    let roots = match ca {
-        Some(ca) => load_roots(section, ca)?,
-        None => RootCertStore::empty(),
+    let builder = match ca {
+        Some(ca) => {
+            let roots = Arc::new(load_roots(section, ca)?);
+            let inner = WebPkiServerVerifier::builder(roots)
+                .build()
+                .map_err(|e| err(section, ca, e))?;
+            ClientConfig::builder()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(CountingVerifier {
+                    inner,
+                    handshakes: handshakes.0,
+                    registry: handshakes.1,
+                }))
+        }
+        // Only for plain http:// registries: no server can be verified with no roots.
+        None => ClientConfig::builder().with_root_certificates(RootCertStore::empty()),
     };
-    let builder = ClientConfig::builder().with_root_certificates(roots);
     let cfg = match cert_key {
         Some((cert, key)) => builder
             .with_client_auth_cert(load_certs(section, cert)?, load_key(section, key)?)
@@ -100,4 +120,51 @@ pub fn registry_client_config(
         None => builder.with_no_client_auth(),
     };
     Ok(cfg)
+}
+
+/// The standard webpki verification, counting each server certificate it verifies: one per full
+/// TLS handshake (a resumed session is not verified again).
+#[derive(Debug)]
+struct CountingVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    handshakes: Handshakes,
+    registry: RegistryKind,
+}
+
+impl ServerCertVerifier for CountingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.handshakes
+            .record(self.registry, Some(rustls::HandshakeKind::Full));
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }

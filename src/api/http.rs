@@ -1,5 +1,6 @@
 //! REST endpoints of the API contract (`shared/API.md`, mirrored in `docs/api.md`).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -58,17 +59,16 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
         _ => "other",
     };
     let method = req.method().clone();
-    let identity = req
-        .extensions()
-        .get::<Peer>()
-        .map(|p| p.identity.clone())
-        .unwrap_or_default();
-    let path = req.uri().path().to_owned();
+    // Cheap to keep: an Arc and a shared-bytes URI, no copy per request.
+    let peer = req.extensions().get::<Arc<Peer>>().cloned();
+    let uri = req.uri().clone();
     let start = Instant::now();
     let resp = next.run(req).await;
     let status = resp.status().as_u16();
-    st.metrics.observe_request(route, method.as_str(), status);
-    tracing::info!(%method, %path, status, %identity, took_ms = start.elapsed().as_millis() as u64, "request");
+    st.metrics.observe_request(route, &method, status);
+    let identity = peer.as_deref().map_or("", |p| p.identity.as_str());
+    let path = uri.path();
+    tracing::info!(%method, path, status, identity, took_ms = start.elapsed().as_millis() as u64, "request");
     resp
 }
 
@@ -103,7 +103,7 @@ fn instance_key(params: &RawPathParams) -> Result<InstanceKey, ApiError> {
     )?)
 }
 
-fn peer(p: Option<Extension<Peer>>) -> Result<Peer, ApiError> {
+fn peer(p: Option<Extension<Arc<Peer>>>) -> Result<Arc<Peer>, ApiError> {
     p.map(|Extension(p)| p).ok_or_else(|| {
         ApiError::new(
             ErrorCode::Forbidden,
@@ -124,10 +124,10 @@ fn authorize_write(st: &AppState, peer: &Peer, service: &ServiceName) -> Result<
 fn writable_key(
     st: &AppState,
     params: &RawPathParams,
-    p: Option<Extension<Peer>>,
+    p: Option<Extension<Arc<Peer>>>,
 ) -> Result<InstanceKey, ApiError> {
     let key = instance_key(params)?;
-    authorize_write(st, &peer(p)?, &key.service)?;
+    authorize_write(st, &*peer(p)?, &key.service)?;
     Ok(key)
 }
 
@@ -201,7 +201,7 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ApiE
 async fn register(
     State(st): State<AppState>,
     params: RawPathParams,
-    p: Option<Extension<Peer>>,
+    p: Option<Extension<Arc<Peer>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -228,22 +228,29 @@ async fn register(
 async fn heartbeat(
     State(st): State<AppState>,
     params: RawPathParams,
-    p: Option<Extension<Peer>>,
+    p: Option<Extension<Arc<Peer>>>,
 ) -> Result<Response, ApiError> {
     let key = writable_key(&st, &params, p)?;
     let report = st.coordinator.heartbeat(&key).await.map_err(failure)?;
-    Ok(Json(json!({
-        "ok": true,
-        "degraded": report.outcomes.degraded(),
-        "registries": report.outcomes,
-    }))
+    // A struct, not a `json!` map: the hot path builds no intermediate JSON tree.
+    #[derive(serde::Serialize)]
+    struct Answer<'a> {
+        ok: bool,
+        degraded: bool,
+        registries: &'a crate::replicate::Outcomes,
+    }
+    Ok(Json(Answer {
+        ok: true,
+        degraded: report.outcomes.degraded(),
+        registries: &report.outcomes,
+    })
     .into_response())
 }
 
 async fn deregister(
     State(st): State<AppState>,
     params: RawPathParams,
-    p: Option<Extension<Peer>>,
+    p: Option<Extension<Arc<Peer>>>,
 ) -> Result<Response, ApiError> {
     let key = writable_key(&st, &params, p)?;
     let report = st.coordinator.deregister(&key).await.map_err(failure)?;
@@ -258,7 +265,7 @@ async fn deregister(
 
 async fn services(
     State(st): State<AppState>,
-    p: Option<Extension<Peer>>,
+    p: Option<Extension<Arc<Peer>>>,
 ) -> Result<Response, ApiError> {
     let peer = peer(p)?;
     let (names, outcomes) = st.coordinator.services().await.map_err(failure)?;
@@ -326,7 +333,7 @@ fn render(service: &ServiceName, view: &ServiceView, index: u64) -> Value {
 async fn list(
     State(st): State<AppState>,
     params: RawPathParams,
-    p: Option<Extension<Peer>>,
+    p: Option<Extension<Arc<Peer>>>,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let service = ServiceName::parse(path_param(&params, "service"))?;

@@ -22,19 +22,20 @@ use serde_json::json;
 
 use crate::config::Settings;
 use crate::error::RegistryError;
+use crate::metrics::Handshakes;
 use crate::model::{
     DEFAULT_TTL_SECONDS, Instance, InstanceId, InstanceKey, MAX_TTL_SECONDS, MIN_TTL_SECONDS,
     ServiceName,
 };
 use crate::pool::{Connect, WarmPool};
-use crate::registry::{Liveness, Registry, RegistryKind};
+use crate::registry::{Liveness, Registry, RegistryKind, transport};
 use crate::tls::registry_client_config;
 
 const KIND: RegistryKind = RegistryKind::Consul;
-/// TCP keepalive on Consul connections, below the common 350 s NAT idle timeout.
-pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
-/// Idle pooled connections are kept this long (Consul's own HTTP idle timeout is longer).
-pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// HTTP/2 PING interval and timeout (when Consul speaks HTTP/2 over TLS): a dead agent is noticed
+/// in seconds and an idle connection stays open.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const TOKEN_HEADER: &str = "X-Consul-Token";
 
@@ -52,7 +53,8 @@ impl Connect for ConsulConnect {
     async fn connect(&self) -> Result<rs_consul::HttpsClient, String> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
-        http.set_keepalive(Some(TCP_KEEPALIVE));
+        http.set_keepalive(Some(transport::TCP_KEEPALIVE));
+        http.set_keepalive_interval(Some(transport::TCP_KEEPALIVE_INTERVAL));
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         http.set_nodelay(true);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -64,10 +66,12 @@ impl Connect for ConsulConnect {
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            // Idle connections are kept, not closed after a quiet spell: the first call after a
+            // quiet night must not pay a handshake. Keepalives hold them open through NATs.
+            .pool_idle_timeout(None)
             .pool_max_idle_per_host(self.max_idle)
-            .http2_keep_alive_interval(Some(Duration::from_secs(10)))
-            .http2_keep_alive_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .http2_keep_alive_while_idle(true)
             .build(https);
         let (status, body) = send(
@@ -98,10 +102,14 @@ pub struct Consul {
 }
 
 impl Consul {
-    pub fn new(settings: &Settings) -> Result<(Self, Arc<WarmPool<ConsulConnect>>), String> {
+    pub fn new(
+        settings: &Settings,
+        handshakes: Handshakes,
+    ) -> Result<(Self, Arc<WarmPool<ConsulConnect>>), String> {
         let cfg = &settings.raw.consul;
         let cert_key = cfg.cert.as_deref().zip(cfg.key.as_deref());
-        let tls = registry_client_config("consul", cfg.ca.as_deref(), cert_key)
+        let counted = (handshakes, KIND);
+        let tls = registry_client_config("consul", cfg.ca.as_deref(), cert_key, counted)
             .map_err(|e| e.to_string())?;
         let token = settings
             .consul_token

@@ -2,37 +2,47 @@
 //!
 //! An instance is the key `{prefix}/{service}/{id}` attached to a lease of `ttl_seconds`. The value
 //! is JSON holding the record's fields plus `Op`, `Addr` and `Metadata`, so etcd's own gRPC name
-//! resolver reads it as an endpoint of target `{prefix}/{service}`. A heartbeat looks the lease up
-//! from the key (so any replica can serve it) and renews it.
+//! resolver reads it as an endpoint of target `{prefix}/{service}`. A heartbeat renews the lease
+//! over the connection's long-lived keepalive stream ([`keepalive`]) while checking that the key
+//! is still there; the lease ID comes from this replica's memory or, on a miss, from the key (so
+//! any replica can serve any heartbeat).
+//!
+//! Connections: each pooled object is one HTTP/2 connection to one member (members are dealt out
+//! round-robin), dialed by [`super::transport`] so TLS handshakes are counted, DNS is resolved at
+//! every reconnect, and reconnects resume the TLS session.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod keepalive;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
-    TlsOptions, Txn, TxnOp, TxnOpResponse,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::config::EtcdConfig;
 use crate::error::RegistryError;
+use crate::metrics::Handshakes;
 use crate::model::{
     DEFAULT_TTL_SECONDS, Instance, InstanceId, InstanceKey, MAX_TTL_SECONDS, MIN_TTL_SECONDS,
     ServiceName,
 };
 use crate::pool::{Connect, WarmPool};
+use crate::registry::transport::Dialer;
 use crate::registry::{Liveness, Registry, RegistryKind};
+use crate::tls::registry_client_config;
+use keepalive::KeepAliveMux;
 
 const KIND: RegistryKind = RegistryKind::Etcd;
 /// HTTP/2 PING interval and timeout on etcd channels: a dead or blackholed member is noticed in
 /// seconds, and idle connections are kept open through NATs and load balancers.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
-/// TCP keepalive, below the common 350 s NAT idle timeout.
-pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The JSON value stored under each key.
@@ -110,24 +120,54 @@ impl Record {
     }
 }
 
-/// Connects one etcd client (one HTTP/2 channel over all endpoints) and proves it.
+/// One pooled connection: an HTTP/2 channel to one member, and its keepalive stream.
+#[derive(Clone)]
+pub struct EtcdConn {
+    client: Client,
+    keepalive: Arc<KeepAliveMux>,
+    /// Index of the member in `etcd.endpoints`.
+    member: usize,
+}
+
+/// Connects one pooled object to the next member in turn, and proves it with a round trip (so
+/// the TLS handshake is done before the first request).
 pub struct EtcdConnect {
-    endpoints: Vec<String>,
+    members: Vec<Dialer>,
+    next: AtomicUsize,
     options: ConnectOptions,
     probe_key: String,
 }
 
 impl Connect for EtcdConnect {
-    type Client = Client;
+    type Client = EtcdConn;
 
-    async fn connect(&self) -> Result<Client, String> {
-        let mut client = Client::connect(&self.endpoints, Some(self.options.clone()))
-            .await
-            .map_err(|e| describe(&e))?;
+    async fn connect(&self) -> Result<EtcdConn, String> {
+        let member = self.next.fetch_add(1, Ordering::Relaxed) % self.members.len();
+        let dialer = self.members[member].clone();
+        let authority = dialer.authority();
+        // The dialer does TLS itself (to count handshakes), so tonic sees a plain http:// URI.
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{authority}"))
+            .map_err(|e| format!("etcd endpoint {authority}: {e}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true)
+            .connect_with_connector_lazy(dialer.connector());
+        let mut client = Client::from_channel(
+            etcd_client::Channel::Tonic(channel),
+            Some(self.options.clone()),
+        )
+        .await
+        .map_err(|e| format!("{authority}: {}", describe(&e)))?;
         probe(&mut client, &self.probe_key)
             .await
-            .map_err(|e| describe(&e))?;
-        Ok(client)
+            .map_err(|e| format!("{authority}: {}", describe(&e)))?;
+        Ok(EtcdConn {
+            client,
+            keepalive: Arc::default(),
+            member,
+        })
     }
 }
 
@@ -212,6 +252,57 @@ async fn revoke_quietly(client: &mut Client, lease: i64) {
     }
 }
 
+/// The lease each instance's key was last seen on, so a heartbeat renews it without first reading
+/// the key. Only a hint: every heartbeat checks it against the key. An entry unused for longer
+/// than the longest TTL is dropped (its lease has expired by then).
+#[derive(Default)]
+struct LeaseHints {
+    map: std::sync::Mutex<HashMap<InstanceKey, (i64, Instant)>>,
+    swept: std::sync::Mutex<Option<Instant>>,
+}
+
+const HINT_LIFETIME: Duration = Duration::from_secs(MAX_TTL_SECONDS as u64);
+
+impl LeaseHints {
+    fn get(&self, key: &InstanceKey) -> Option<i64> {
+        self.map
+            .lock()
+            .expect("not poisoned")
+            .get(key)
+            .map(|&(lease, _)| lease)
+    }
+
+    fn set(&self, key: &InstanceKey, lease: i64) {
+        let now = Instant::now();
+        let mut map = self.map.lock().expect("not poisoned");
+        match map.get_mut(key) {
+            Some(entry) => *entry = (lease, now),
+            None => {
+                map.insert(key.clone(), (lease, now));
+            }
+        }
+    }
+
+    fn forget(&self, key: &InstanceKey) {
+        self.map.lock().expect("not poisoned").remove(key);
+    }
+
+    /// Drops stale entries, at most once a minute (called from the frequent probe).
+    fn sweep(&self) {
+        let now = Instant::now();
+        let mut swept = self.swept.lock().expect("not poisoned");
+        if swept.is_some_and(|t| now.duration_since(t) < Duration::from_secs(60)) {
+            return;
+        }
+        *swept = Some(now);
+        drop(swept);
+        self.map
+            .lock()
+            .expect("not poisoned")
+            .retain(|_, (_, used)| now.duration_since(*used) < HINT_LIFETIME);
+    }
+}
+
 /// The anti-entropy sweeper's election key, beside the services (no service name starts with '.').
 const LEADER_KEY: &str = ".sweeper";
 
@@ -222,63 +313,74 @@ pub struct Etcd {
     /// The lease of this replica's sweeper leadership, while it holds it.
     leadership: std::sync::Mutex<Option<i64>>,
     pool: Arc<WarmPool<EtcdConnect>>,
+    leases: LeaseHints,
 }
 
 impl Etcd {
-    pub fn new(cfg: &EtcdConfig) -> Result<(Self, Arc<WarmPool<EtcdConnect>>), String> {
-        let mut options = ConnectOptions::new()
-            .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
-            .with_keep_alive_while_idle(true)
-            .with_tcp_keepalive(TCP_KEEPALIVE)
-            .with_connect_timeout(CONNECT_TIMEOUT);
+    pub fn new(
+        cfg: &EtcdConfig,
+        handshakes: Handshakes,
+    ) -> Result<(Self, Arc<WarmPool<EtcdConnect>>), String> {
+        let mut options = ConnectOptions::new();
         if let (Some(user), Some(pass)) = (&cfg.username, &cfg.password) {
             options = options.with_user(user.clone(), pass.expose().to_owned());
         }
-        if cfg.endpoints.iter().any(|e| e.starts_with("https://")) {
-            let mut tls = TlsOptions::new();
-            if let Some(ca) = &cfg.ca {
-                let pem =
-                    std::fs::read(ca).map_err(|e| format!("etcd.ca {}: {e}", ca.display()))?;
-                tls = tls.ca_certificate(Certificate::from_pem(pem));
-            }
-            if let (Some(cert), Some(key)) = (&cfg.cert, &cfg.key) {
-                let c = std::fs::read(cert)
-                    .map_err(|e| format!("etcd.cert {}: {e}", cert.display()))?;
-                let k =
-                    std::fs::read(key).map_err(|e| format!("etcd.key {}: {e}", key.display()))?;
-                tls = tls.identity(Identity::from_pem(c, k));
-            }
-            options = options.with_tls(tls);
-        }
+        let tls = if cfg.endpoints.iter().any(|e| e.starts_with("https://")) {
+            let cert_key = cfg.cert.as_deref().zip(cfg.key.as_deref());
+            let counted = (handshakes.clone(), KIND);
+            let mut tls = registry_client_config("etcd", cfg.ca.as_deref(), cert_key, counted)
+                .map_err(|e| e.to_string())?;
+            tls.alpn_protocols = vec![b"h2".to_vec()];
+            Some(Arc::new(tls))
+        } else {
+            None
+        };
+        let members = cfg
+            .endpoints
+            .iter()
+            .map(|e| Dialer::new(KIND, e, tls.clone(), CONNECT_TIMEOUT, handshakes.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        // At least one connection per member, so fail-over always has somewhere to go.
+        let size = cfg.pool_size.max(members.len());
         let connect = EtcdConnect {
-            endpoints: cfg.endpoints.clone(),
+            members,
+            next: AtomicUsize::new(0),
             options,
             probe_key: format!("{}/", cfg.prefix),
         };
-        let pool = WarmPool::new(KIND, connect, cfg.pool_size);
+        let pool = WarmPool::new(KIND, connect, size);
         Ok((
             Self {
                 prefix: cfg.prefix.clone(),
                 attempts: cfg.endpoints.len().max(2),
                 leadership: std::sync::Mutex::new(None),
                 pool: pool.clone(),
+                leases: LeaseHints::default(),
             },
             pool,
         ))
     }
 
     /// Runs `op` again, up to once per configured endpoint, while it fails to reach a member.
+    /// Each retry goes to a connection to another member than the one that failed.
     async fn failover<T, F, Fut>(&self, op: F) -> Result<T, RegistryError>
     where
-        F: Fn() -> Fut,
+        F: Fn(EtcdConn) -> Fut,
         Fut: std::future::Future<Output = Result<T, RegistryError>>,
     {
         let mut attempt = 1;
+        let mut avoid = None;
         loop {
-            match op().await {
+            let conn = self
+                .pool
+                .client_where(|c: &EtcdConn| Some(c.member) != avoid)
+                .await?;
+            let member = conn.member;
+            match op(conn).await {
                 Err(e) if e.unreachable && attempt < self.attempts => {
                     tracing::debug!(attempt, error = %e, "etcd member unreachable; trying another");
                     attempt += 1;
+                    avoid = Some(member);
                 }
                 other => return other,
             }
@@ -287,10 +389,6 @@ impl Etcd {
 
     fn key(&self, key: &InstanceKey) -> String {
         format!("{}/{}/{}", self.prefix, key.service, key.id)
-    }
-
-    async fn client(&self) -> Result<Client, RegistryError> {
-        self.pool.client().await
     }
 
     fn tombstone_key(&self, key: &InstanceKey) -> String {
@@ -338,9 +436,10 @@ impl Etcd {
     /// Deregistrations remembered for `service`: id → generation.
     async fn tombstones_in(
         &self,
+        conn: EtcdConn,
         service: &ServiceName,
     ) -> Result<BTreeMap<InstanceId, u64>, RegistryError> {
-        let mut client = self.client().await?;
+        let mut client = conn.client.clone();
         let dir = format!("{}/{TOMBSTONE_DIR}/{service}/", self.prefix);
         let resp = client
             .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
@@ -356,24 +455,16 @@ impl Etcd {
             })
             .collect())
     }
-
-    async fn lease_of(
-        &self,
-        client: &mut Client,
-        key: &InstanceKey,
-    ) -> Result<Option<i64>, RegistryError> {
-        let resp = client
-            .get(self.key(key), Some(GetOptions::new().with_keys_only()))
-            .await
-            .map_err(to_err)?;
-        Ok(resp.kvs().first().map(|kv| kv.lease()))
-    }
 }
 
 /// The operations, each one attempt; [`Registry`] wraps them with fail-over.
 impl Etcd {
-    async fn register_once(&self, instance: &Instance) -> Result<(), RegistryError> {
-        let mut client = self.client().await?;
+    async fn register_once(
+        &self,
+        conn: EtcdConn,
+        instance: &Instance,
+    ) -> Result<(), RegistryError> {
+        let mut client = conn.client.clone();
         let key = self.key(&instance.key);
         let tomb = self.tombstone_key(&instance.key);
         let value = serde_json::to_vec(&Record::from_instance(instance))
@@ -407,6 +498,7 @@ impl Etcd {
                 .and_then(ops);
             if client.txn(txn).await.map_err(to_err)?.succeeded() {
                 // The key moved to the new lease and the tombstone is gone.
+                self.leases.set(&instance.key, lease);
                 revoke_replaced(&mut client, &current, lease).await;
                 return Ok(());
             }
@@ -419,26 +511,65 @@ impl Etcd {
         ))
     }
 
-    async fn heartbeat_once(&self, key: &InstanceKey) -> Result<Liveness, RegistryError> {
-        let mut client = self.client().await?;
-        let Some(lease) = self.lease_of(&mut client, key).await? else {
-            return Ok(Liveness::Unknown);
+    async fn heartbeat_once(
+        &self,
+        conn: EtcdConn,
+        key: &InstanceKey,
+    ) -> Result<Liveness, RegistryError> {
+        let path = self.key(key);
+        let known = self.leases.get(key);
+        let (on_key, renewed) = match known {
+            // Renew the remembered lease and check the key in the same round trip.
+            Some(lease) => {
+                let (on_key, ttl) = tokio::try_join!(
+                    self.lease_on_key(&conn, &path),
+                    conn.keepalive.keep_alive(&conn.client, lease),
+                )?;
+                (on_key, Some((lease, ttl)))
+            }
+            None => (self.lease_on_key(&conn, &path).await?, None),
         };
-        if lease == 0 {
-            // A key without a lease never expires: not one twinreg wrote. Treat as lost so the
-            // heartbeat rewrites it with a lease.
-            return Ok(Liveness::Unknown);
+        let lease = match on_key {
+            // A key without a lease never expires: not one twinreg wrote. Treat it as lost so
+            // the heartbeat rewrites it with a lease.
+            None | Some(0) => {
+                self.leases.forget(key);
+                return Ok(Liveness::Unknown);
+            }
+            Some(lease) => lease,
+        };
+        let ttl = match renewed {
+            Some((renewed, ttl)) if renewed == lease => ttl,
+            // First heartbeat here, or the key moved to another lease (re-registered through
+            // another replica): renew the lease the key is on.
+            _ => conn.keepalive.keep_alive(&conn.client, lease).await?,
+        };
+        if ttl > 0 {
+            self.leases.set(key, lease);
+            Ok(Liveness::Renewed)
+        } else {
+            self.leases.forget(key);
+            Ok(Liveness::Unknown)
         }
-        let (mut keeper, mut stream) = client.lease_keep_alive(lease).await.map_err(to_err)?;
-        keeper.keep_alive().await.map_err(to_err)?;
-        match stream.message().await.map_err(to_err)? {
-            Some(resp) if resp.ttl() > 0 => Ok(Liveness::Renewed),
-            Some(_) => Ok(Liveness::Unknown),
-            None => Err(RegistryError::unavailable(
-                KIND,
-                "lease keepalive stream closed before answering",
-            )),
+    }
+
+    /// The lease of the key, `None` when there is no key. A serializable read (no consensus
+    /// round); only a miss is confirmed with a linearizable one, so a member lagging behind a
+    /// just-made registration never makes a heartbeat rewrite it.
+    async fn lease_on_key(
+        &self,
+        conn: &EtcdConn,
+        path: &str,
+    ) -> Result<Option<i64>, RegistryError> {
+        let mut client = conn.client.clone();
+        let fast = GetOptions::new().with_keys_only().with_serializable();
+        let resp = client.get(path, Some(fast)).await.map_err(to_err)?;
+        if let Some(kv) = resp.kvs().first() {
+            return Ok(Some(kv.lease()));
         }
+        let sure = GetOptions::new().with_keys_only();
+        let resp = client.get(path, Some(sure)).await.map_err(to_err)?;
+        Ok(resp.kvs().first().map(|kv| kv.lease()))
     }
 
     /// Deletes the record and leaves a tombstone (the deregistration's generation, on a lease of
@@ -446,10 +577,11 @@ impl Etcd {
     /// "never arrived here".
     async fn deregister_once(
         &self,
+        conn: EtcdConn,
         key: &InstanceKey,
         generation: u64,
     ) -> Result<bool, RegistryError> {
-        let mut client = self.client().await?;
+        let mut client = conn.client.clone();
         let path = self.key(key);
         let tomb = self.tombstone_key(key);
         let mut reader = client.clone();
@@ -476,6 +608,7 @@ impl Etcd {
                 .when(current.unchanged(&path, &tomb))
                 .and_then(ops);
             if client.txn(txn).await.map_err(to_err)?.succeeded() {
+                self.leases.forget(key);
                 revoke_replaced(&mut client, &current, tomb_lease).await;
                 return Ok(current.record.is_some());
             }
@@ -488,8 +621,12 @@ impl Etcd {
         ))
     }
 
-    async fn get_once(&self, key: &InstanceKey) -> Result<Option<Instance>, RegistryError> {
-        let mut client = self.client().await?;
+    async fn get_once(
+        &self,
+        conn: EtcdConn,
+        key: &InstanceKey,
+    ) -> Result<Option<Instance>, RegistryError> {
+        let mut client = conn.client.clone();
         let resp = client.get(self.key(key), None).await.map_err(to_err)?;
         Ok(resp
             .kvs()
@@ -497,8 +634,12 @@ impl Etcd {
             .and_then(|kv| Record::decode(key, kv.value())))
     }
 
-    async fn list_once(&self, service: &ServiceName) -> Result<Vec<Instance>, RegistryError> {
-        let mut client = self.client().await?;
+    async fn list_once(
+        &self,
+        conn: EtcdConn,
+        service: &ServiceName,
+    ) -> Result<Vec<Instance>, RegistryError> {
+        let mut client = conn.client.clone();
         let dir = format!("{}/{}/", self.prefix, service);
         let resp = client
             .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
@@ -527,8 +668,8 @@ impl Etcd {
         Ok(out)
     }
 
-    async fn services_once(&self) -> Result<BTreeSet<ServiceName>, RegistryError> {
-        let mut client = self.client().await?;
+    async fn services_once(&self, conn: EtcdConn) -> Result<BTreeSet<ServiceName>, RegistryError> {
+        let mut client = conn.client.clone();
         let root = format!("{}/", self.prefix);
         let resp = client
             .get(
@@ -548,8 +689,9 @@ impl Etcd {
             .collect())
     }
 
-    async fn probe_once(&self) -> Result<(), RegistryError> {
-        let mut client = self.client().await?;
+    async fn probe_once(&self, conn: EtcdConn) -> Result<(), RegistryError> {
+        self.leases.sweep();
+        let mut client = conn.client.clone();
         probe(&mut client, &format!("{}/", self.prefix))
             .await
             .map_err(to_err)
@@ -557,22 +699,25 @@ impl Etcd {
 
     async fn tombstones_once(
         &self,
+        conn: EtcdConn,
         service: &ServiceName,
     ) -> Result<BTreeMap<InstanceId, u64>, RegistryError> {
-        self.tombstones_in(service).await
+        self.tombstones_in(conn, service).await
     }
 
     /// A lease-based election on `{prefix}/.sweeper`: the holder keeps its lease alive on every
     /// call; if it stops calling (crashed, partitioned), the lease lapses and another takes over.
-    async fn lead_once(&self, holder: &str, ttl: Duration) -> Result<bool, RegistryError> {
-        let mut client = self.client().await?;
+    async fn lead_once(
+        &self,
+        conn: EtcdConn,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, RegistryError> {
+        let mut client = conn.client.clone();
         let key = format!("{}/{LEADER_KEY}", self.prefix);
         let held = *self.leadership.lock().expect("not poisoned");
         if let Some(lease) = held {
-            let (mut keeper, mut stream) = client.lease_keep_alive(lease).await.map_err(to_err)?;
-            keeper.keep_alive().await.map_err(to_err)?;
-            let alive = matches!(stream.message().await.map_err(to_err)?, Some(r) if r.ttl() > 0);
-            if alive {
+            if conn.keepalive.keep_alive(&conn.client, lease).await? > 0 {
                 let resp = client.get(key.as_str(), None).await.map_err(to_err)?;
                 if resp.kvs().first().is_some_and(|kv| kv.lease() == lease) {
                     return Ok(true);
@@ -613,43 +758,43 @@ impl Registry for Etcd {
     }
 
     async fn register(&self, instance: &Instance) -> Result<(), RegistryError> {
-        self.failover(|| self.register_once(instance)).await
+        self.failover(|c| self.register_once(c, instance)).await
     }
 
     async fn heartbeat(&self, key: &InstanceKey) -> Result<Liveness, RegistryError> {
-        self.failover(|| self.heartbeat_once(key)).await
+        self.failover(|c| self.heartbeat_once(c, key)).await
     }
 
     async fn deregister(&self, key: &InstanceKey, generation: u64) -> Result<bool, RegistryError> {
-        self.failover(|| self.deregister_once(key, generation))
+        self.failover(|c| self.deregister_once(c, key, generation))
             .await
     }
 
     async fn get(&self, key: &InstanceKey) -> Result<Option<Instance>, RegistryError> {
-        self.failover(|| self.get_once(key)).await
+        self.failover(|c| self.get_once(c, key)).await
     }
 
     async fn list(&self, service: &ServiceName) -> Result<Vec<Instance>, RegistryError> {
-        self.failover(|| self.list_once(service)).await
+        self.failover(|c| self.list_once(c, service)).await
     }
 
     async fn services(&self) -> Result<BTreeSet<ServiceName>, RegistryError> {
-        self.failover(|| self.services_once()).await
+        self.failover(|c| self.services_once(c)).await
     }
 
     async fn probe(&self) -> Result<(), RegistryError> {
-        self.failover(|| self.probe_once()).await
+        self.failover(|c| self.probe_once(c)).await
     }
 
     async fn tombstones(
         &self,
         service: &ServiceName,
     ) -> Result<BTreeMap<InstanceId, u64>, RegistryError> {
-        self.failover(|| self.tombstones_once(service)).await
+        self.failover(|c| self.tombstones_once(c, service)).await
     }
 
     async fn lead(&self, holder: &str, ttl: Duration) -> Result<bool, RegistryError> {
-        self.failover(|| self.lead_once(holder, ttl)).await
+        self.failover(|c| self.lead_once(c, holder, ttl)).await
     }
 }
 

@@ -27,6 +27,9 @@ pub struct Memory {
     records: Mutex<BTreeMap<InstanceKey, Instance>>,
     /// Calls that reached the registry (not refused by `Down`/`Hang`).
     pub writes: AtomicUsize,
+    /// Heartbeats that reached the registry, and when (renewals: registrations count too).
+    pub heartbeats: AtomicUsize,
+    renew_times: Mutex<Vec<tokio::time::Instant>>,
     write_times: Mutex<Vec<tokio::time::Instant>>,
 }
 
@@ -37,6 +40,8 @@ impl Memory {
             mode: AtomicU8::new(0),
             records: Mutex::default(),
             writes: AtomicUsize::new(0),
+            heartbeats: AtomicUsize::new(0),
+            renew_times: Mutex::default(),
             write_times: Mutex::default(),
         }
     }
@@ -69,6 +74,18 @@ impl Memory {
             .push(tokio::time::Instant::now());
     }
 
+    fn renewed(&self) {
+        self.renew_times
+            .lock()
+            .expect("not poisoned")
+            .push(tokio::time::Instant::now());
+    }
+
+    /// When each heartbeat or registration reached the registry (a TTL renewed or set).
+    pub fn renew_times(&self) -> Vec<tokio::time::Instant> {
+        self.renew_times.lock().expect("not poisoned").clone()
+    }
+
     /// When each accepted write happened.
     pub fn write_times(&self) -> Vec<tokio::time::Instant> {
         self.write_times.lock().expect("not poisoned").clone()
@@ -92,6 +109,7 @@ impl Registry for Memory {
     async fn register(&self, instance: &Instance) -> Result<(), RegistryError> {
         self.gate().await?;
         self.wrote();
+        self.renewed();
         let mut r = self.records.lock().expect("not poisoned");
         if r.get(&instance.key)
             .is_none_or(|old| old.generation <= instance.generation)
@@ -103,6 +121,8 @@ impl Registry for Memory {
 
     async fn heartbeat(&self, key: &InstanceKey) -> Result<Liveness, RegistryError> {
         self.gate().await?;
+        self.heartbeats.fetch_add(1, Ordering::SeqCst);
+        self.renewed();
         Ok(if self.holds(key).is_some() {
             Liveness::Renewed
         } else {

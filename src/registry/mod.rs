@@ -13,6 +13,7 @@ use crate::model::{Instance, InstanceId, InstanceKey, ServiceName};
 pub mod consul;
 pub mod etcd;
 pub mod memory;
+pub mod transport;
 
 /// Which registry. The primary is etcd: its record wins where the two disagree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

@@ -23,8 +23,8 @@ async fn adapters(etcd: &Etcd, consul: &Consul) -> (Vec<Arc<dyn Registry>>, temp
         consul.address()
     );
     let settings = Config::from_toml(&toml).unwrap().validate().unwrap();
-    let (e, e_pool) = EtcdRegistry::new(&settings.raw.etcd).unwrap();
-    let (c, c_pool) = ConsulRegistry::new(&settings).unwrap();
+    let (e, e_pool) = EtcdRegistry::new(&settings.raw.etcd, Default::default()).unwrap();
+    let (c, c_pool) = ConsulRegistry::new(&settings, Default::default()).unwrap();
     let (_tx, rx) = tokio::sync::watch::channel(false);
     tokio::join!(
         e_pool.clone().warm_up(rx.clone()),

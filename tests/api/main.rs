@@ -5,6 +5,7 @@ mod support;
 mod admin;
 mod antientropy;
 mod authz;
+mod connections;
 mod faults;
 mod fencing;
 mod heartbeat;

@@ -9,15 +9,20 @@ use crate::{body, path};
 
 const TOKEN: &str = "3f6a1c2e-7d40-4b8e-9a11-5c0ffee0cafe";
 
-struct Secure {
-    etcd: Etcd,
-    consul: Consul,
-    gw: Gateway,
+pub(crate) struct Secure {
+    pub etcd: Etcd,
+    pub consul: Consul,
+    pub gw: Gateway,
     _secrets: tempfile::TempDir,
 }
 
 /// etcd and Consul both requiring client certificates from one CA; twinreg given `token`.
 async fn secure_env(token: &str) -> Secure {
+    secure_env_with(token, Options::default()).await
+}
+
+/// [`secure_env`], with `base` giving the options other than the registries' TLS settings.
+pub(crate) async fn secure_env_with(token: &str, base: Options) -> Secure {
     let ca = CertAuthority::new("registry CA").unwrap();
     let (etcd, consul) = tokio::join!(Etcd::start_tls(&ca), Consul::start_secure(&ca, TOKEN));
     let secrets = tempfile::tempdir().unwrap();
@@ -39,7 +44,7 @@ async fn secure_env(token: &str) -> Secure {
             c.path("client-key.pem").display(),
             token_file.display()
         ),
-        ..Default::default()
+        ..base
     };
     let gw = Gateway::launch(vec![etcd.endpoint()], consul.address(), opts).await;
     Secure {

@@ -33,6 +33,9 @@ pub struct Options {
     pub etcd_extra: String,
     /// Lines added to the `[consul]` section.
     pub consul_extra: String,
+    /// Heartbeat coalescing (twinreg's default is on). Off unless a test asks: most tests check
+    /// what one heartbeat does to the registries.
+    pub coalesce: bool,
 }
 
 impl Gateway {
@@ -87,8 +90,12 @@ address = "{consul_address}"
 timeout_ms = {timeout}
 {consul_extra}
 
+[heartbeat]
+coalesce = {coalesce}
+
 {extra}
 "#,
+            coalesce = opts.coalesce,
             cert = p("server.pem"),
             key = p("server-key.pem"),
             ca = p("ca.pem"),
