@@ -69,6 +69,7 @@ impl State {
         let existing = inner.services.get(&svc.id).cloned();
         let service_changed = existing.as_ref().is_none_or(|e| !e.same_definition(&svc));
         let mut new_checks = Vec::new();
+        let mut wake = false;
         for spec in specs {
             let generation = inner.next_generation();
             let prev = inner.checks.get(&spec.id);
@@ -94,7 +95,10 @@ impl State {
                 runner: None,
             };
             let changed = prev.is_none_or(|p| !p.same_catalog_view(&check));
-            new_checks.push((check, changed, prev.is_none()));
+            let is_new = prev.is_none();
+            let old_deadline = prev.and_then(|p| p.ttl_deadline);
+            wake |= inner.schedule_ttl(&check.spec.id, old_deadline, check.ttl_deadline);
+            new_checks.push((check, changed, is_new));
         }
         let removed: Vec<String> = if replace_checks {
             inner
@@ -163,7 +167,9 @@ impl State {
         if any_change {
             self.publish(idx);
         }
-        self.ttl_wake.notify_one();
+        if wake {
+            self.ttl_wake.notify_one();
+        }
     }
 
     /// Removes a service and its checks; false when there is no such service.
@@ -197,10 +203,16 @@ impl State {
         }
         let output = truncate_output(output, check.spec.output_max_size);
         check.last_output = output.clone();
-        check.ttl_deadline = Some(now + crate::duration::to_std(check.spec.ttl));
+        let old = check.ttl_deadline;
+        let new = Some(now + crate::duration::to_std(check.spec.ttl));
+        check.ttl_deadline = new;
         let changed = check.set(status, output, now);
+        let wake = g.schedule_ttl(check_id, old, new);
         self.after_check_update(g, check_id, changed);
-        self.ttl_wake.notify_one();
+        // A renewal moves a deadline later: the loop needs waking only for a new earliest one.
+        if wake {
+            self.ttl_wake.notify_one();
+        }
         Ok(())
     }
 
@@ -241,14 +253,14 @@ impl State {
     /// Turns every TTL check past its deadline critical; returns the next deadline.
     pub fn expire_ttls(&self, now: Instant) -> Option<Instant> {
         let mut g = self.lock();
-        let expired: Vec<String> = g
-            .checks
-            .iter()
-            .filter(|(_, c)| c.ttl_deadline.is_some_and(|d| d <= now))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in expired {
-            let Some(c) = g.checks.get_mut(&id) else {
+        loop {
+            let (at, id) = match g.ttl_queue.first() {
+                None => return None,
+                Some((at, _)) if *at > now => return Some(*at),
+                Some(_) => g.ttl_queue.pop_first().expect("not empty"),
+            };
+            // Skip entries of removed checks and of deadlines moved since.
+            let Some(c) = g.checks.get_mut(&id).filter(|c| c.ttl_deadline == Some(at)) else {
                 continue;
             };
             c.ttl_deadline = None;
@@ -265,7 +277,6 @@ impl State {
             self.after_check_update(g, &id, changed);
             g = self.lock();
         }
-        g.checks.values().filter_map(|c| c.ttl_deadline).min()
     }
 
     /// Removes every service with a check critical for longer than its

@@ -6,7 +6,9 @@
 //! would (`maxIndexForService`), so a blocking watcher also wakes when the last instance goes
 //! away; the services-table index is what `/v1/catalog/services` reports.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use tokio::time::Instant;
 
 use crate::model::{Check, Service};
 
@@ -24,6 +26,10 @@ pub struct Inner {
     name_index: HashMap<String, u64>,
     extinction_index: Option<u64>,
     next_generation: u64,
+    /// TTL deadlines in time order, so expiry touches only what is due rather than scanning every
+    /// check on every heartbeat (Consul keeps one timer per check). May hold entries of removed
+    /// checks; the expiry loop skips them.
+    pub ttl_queue: BTreeSet<(Instant, String)>,
 }
 
 impl Inner {
@@ -40,7 +46,23 @@ impl Inner {
             name_index,
             extinction_index: None,
             next_generation: 1,
+            ttl_queue: BTreeSet::new(),
         }
+    }
+
+    /// Moves check `id`'s TTL deadline from `old` to `new` in the queue; true when `new` is now
+    /// the earliest deadline (the expiry loop must wake up for it).
+    pub fn schedule_ttl(&mut self, id: &str, old: Option<Instant>, new: Option<Instant>) -> bool {
+        if let Some(old) = old {
+            self.ttl_queue.remove(&(old, id.to_owned()));
+        }
+        let Some(new) = new else {
+            return false;
+        };
+        self.ttl_queue.insert((new, id.to_owned()));
+        self.ttl_queue
+            .first()
+            .is_some_and(|(first, _)| *first == new)
     }
 
     /// A fresh check incarnation number.
