@@ -358,7 +358,7 @@ impl Coordinator {
         let started = Instant::now();
         let i = &instance;
         let replies = self
-            .fan_out("register", |r| async move { r.register(i).await })
+            .fan_out("register", |r| async move { r.register_new(i).await })
             .await;
         let outcomes = outcomes(&replies);
         if replies.iter().all(|r| r.result.is_err()) {
@@ -453,8 +453,13 @@ impl Coordinator {
         }
         let Some(record) = record.or_else(|| self.cache.get(key)) else {
             if renewed.is_empty() {
-                // Nobody reachable knows it and there is nothing to restore from.
-                return Err(Failure::UnknownInstance(Outcomes(outcomes)));
+                // Nobody that answered knows it and there is nothing to restore from. A registry
+                // that did not answer may still hold it: "unknown" needs every registry's word.
+                return Err(if any_failed {
+                    Failure::Unavailable(Outcomes(outcomes))
+                } else {
+                    Failure::UnknownInstance(Outcomes(outcomes))
+                });
             }
             for &i in &unknown {
                 outcomes[i].error =

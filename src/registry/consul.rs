@@ -171,6 +171,46 @@ impl Consul {
         Ok(checks.get(&check).map(|c| parse_notes(&c.notes).1))
     }
 
+    /// Registers the service and its TTL check, and passes the check.
+    async fn write(&self, i: &Instance) -> Result<(), RegistryError> {
+        let sid = service_id(&i.key);
+        let payload = json!({
+            "ID": sid,
+            "Name": i.key.service,
+            "Address": i.address,
+            "Port": i.port,
+            "Tags": i.tags,
+            "Meta": i.meta,
+            "Check": {
+                "CheckID": check_id(&i.key),
+                "Name": "twinreg heartbeat",
+                "TTL": go_duration(Duration::from_secs(i.ttl_seconds.into())),
+                "Status": "passing",
+                "Notes": notes(i),
+                "DeregisterCriticalServiceAfter": go_duration(self.deregister_after),
+            },
+        });
+        let body = serde_json::to_vec(&payload).expect("a json! value serializes");
+        let (status, resp) = self
+            .call(
+                Method::PUT,
+                "/v1/agent/service/register?replace-existing-checks=true",
+                Some(body),
+            )
+            .await?;
+        expect_ok(status, &resp, "agent/service/register")?;
+        // Re-registering keeps an existing check's status: a check that went critical would stay
+        // critical. Passing it makes the fresh registration live at once.
+        let (status, resp) = self
+            .call(
+                Method::PUT,
+                &format!("/v1/agent/check/pass/{}", check_id(&i.key)),
+                None,
+            )
+            .await?;
+        expect_ok(status, &resp, "agent/check/pass")
+    }
+
     /// The live (no critical check) twinreg instances of a service, from the health endpoint.
     async fn health_entries(
         &self,
@@ -386,42 +426,15 @@ impl Registry for Consul {
             tracing::debug!(instance = %i.key, "consul holds a newer generation; write fenced");
             return Ok(());
         }
-        let sid = service_id(&i.key);
-        let payload = json!({
-            "ID": sid,
-            "Name": i.key.service,
-            "Address": i.address,
-            "Port": i.port,
-            "Tags": i.tags,
-            "Meta": i.meta,
-            "Check": {
-                "CheckID": check_id(&i.key),
-                "Name": "twinreg heartbeat",
-                "TTL": go_duration(Duration::from_secs(i.ttl_seconds.into())),
-                "Status": "passing",
-                "Notes": notes(i),
-                "DeregisterCriticalServiceAfter": go_duration(self.deregister_after),
-            },
-        });
-        let body = serde_json::to_vec(&payload).expect("a json! value serializes");
-        let (status, resp) = self
-            .call(
-                Method::PUT,
-                "/v1/agent/service/register?replace-existing-checks=true",
-                Some(body),
-            )
-            .await?;
-        expect_ok(status, &resp, "agent/service/register")?;
-        // Re-registering keeps an existing check's status: a check that went critical would stay
-        // critical. Passing it makes the fresh registration live at once.
-        let (status, resp) = self
-            .call(
-                Method::PUT,
-                &format!("/v1/agent/check/pass/{}", check_id(&i.key)),
-                None,
-            )
-            .await?;
-        expect_ok(status, &resp, "agent/check/pass")
+        self.write(i).await
+    }
+
+    /// A client's registration skips the generation read: `agent/checks?filter=` is a scan of
+    /// every check on the agent (Consul has no single-check read), too dear for every register.
+    /// Two replicas racing on one instance are settled by the sweep to etcd's winner, as the
+    /// compare-then-write race is.
+    async fn register_new(&self, i: &Instance) -> Result<(), RegistryError> {
+        self.write(i).await
     }
 
     async fn heartbeat(&self, key: &InstanceKey) -> Result<Liveness, RegistryError> {

@@ -57,6 +57,13 @@ pub trait Registry: Send + Sync + 'static {
     /// as it is (fencing: an old write never undoes a newer one). Both count as success.
     async fn register(&self, instance: &Instance) -> Result<(), RegistryError>;
 
+    /// [`Self::register`] for a client's registration, whose generation was taken just now and so
+    /// is newer than anything stored (the fence exists for re-driven and restored writes, which
+    /// carry older generations). A registry whose fence costs a read can skip it here.
+    async fn register_new(&self, instance: &Instance) -> Result<(), RegistryError> {
+        self.register(instance).await
+    }
+
     /// Renews the instance's TTL if the registry holds it.
     async fn heartbeat(&self, key: &InstanceKey) -> Result<Liveness, RegistryError>;
 
