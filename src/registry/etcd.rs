@@ -200,6 +200,8 @@ pub const TOMBSTONE_TTL: Duration = Duration::from_secs(3600);
 /// What the key holds now: enough to fence by generation and to compare-and-swap.
 struct Stored {
     generation: u64,
+    /// The record's TTL: its lease is reused by a re-registration with the same TTL.
+    ttl_seconds: u32,
     mod_revision: i64,
     lease: i64,
 }
@@ -234,15 +236,22 @@ impl Current {
 }
 
 /// After a transaction replaced the record and/or the tombstone, their old leases hold nothing:
-/// revoke them (all but `kept`, the lease the transaction wrote with).
-async fn revoke_replaced(client: &mut Client, replaced: &Current, kept: i64) {
+/// revoke them (all but `kept`, the lease the transaction wrote with). In the background: the
+/// write is done, and the answer need not wait for a third consensus round to tidy up.
+fn revoke_replaced(client: &Client, replaced: &Current, kept: i64) {
     let old_record = replaced.record.as_ref().map(|s| s.lease);
     let old_tomb = replaced.tombstone.map(|(_, _, l)| l);
     for old in [old_record, old_tomb].into_iter().flatten() {
         if old != 0 && old != kept {
-            revoke_quietly(client, old).await;
+            revoke_replaced_lease(client, old);
         }
     }
+}
+
+/// Revokes a lease that holds nothing any more, in the background.
+fn revoke_replaced_lease(client: &Client, lease: i64) {
+    let mut client = client.clone();
+    tokio::spawn(async move { revoke_quietly(&mut client, lease).await });
 }
 
 async fn revoke_quietly(client: &mut Client, lease: i64) {
@@ -418,10 +427,14 @@ impl Etcd {
             ));
         };
         Ok(Current {
-            record: rec.kvs().first().map(|kv| Stored {
-                generation: Record::decode(key, kv.value()).map_or(0, |i| i.generation),
-                mod_revision: kv.mod_revision(),
-                lease: kv.lease(),
+            record: rec.kvs().first().map(|kv| {
+                let decoded = Record::decode(key, kv.value());
+                Stored {
+                    generation: decoded.as_ref().map_or(0, |i| i.generation),
+                    ttl_seconds: decoded.as_ref().map_or(0, |i| i.ttl_seconds),
+                    mod_revision: kv.mod_revision(),
+                    lease: kv.lease(),
+                }
             }),
             tombstone: tomb.kvs().first().map(|kv| {
                 let g = std::str::from_utf8(kv.value())
@@ -469,21 +482,45 @@ impl Etcd {
         let tomb = self.tombstone_key(&instance.key);
         let value = serde_json::to_vec(&Record::from_instance(instance))
             .map_err(|e| RegistryError::rejected(KIND, format!("encoding the record: {e}")))?;
-        // Read the current state and grant the new lease concurrently: one round trip.
-        let mut reader = client.clone();
-        let mut granter = client.clone();
-        let (mut current, lease) =
-            tokio::try_join!(self.current(&mut reader, &instance.key), async {
-                let ttl = i64::from(instance.ttl_seconds);
-                Ok(granter.lease_grant(ttl, None).await.map_err(to_err)?.id())
-            },)?;
+        let ttl = i64::from(instance.ttl_seconds);
+        // A re-registration keeps the instance's live lease when its TTL is unchanged: the write
+        // is then one consensus round (the put; the renewal rides the keepalive stream) instead
+        // of three (grant, put, revoke). For an instance this replica has no lease for, the new
+        // lease is granted while the current state is read: one round trip.
+        let (mut current, mut granted) = if self.leases.get(&instance.key).is_some() {
+            (self.current(&mut client, &instance.key).await?, None)
+        } else {
+            let mut reader = client.clone();
+            let mut granter = client.clone();
+            let (current, lease) =
+                tokio::try_join!(self.current(&mut reader, &instance.key), async {
+                    Ok(granter.lease_grant(ttl, None).await.map_err(to_err)?.id())
+                })?;
+            (current, Some(lease))
+        };
+        let mut may_reuse = true;
         for _ in 0..CAS_ATTEMPTS {
             if current.newest() > instance.generation {
                 // A newer write or delete is already there: this one is obsolete.
                 tracing::debug!(instance = %instance.key, "etcd holds a newer generation; write fenced");
-                revoke_quietly(&mut client, lease).await;
+                if let Some(lease) = granted {
+                    revoke_quietly(&mut client, lease).await;
+                }
                 return Ok(());
             }
+            let reuse = current
+                .record
+                .as_ref()
+                .filter(|s| may_reuse && s.lease != 0 && s.ttl_seconds == instance.ttl_seconds)
+                .map(|s| s.lease);
+            let lease = match (reuse, granted) {
+                (Some(lease), _) | (None, Some(lease)) => lease,
+                (None, None) => {
+                    let lease = client.lease_grant(ttl, None).await.map_err(to_err)?.id();
+                    granted = Some(lease);
+                    lease
+                }
+            };
             let put = TxnOp::put(
                 key.as_str(),
                 value.clone(),
@@ -496,15 +533,37 @@ impl Etcd {
             let txn = Txn::new()
                 .when(current.unchanged(&key, &tomb))
                 .and_then(ops);
-            if client.txn(txn).await.map_err(to_err)?.succeeded() {
-                // The key moved to the new lease and the tombstone is gone.
-                self.leases.set(&instance.key, lease);
-                revoke_replaced(&mut client, &current, lease).await;
-                return Ok(());
+            let mut writer = client.clone();
+            let written = async { writer.txn(txn).await.map_err(to_err) };
+            let outcome = match reuse {
+                Some(lease) => {
+                    let renewed = conn.keepalive.keep_alive(&conn.client, lease);
+                    match tokio::join!(written, renewed) {
+                        (Ok(w), Ok(ttl_left)) if ttl_left > 0 => Ok(w.succeeded()),
+                        // The lease lapsed under us (the put then fails too): take a new one.
+                        (Ok(_), Ok(_)) | (Err(_), Ok(_)) => Err(()),
+                        (Err(e), Err(_)) | (Ok(_), Err(e)) => return Err(e),
+                    }
+                }
+                None => Ok(written.await?.succeeded()),
+            };
+            match outcome {
+                Ok(true) => {
+                    self.leases.set(&instance.key, lease);
+                    revoke_replaced(&client, &current, lease);
+                    if let Some(unused) = granted.filter(|g| *g != lease) {
+                        revoke_replaced_lease(&client, unused);
+                    }
+                    return Ok(());
+                }
+                Ok(false) => {}
+                Err(()) => may_reuse = false,
             }
             current = self.current(&mut client, &instance.key).await?;
         }
-        revoke_quietly(&mut client, lease).await;
+        if let Some(lease) = granted {
+            revoke_quietly(&mut client, lease).await;
+        }
         Err(RegistryError::unavailable(
             KIND,
             "etcd: the key kept changing under concurrent writes; retry",
@@ -609,7 +668,7 @@ impl Etcd {
                 .and_then(ops);
             if client.txn(txn).await.map_err(to_err)?.succeeded() {
                 self.leases.forget(key);
-                revoke_replaced(&mut client, &current, tomb_lease).await;
+                revoke_replaced(&client, &current, tomb_lease);
                 return Ok(current.record.is_some());
             }
             current = self.current(&mut client, key).await?;

@@ -2,6 +2,7 @@
 //! an older write (a late repair, a replayed delete) never undoes a newer one.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use twinreg::config::Config;
 use twinreg::model::{Instance, InstanceKey};
@@ -11,6 +12,7 @@ use twinreg::registry::etcd::Etcd as EtcdRegistry;
 
 use crate::support::consul::Consul;
 use crate::support::etcd::Etcd;
+use crate::support::eventually;
 
 async fn adapters(etcd: &Etcd, consul: &Consul) -> (Vec<Arc<dyn Registry>>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -91,6 +93,10 @@ async fn an_older_generation_never_overwrites_or_deletes_a_newer_one() {
     }
     // Exactly one record and one live lease in etcd after all that.
     assert_eq!(etcd.dump("/services/").await.len(), 1);
-    let leases = etcd.client().await.leases().await.unwrap();
-    assert_eq!(leases.leases().len(), 1, "no lease is left behind");
+    // Replaced leases are revoked in the background, right after each write.
+    eventually(Duration::from_secs(5), "no lease left behind", || async {
+        let leases = etcd.client().await.leases().await.unwrap();
+        (leases.leases().len() == 1).then_some(())
+    })
+    .await;
 }

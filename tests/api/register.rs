@@ -2,6 +2,9 @@
 
 use serde_json::json;
 
+use std::time::Duration;
+
+use crate::support::eventually;
 use crate::{Env, body, path};
 
 #[tokio::test]
@@ -71,12 +74,23 @@ async fn identical_reregister_leaves_one_record_and_changes_replace() {
     }
     assert_eq!(env.etcd.dump("/services/").await.len(), 1);
     assert_eq!(env.consul.agent_services().await.len(), 1);
-    let mut etcd = env.etcd.client().await;
-    let leases = etcd.leases().await.unwrap();
-    let live: Vec<i64> = leases.leases().iter().map(|l| l.id()).collect();
     let (_, lease) = env.etcd_record("payments", "pay-1").await.unwrap();
-    assert!(live.contains(&lease));
-    assert_eq!(live.len(), 1, "replaced leases are revoked, got {live:?}");
+    // Replaced leases are revoked in the background, right after the answer.
+    let live = eventually(
+        Duration::from_secs(5),
+        "replaced leases revoked",
+        || async {
+            let mut etcd = env.etcd.client().await;
+            let leases = etcd.leases().await.unwrap();
+            let live: Vec<i64> = leases.leases().iter().map(|l| l.id()).collect();
+            (live.len() == 1).then_some(live)
+        },
+    )
+    .await;
+    assert!(
+        live.contains(&lease),
+        "the record's lease is the one left: {live:?}"
+    );
 
     let r = c
         .put_json(
