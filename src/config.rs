@@ -297,7 +297,8 @@ impl Config {
         Self::from_figment(
             Figment::new()
                 .merge(Toml::file_exact(path))
-                .merge(Env::prefixed(ENV_PREFIX).split("__")),
+                // TWINREG_LOG is the log filter (see main.rs), not a configuration key.
+                .merge(Env::prefixed(ENV_PREFIX).ignore(&["LOG"]).split("__")),
         )
     }
 

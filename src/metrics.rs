@@ -93,6 +93,7 @@ pub struct Metrics {
     pub repairs_done: Family<RegistryLabels, Counter>,
     pub handshakes: Handshakes,
     pub heartbeats_coalesced: Family<RegistryLabels, Counter>,
+    coalesced_by_registry: [Counter; 2],
 }
 
 impl Metrics {
@@ -166,6 +167,12 @@ impl Metrics {
             "Heartbeats answered without a call to the registry, its copy being fresh enough",
             heartbeats_coalesced.clone(),
         );
+        // Counted on the hot path: the series are looked up once, here.
+        let coalesced_by_registry = [RegistryKind::Etcd, RegistryKind::Consul].map(|r| {
+            heartbeats_coalesced.get_or_create_owned(&RegistryLabels {
+                registry: r.as_str(),
+            })
+        });
         Arc::new(Self {
             registry,
             requests,
@@ -179,6 +186,7 @@ impl Metrics {
             repairs_done,
             handshakes,
             heartbeats_coalesced,
+            coalesced_by_registry,
         })
     }
 
@@ -204,11 +212,11 @@ impl Metrics {
     }
 
     pub fn coalesced(&self, registry: RegistryKind) {
-        self.heartbeats_coalesced
-            .get_or_create(&RegistryLabels {
-                registry: registry.as_str(),
-            })
-            .inc();
+        let i = match registry {
+            RegistryKind::Etcd => 0,
+            RegistryKind::Consul => 1,
+        };
+        self.coalesced_by_registry[i].inc();
     }
 
     pub fn observe_op(

@@ -110,6 +110,8 @@ fn check_config_accepts_the_shipped_dev_config_once_certs_exist() {
         .env("TWINREG_TLS__CERT", dir.path().join("server.pem"))
         .env("TWINREG_TLS__KEY", dir.path().join("server-key.pem"))
         .env("TWINREG_TLS__CLIENT_CA", dir.path().join("ca.pem"))
+        // The log filter shares the prefix but is not a configuration key.
+        .env("TWINREG_LOG", "debug")
         .output()
         .unwrap();
     assert!(

@@ -19,8 +19,8 @@ use crate::error::RegistryError;
 use crate::registry::RegistryKind;
 
 const KIND: RegistryKind = RegistryKind::Etcd;
-/// The lease that opens a stream (etcd-client needs a live lease to open one). Short: it is
-/// revoked at once and would expire soon in any case.
+/// The TTL of the lease that opens a stream (etcd-client needs a live lease to open one). Short:
+/// it is revoked at once and would expire soon in any case.
 const OPENER_TTL: i64 = 10;
 
 type Waiter = (i64, oneshot::Sender<i64>);
@@ -83,10 +83,9 @@ impl KeepAliveMux {
             .lease_keep_alive(opener)
             .await
             .map_err(super::to_err)?;
-        // The opener has done its job; it holds no key.
-        tokio::spawn(async move {
-            let _ = client.lease_revoke(opener).await;
-        });
+        // The opener has done its job and holds no key. Revoked before the stream is used, so no
+        // stray lease is left visible (if this fails, it expires on its own).
+        let _ = client.lease_revoke(opener).await;
         let pending: Pending = Arc::new(Mutex::new(Some(VecDeque::new())));
         tokio::spawn(read_answers(stream, pending.clone()));
         let open = Arc::new(Open {
