@@ -197,6 +197,15 @@ const CAS_ATTEMPTS: usize = 5;
 /// the anti-entropy sweep removes such a leftover instead of copying it back.
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(3600);
 
+/// How fresh a read must be.
+#[derive(Clone, Copy)]
+enum Read {
+    /// From the member's own state (serializable): may lag the leader by a moment.
+    Local,
+    /// Linearizable: everything committed before the read.
+    Latest,
+}
+
 /// What the key holds now: enough to fence by generation and to compare-and-swap.
 struct Stored {
     generation: u64,
@@ -406,14 +415,23 @@ impl Etcd {
 
     /// Reads the record (generation, revision, lease; garbage counts as generation 0) and the
     /// tombstone in one transaction.
+    ///
+    /// `Read::Local` is a serializable read (no consensus round): enough for a first attempt,
+    /// since the write that follows is guarded by the revisions read, and a stale read only
+    /// makes the guard fail; retries read with `Read::Latest`.
     async fn current(
         &self,
         client: &mut Client,
         key: &InstanceKey,
+        read: Read,
     ) -> Result<Current, RegistryError> {
+        let opts = || match read {
+            Read::Local => Some(GetOptions::new().with_serializable()),
+            Read::Latest => None,
+        };
         let txn = Txn::new().and_then([
-            TxnOp::get(self.key(key), None),
-            TxnOp::get(self.tombstone_key(key), None),
+            TxnOp::get(self.key(key), opts()),
+            TxnOp::get(self.tombstone_key(key), opts()),
         ]);
         let resp = client.txn(txn).await.map_err(to_err)?;
         let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
@@ -488,14 +506,18 @@ impl Etcd {
         // of three (grant, put, revoke). For an instance this replica has no lease for, the new
         // lease is granted while the current state is read: one round trip.
         let (mut current, mut granted) = if self.leases.get(&instance.key).is_some() {
-            (self.current(&mut client, &instance.key).await?, None)
+            (
+                self.current(&mut client, &instance.key, Read::Local)
+                    .await?,
+                None,
+            )
         } else {
             let mut reader = client.clone();
             let mut granter = client.clone();
-            let (current, lease) =
-                tokio::try_join!(self.current(&mut reader, &instance.key), async {
-                    Ok(granter.lease_grant(ttl, None).await.map_err(to_err)?.id())
-                })?;
+            let (current, lease) = tokio::try_join!(
+                self.current(&mut reader, &instance.key, Read::Local),
+                async { Ok(granter.lease_grant(ttl, None).await.map_err(to_err)?.id()) }
+            )?;
             (current, Some(lease))
         };
         let mut may_reuse = true;
@@ -559,7 +581,9 @@ impl Etcd {
                 Ok(false) => {}
                 Err(()) => may_reuse = false,
             }
-            current = self.current(&mut client, &instance.key).await?;
+            current = self
+                .current(&mut client, &instance.key, Read::Latest)
+                .await?;
         }
         if let Some(lease) = granted {
             revoke_quietly(&mut client, lease).await;
@@ -645,10 +669,11 @@ impl Etcd {
         let tomb = self.tombstone_key(key);
         let mut reader = client.clone();
         let mut granter = client.clone();
-        let (mut current, tomb_lease) = tokio::try_join!(self.current(&mut reader, key), async {
-            let ttl = TOMBSTONE_TTL.as_secs() as i64;
-            Ok(granter.lease_grant(ttl, None).await.map_err(to_err)?.id())
-        })?;
+        let (mut current, tomb_lease) =
+            tokio::try_join!(self.current(&mut reader, key, Read::Local), async {
+                let ttl = TOMBSTONE_TTL.as_secs() as i64;
+                Ok(granter.lease_grant(ttl, None).await.map_err(to_err)?.id())
+            })?;
         for _ in 0..CAS_ATTEMPTS {
             if current.newest() > generation {
                 tracing::debug!(instance = %key, "etcd holds a newer registration; deregister fenced");
@@ -671,7 +696,7 @@ impl Etcd {
                 revoke_replaced(&client, &current, tomb_lease);
                 return Ok(current.record.is_some());
             }
-            current = self.current(&mut client, key).await?;
+            current = self.current(&mut client, key, Read::Latest).await?;
         }
         revoke_quietly(&mut client, tomb_lease).await;
         Err(RegistryError::unavailable(

@@ -102,12 +102,9 @@ impl State {
         }
         let removed: Vec<String> = if replace_checks {
             inner
-                .checks
-                .iter()
-                .filter(|(id, c)| {
-                    c.service_id == svc.id && !new_checks.iter().any(|(n, _, _)| &n.spec.id == *id)
-                })
-                .map(|(id, _)| id.clone())
+                .check_ids_of(&svc.id)
+                .into_iter()
+                .filter(|id| !new_checks.iter().any(|(n, _, _)| n.spec.id == *id))
                 .collect()
         } else {
             Vec::new()
@@ -134,7 +131,7 @@ impl State {
         let name = svc.name.clone();
         inner.services.insert(svc.id.clone(), svc);
         for (mut check, changed, is_new) in new_checks {
-            if let Some(old) = inner.checks.remove(&check.spec.id)
+            if let Some(old) = inner.remove_check(&check.spec.id)
                 && let Some(r) = old.runner
             {
                 r.abort();
@@ -148,10 +145,10 @@ impl State {
             if check.spec.probe != Probe::Ttl {
                 check.runner = Some(crate::checks::spawn_probe(self.clone(), &check));
             }
-            inner.checks.insert(check.spec.id.clone(), check);
+            inner.insert_check(check);
         }
         for id in removed {
-            if let Some(c) = inner.checks.remove(&id)
+            if let Some(c) = inner.remove_check(&id)
                 && let Some(r) = c.runner
             {
                 r.abort();

@@ -30,6 +30,9 @@ pub struct Inner {
     /// check on every heartbeat (Consul keeps one timer per check). May hold entries of removed
     /// checks; the expiry loop skips them.
     pub ttl_queue: BTreeSet<(Instant, String)>,
+    /// Check IDs by the service they belong to, so registering or removing a service touches its
+    /// own checks rather than scanning every check. Kept by `insert_check`/`remove_check`.
+    checks_of: HashMap<String, BTreeSet<String>>,
 }
 
 impl Inner {
@@ -47,7 +50,45 @@ impl Inner {
             extinction_index: None,
             next_generation: 1,
             ttl_queue: BTreeSet::new(),
+            checks_of: HashMap::new(),
         }
+    }
+
+    /// Adds or replaces a check (the only way checks are added).
+    pub fn insert_check(&mut self, check: Check) {
+        let id = check.spec.id.clone();
+        if let Some(old) = self.remove_check(&id)
+            && let Some(r) = old.runner
+        {
+            r.abort();
+        }
+        if !check.service_id.is_empty() {
+            self.checks_of
+                .entry(check.service_id.clone())
+                .or_default()
+                .insert(id.clone());
+        }
+        self.checks.insert(id, check);
+    }
+
+    /// Removes a check (the only way checks are removed).
+    pub fn remove_check(&mut self, id: &str) -> Option<Check> {
+        let check = self.checks.remove(id)?;
+        if let Some(ids) = self.checks_of.get_mut(&check.service_id) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.checks_of.remove(&check.service_id);
+            }
+        }
+        Some(check)
+    }
+
+    /// The IDs of the checks of service `id`.
+    pub fn check_ids_of(&self, id: &str) -> Vec<String> {
+        self.checks_of
+            .get(id)
+            .map(|ids| ids.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Moves check `id`'s TTL deadline from `old` to `new` in the queue; true when `new` is now
@@ -115,14 +156,8 @@ impl Inner {
         let Some(svc) = self.services.remove(id) else {
             return false;
         };
-        let gone: Vec<String> = self
-            .checks
-            .iter()
-            .filter(|(_, c)| c.service_id == id)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in gone {
-            if let Some(c) = self.checks.remove(&k)
+        for k in self.check_ids_of(id) {
+            if let Some(c) = self.remove_check(&k)
                 && let Some(r) = c.runner
             {
                 r.abort();
