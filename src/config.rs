@@ -79,7 +79,9 @@ pub const MAX_COALESCE_FRACTION: f64 = 0.5;
 impl Default for HeartbeatConfig {
     fn default() -> Self {
         Self {
-            coalesce: true,
+            // Off by default: API.md promises that a heartbeat restores a copy a registry lost,
+            // and a coalesced heartbeat does that only after the window. Turned on for scale.
+            coalesce: false,
             coalesce_fraction: 1.0 / 3.0,
         }
     }

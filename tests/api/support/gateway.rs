@@ -33,8 +33,7 @@ pub struct Options {
     pub etcd_extra: String,
     /// Lines added to the `[consul]` section.
     pub consul_extra: String,
-    /// Heartbeat coalescing (twinreg's default is on). Off unless a test asks: most tests check
-    /// what one heartbeat does to the registries.
+    /// Heartbeat coalescing: off, as in twinreg by default, except in the tests of coalescing.
     pub coalesce: bool,
 }
 
