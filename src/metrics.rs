@@ -44,21 +44,6 @@ impl Handshakes {
             })
             .inc();
     }
-
-    /// All handshakes to `registry`, of either kind.
-    pub fn total(&self, registry: RegistryKind) -> u64 {
-        ["full", "resumed"]
-            .into_iter()
-            .map(|kind| {
-                self.0
-                    .get_or_create(&HandshakeLabels {
-                        registry: registry.as_str(),
-                        kind,
-                    })
-                    .get()
-            })
-            .sum()
-    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -92,7 +77,7 @@ pub struct Metrics {
     pub disagreements: Gauge,
     pub repairs_done: Family<RegistryLabels, Counter>,
     pub handshakes: Handshakes,
-    pub heartbeats_coalesced: Family<RegistryLabels, Counter>,
+    /// `twinreg_heartbeats_coalesced_total`, per registry, looked up once.
     coalesced_by_registry: [Counter; 2],
 }
 
@@ -185,7 +170,6 @@ impl Metrics {
             disagreements,
             repairs_done,
             handshakes,
-            heartbeats_coalesced,
             coalesced_by_registry,
         })
     }
