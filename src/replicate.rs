@@ -200,6 +200,13 @@ impl Coordinator {
         &self.cache
     }
 
+    /// Remembers when member `m`'s copy was refreshed, for coalescing; nothing when it is off.
+    fn note_refresh(&self, key: &InstanceKey, m: usize, at: Option<Instant>) {
+        if self.coalesce.is_some() {
+            self.cache.refreshed(key, m, at);
+        }
+    }
+
     /// Runs `op` on one member within its deadline, recording latency, outcome and health.
     pub(crate) async fn call<T, F, Fut>(
         &self,
@@ -367,7 +374,7 @@ impl Coordinator {
         self.cache.put(&instance);
         for (m, r) in replies.iter().enumerate() {
             let fresh = r.result.is_ok().then_some(started);
-            self.cache.refreshed(&instance.key, m, fresh);
+            self.note_refresh(&instance.key, m, fresh);
             match r.result {
                 Ok(()) => self.repair.settle(r.kind, &instance.key),
                 Err(_) => self
@@ -409,7 +416,7 @@ impl Coordinator {
         for (m, r) in replies.iter().enumerate() {
             if !r.coalesced {
                 let renewed = matches!(r.result, Ok(Liveness::Renewed));
-                self.cache.refreshed(key, m, renewed.then_some(started));
+                self.note_refresh(key, m, renewed.then_some(started));
             }
         }
         let mut outcomes = outcomes(&replies).0;
@@ -484,8 +491,7 @@ impl Coordinator {
             o.latency += took;
             o.error = r.as_ref().err().map(|e| e.to_string());
             o.restored = r.is_ok();
-            self.cache
-                .refreshed(key, i, r.is_ok().then_some(restore_started));
+            self.note_refresh(key, i, r.is_ok().then_some(restore_started));
             if r.is_ok() {
                 restored_any = true;
                 self.repair.settle(m.registry.kind(), key);
@@ -637,6 +643,14 @@ mod tests {
     const DEADLINE: Duration = Duration::from_millis(1500);
 
     fn coordinator(rate: u32) -> (Arc<Coordinator>, Arc<Memory>, Arc<Memory>) {
+        coordinator_with(rate, None)
+    }
+
+    /// Two memory registries behind a coordinator coalescing within `coalesce` × TTL.
+    fn coordinator_with(
+        rate: u32,
+        coalesce: Option<f64>,
+    ) -> (Arc<Coordinator>, Arc<Memory>, Arc<Memory>) {
         let etcd = Arc::new(Memory::new(RegistryKind::Etcd));
         let consul = Arc::new(Memory::new(RegistryKind::Consul));
         let member = |r: Arc<Memory>| Member {
@@ -645,10 +659,11 @@ mod tests {
             health: Health::default(),
             breaker: Breaker::new(3, Duration::from_secs(2)),
         };
-        let c = Coordinator::new(
+        let c = Coordinator::with_coalescing(
             vec![member(etcd.clone()), member(consul.clone())],
             rate,
             Metrics::new(),
+            coalesce,
         );
         (c, etcd, consul)
     }
@@ -831,22 +846,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn coalescing_skips_fresh_copies_and_never_leaves_a_lease_past_its_window() {
-        let (etcd, consul) = (
-            Arc::new(Memory::new(RegistryKind::Etcd)),
-            Arc::new(Memory::new(RegistryKind::Consul)),
-        );
-        let member = |r: Arc<Memory>| Member {
-            registry: r,
-            deadline: DEADLINE,
-            health: Health::default(),
-            breaker: Breaker::new(3, Duration::from_secs(2)),
-        };
-        let c = Coordinator::with_coalescing(
-            vec![member(etcd.clone()), member(consul.clone())],
-            100,
-            Metrics::new(),
-            Some(1.0 / 3.0),
-        );
+        let (c, etcd, consul) = coordinator_with(100, Some(1.0 / 3.0));
         let i = instance("p1"); // ttl 30 s: the window is 10 s
         c.register(i.clone()).await.unwrap();
         let calls = |m: &Memory| m.heartbeats.load(std::sync::atomic::Ordering::SeqCst);
