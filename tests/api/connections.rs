@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 
+use crate::support::client::TestClient;
 use crate::support::gateway::Options;
 use crate::support::metric;
 use crate::tls::secure_env_with;
@@ -59,22 +60,28 @@ async fn pools_are_warm_at_readiness_and_no_handshake_follows_an_idle_spell_or_a
     );
 }
 
-#[tokio::test]
-async fn coalesced_heartbeats_never_let_a_registry_copy_lapse() {
+/// A gateway with heartbeat coalescing on, and `payments/pay-1` registered with `ttl_seconds`.
+async fn coalescing_env_with_instance(ttl_seconds: u32) -> (Env, TestClient) {
     let env = Env::start_with(Options {
         coalesce: true,
         ..Default::default()
     })
     .await;
     let c = env.gw.client("payments");
-    // ttl 5 s: a copy refreshed less than 5/3 s ago is not refreshed again.
     let r = c
         .put_json(
             &path("payments", "pay-1"),
-            &serde_json::json!({"address": "10.0.0.5", "port": 8080, "ttl_seconds": 5}),
+            &serde_json::json!({"address": "10.0.0.5", "port": 8080, "ttl_seconds": ttl_seconds}),
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
+    (env, c)
+}
+
+#[tokio::test]
+async fn coalesced_heartbeats_never_let_a_registry_copy_lapse() {
+    // ttl 5 s: a copy refreshed less than 5/3 s ago is not refreshed again.
+    let (env, c) = coalescing_env_with_instance(5).await;
     let hb = format!("{}/heartbeat", path("payments", "pay-1"));
     let (mut sent, mut coalesced) = (0, 0);
     // Three TTLs of heartbeats at intervals around the window; the copies must never lapse.
@@ -113,19 +120,8 @@ async fn coalesced_heartbeats_never_let_a_registry_copy_lapse() {
 
 #[tokio::test]
 async fn with_coalescing_a_copy_lost_behind_twinregs_back_is_restored_after_the_window() {
-    let env = Env::start_with(Options {
-        coalesce: true,
-        ..Default::default()
-    })
-    .await;
-    let c = env.gw.client("payments");
-    let r = c
-        .put_json(
-            &path("payments", "pay-1"),
-            &serde_json::json!({"address": "10.0.0.5", "port": 8080, "ttl_seconds": 6}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    // ttl 6 s: the window is 2 s.
+    let (env, c) = coalescing_env_with_instance(6).await;
     let mut etcd = env.etcd.client().await;
     etcd.delete("/services/payments/pay-1", None).await.unwrap();
     let hb = format!("{}/heartbeat", path("payments", "pay-1"));
