@@ -799,6 +799,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn unknown_here_and_unreachable_there_is_503_not_404() {
+        // This replica never saw the instance (no cache entry): etcd says "unknown", Consul does
+        // not answer. Consul may still hold it, so the client must not be told to re-register.
+        let (c, _etcd, consul) = coordinator(100);
+        consul.set_mode(Mode::Down);
+        let key = instance("elsewhere").key;
+        assert!(matches!(
+            c.heartbeat(&key).await,
+            Err(Failure::Unavailable(_))
+        ));
+    }
+
+    #[tokio::test]
     async fn recovery_after_an_outage_is_paced() {
         let rate = 20;
         let (c, etcd, _consul) = coordinator(rate);

@@ -112,6 +112,47 @@ async fn identical_reregister_leaves_one_record_and_changes_replace() {
 }
 
 #[tokio::test]
+async fn reregister_keeps_a_live_lease_at_full_ttl_and_a_new_ttl_takes_a_new_lease() {
+    let env = Env::start().await;
+    let c = env.gw.client("payments");
+    let with =
+        |port: u16, ttl: u32| json!({"address": "10.0.0.5", "port": port, "ttl_seconds": ttl});
+    let p = path("payments", "pay-1");
+    assert_eq!(c.put_json(&p, &with(8080, 10)).await.status, 200);
+    let (_, first) = env.etcd_record("payments", "pay-1").await.unwrap();
+    let mut etcd = env.etcd.client().await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let before = etcd.lease_time_to_live(first, None).await.unwrap().ttl();
+    assert!(
+        before <= 7,
+        "the lease should have counted down, ttl {before}"
+    );
+
+    // A changed record with the same TTL: written on the same lease, renewed to the full TTL.
+    let r = c.put_json(&p, &with(9090, 10)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let (value, lease) = env.etcd_record("payments", "pay-1").await.unwrap();
+    assert_eq!(value["port"], 9090);
+    assert_eq!(lease, first, "the live lease is kept");
+    let after = etcd.lease_time_to_live(lease, None).await.unwrap().ttl();
+    assert!(after >= 9, "renewed to the full ttl, got {after}");
+
+    // A new TTL needs a new lease; the old one is revoked.
+    let r = c.put_json(&p, &with(9090, 20)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let (_, second) = env.etcd_record("payments", "pay-1").await.unwrap();
+    assert_ne!(second, first);
+    let ttl = etcd.lease_time_to_live(second, None).await.unwrap().ttl();
+    assert!(ttl > 10, "the new lease has the new ttl, got {ttl}");
+    eventually(Duration::from_secs(5), "the old lease revoked", || async {
+        let mut etcd = env.etcd.client().await;
+        let gone = etcd.lease_time_to_live(first, None).await.unwrap().ttl() <= 0;
+        gone.then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn deregister_removes_from_both_and_is_idempotent() {
     let env = Env::start().await;
     let c = env.gw.client("payments");
