@@ -149,9 +149,18 @@ impl Instance {
 pub fn parse_register_body(key: InstanceKey, body: &[u8]) -> Result<Instance, ValidationError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ValidationError::new("body", format!("is not valid JSON: {e}")))?;
-    let Value::Object(mut obj) = value else {
+    let Value::Object(obj) = value else {
         return Err(ValidationError::new("body", "must be a JSON object"));
     };
+    register_from_fields(key, obj)
+}
+
+/// Validates a register request's fields, however they arrived (a REST body, a gRPC message):
+/// one set of rules for both fronts.
+pub fn register_from_fields(
+    key: InstanceKey,
+    mut obj: Map<String, Value>,
+) -> Result<Instance, ValidationError> {
     const KNOWN: [&str; 5] = ["address", "port", "tags", "meta", "ttl_seconds"];
     if let Some(unknown) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(ValidationError::new(

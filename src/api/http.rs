@@ -12,15 +12,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Extension, Json};
 use http_body_util::{BodyExt, Limited};
-use rand::Rng;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::AppState;
+use super::front::failure;
+use super::{AppState, front};
 use crate::authz::Peer;
 use crate::error::{ApiError, ErrorCode, ValidationError};
 use crate::model::{InstanceKey, MAX_BODY_BYTES, ServiceName, parse_register_body};
-use crate::replicate::{Failure, ServiceView, view_index};
+use crate::replicate::{ServiceView, view_index};
 
 /// Longest a long poll may wait, and its default when `index` is given without `wait`.
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
@@ -96,28 +96,8 @@ fn path_param<'a>(params: &'a RawPathParams, name: &str) -> &'a str {
         .unwrap_or("")
 }
 
-fn instance_key(params: &RawPathParams) -> Result<InstanceKey, ApiError> {
-    Ok(InstanceKey::parse(
-        path_param(params, "service"),
-        path_param(params, "id"),
-    )?)
-}
-
 fn peer(p: Option<Extension<Arc<Peer>>>) -> Result<Arc<Peer>, ApiError> {
-    p.map(|Extension(p)| p).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::Forbidden,
-            "no client certificate identity on this connection",
-        )
-    })
-}
-
-fn authorize_write(st: &AppState, peer: &Peer, service: &ServiceName) -> Result<(), ApiError> {
-    if st.authz.can_write(peer, service) {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(&peer.identity, service.as_str()))
-    }
+    front::peer(p.as_ref().map(|Extension(p)| p))
 }
 
 /// The instance a write names, once the caller is known to be allowed to write it.
@@ -126,51 +106,12 @@ fn writable_key(
     params: &RawPathParams,
     p: Option<Extension<Arc<Peer>>>,
 ) -> Result<InstanceKey, ApiError> {
-    let key = instance_key(params)?;
-    authorize_write(st, &*peer(p)?, &key.service)?;
-    Ok(key)
-}
-
-fn authorize_read(st: &AppState, peer: &Peer, service: &ServiceName) -> Result<(), ApiError> {
-    if st.authz.can_read(peer, service) {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(&peer.identity, service.as_str()))
-    }
-}
-
-/// Seconds a client should wait before retrying a 503, jittered so clients spread out.
-fn retry_after() -> u64 {
-    rand::rng().random_range(1..=4)
-}
-
-fn failure(f: Failure) -> ApiError {
-    let (code, message, outcomes) = match f {
-        Failure::Unavailable(o) => (
-            ErrorCode::Unavailable,
-            "no registry accepted the request; retry after the Retry-After delay",
-            o,
-        ),
-        Failure::UnknownInstance(o) => (
-            ErrorCode::UnknownInstance,
-            "no registry knows this instance; register it again",
-            o,
-        ),
-    };
-    let mut details = serde_json::Map::new();
-    details.insert(
-        "registries".into(),
-        serde_json::to_value(&outcomes).unwrap_or_default(),
-    );
-    let err = ApiError::new(code, message).with_details(details);
-    if code == ErrorCode::Unavailable {
-        ApiError {
-            retry_after_secs: Some(retry_after()),
-            ..err
-        }
-    } else {
-        err
-    }
+    front::writable_key(
+        st,
+        &*peer(p)?,
+        path_param(params, "service"),
+        path_param(params, "id"),
+    )
 }
 
 /// Reads a body of at most [`MAX_BODY_BYTES`]; larger ones get 413 before being read whole.
@@ -336,9 +277,7 @@ async fn list(
     p: Option<Extension<Arc<Peer>>>,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let service = ServiceName::parse(path_param(&params, "service"))?;
-    let peer = peer(p)?;
-    authorize_read(&st, &peer, &service)?;
+    let service = front::readable_service(&st, &*peer(p)?, path_param(&params, "service"))?;
     let long_poll = parse_long_poll(&q)?;
     let deadline = long_poll.map(|(_, wait)| tokio::time::Instant::now() + wait);
     loop {

@@ -9,6 +9,7 @@ use crate::metrics::Metrics;
 use crate::replicate::Coordinator;
 
 pub mod admin;
+pub mod front;
 pub mod http;
 
 /// What every handler needs.

@@ -1,0 +1,97 @@
+//! What the REST and gRPC fronts share: who the caller is, whether it may act on a service, and
+//! how a coordinator failure reads to a client. One copy, so the two fronts cannot drift.
+
+use std::sync::Arc;
+
+use rand::Rng;
+
+use super::AppState;
+use crate::authz::Peer;
+use crate::error::{ApiError, ErrorCode};
+use crate::model::{InstanceKey, ServiceName};
+use crate::replicate::Failure;
+
+/// The caller's identity, read from its client certificate when the connection was accepted.
+pub fn peer(p: Option<&Arc<Peer>>) -> Result<Arc<Peer>, ApiError> {
+    p.cloned().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Forbidden,
+            "no client certificate identity on this connection",
+        )
+    })
+}
+
+pub fn authorize_write(st: &AppState, peer: &Peer, service: &ServiceName) -> Result<(), ApiError> {
+    if st.authz.can_write(peer, service) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(&peer.identity, service.as_str()))
+    }
+}
+
+pub fn authorize_read(st: &AppState, peer: &Peer, service: &ServiceName) -> Result<(), ApiError> {
+    if st.authz.can_read(peer, service) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(&peer.identity, service.as_str()))
+    }
+}
+
+/// Parses the instance a write names and checks the caller may write it.
+pub fn writable_key(
+    st: &AppState,
+    peer: &Peer,
+    service: &str,
+    id: &str,
+) -> Result<InstanceKey, ApiError> {
+    let key = InstanceKey::parse(service, id)?;
+    authorize_write(st, peer, &key.service)?;
+    Ok(key)
+}
+
+/// Parses the service a read names and checks the caller may read it.
+pub fn readable_service(
+    st: &AppState,
+    peer: &Peer,
+    service: &str,
+) -> Result<ServiceName, ApiError> {
+    let service = ServiceName::parse(service)?;
+    authorize_read(st, peer, &service)?;
+    Ok(service)
+}
+
+/// Seconds a client should wait before retrying an unavailable answer, jittered so clients
+/// spread out.
+pub fn retry_after() -> u64 {
+    rand::rng().random_range(1..=4)
+}
+
+/// A coordinator failure as the client sees it, with every registry's outcome attached.
+pub fn failure(f: Failure) -> ApiError {
+    let (code, message, outcomes) = match f {
+        Failure::Unavailable(o) => (
+            ErrorCode::Unavailable,
+            "no registry accepted the request; retry after the Retry-After delay",
+            o,
+        ),
+        Failure::UnknownInstance(o) => (
+            ErrorCode::UnknownInstance,
+            "no registry knows this instance; register it again",
+            o,
+        ),
+    };
+    let mut details = serde_json::Map::new();
+    details.insert(
+        "registries".into(),
+        serde_json::to_value(&outcomes).unwrap_or_default(),
+    );
+    let err = ApiError::new(code, message).with_details(details);
+    if code == ErrorCode::Unavailable {
+        ApiError {
+            retry_after_secs: Some(retry_after()),
+            ..err
+        }
+    } else {
+        err
+    }
+}
