@@ -61,6 +61,29 @@ pub struct Config {
     pub anti_entropy: AntiEntropyConfig,
     #[serde(default)]
     pub heartbeat: HeartbeatConfig,
+    #[serde(default)]
+    pub watch: WatchConfig,
+}
+
+/// Watches (gRPC `Watch`) and REST long polls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchConfig {
+    /// How often a watch stream gets a PROGRESS frame, and how often the upstream watches prove
+    /// the registries still answer, e.g. `"10s"` (1 s to 5 min).
+    pub progress_interval: String,
+    /// How long a service's upstream watches stay open after its last watcher left, so a
+    /// reconnecting watcher resumes instead of starting over, e.g. `"60s"`.
+    pub linger: String,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        Self {
+            progress_interval: format!("{}s", crate::watch::DEFAULT_PROGRESS_INTERVAL.as_secs()),
+            linger: format!("{}s", crate::watch::DEFAULT_LINGER.as_secs()),
+        }
+    }
 }
 
 /// Heartbeat coalescing: a registry whose copy of an instance was refreshed less than
@@ -291,6 +314,7 @@ pub struct Settings {
     pub deregister_critical_after: Duration,
     pub breaker_open_for: Duration,
     pub anti_entropy_interval: Duration,
+    pub watch: crate::watch::WatchSettings,
 }
 
 impl Config {
@@ -471,6 +495,13 @@ impl Config {
             );
         }
 
+        let progress_interval = parse_duration(
+            "watch.progress_interval",
+            &self.watch.progress_interval,
+            Duration::from_secs(1)..=Duration::from_secs(300),
+            &mut bad,
+        );
+        let linger = parse_duration("watch.linger", &self.watch.linger, any.clone(), &mut bad);
         let anti_entropy_interval = parse_duration(
             "anti_entropy.interval",
             &self.anti_entropy.interval,
@@ -531,6 +562,10 @@ impl Config {
             deregister_critical_after: deregister_critical_after.expect("checked"),
             breaker_open_for: breaker_open_for.expect("checked"),
             anti_entropy_interval: anti_entropy_interval.expect("checked"),
+            watch: crate::watch::WatchSettings {
+                progress_interval: progress_interval.expect("checked"),
+                linger: linger.expect("checked"),
+            },
             raw: self,
         })
     }

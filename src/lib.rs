@@ -40,5 +40,6 @@ pub mod replicate;
 pub mod server;
 pub mod shutdown;
 pub mod tls;
+pub mod watch;
 
 pub use server::{Listeners, run};

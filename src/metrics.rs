@@ -79,6 +79,9 @@ pub struct Metrics {
     pub handshakes: Handshakes,
     /// `twinreg_heartbeats_coalesced_total`, per registry, looked up once.
     coalesced_by_registry: [Counter; 2],
+    /// Watch streams and long polls being served.
+    pub watchers: Gauge,
+    watch_upstreams: Family<RegistryLabels, Gauge>,
 }
 
 impl Metrics {
@@ -158,6 +161,18 @@ impl Metrics {
                 registry: r.as_str(),
             })
         });
+        let watchers = Gauge::default();
+        registry.register(
+            "watchers",
+            "Watch streams and REST long polls being served by this replica",
+            watchers.clone(),
+        );
+        let watch_upstreams = Family::<RegistryLabels, Gauge>::default();
+        registry.register(
+            "watch_upstreams",
+            "Upstream watches open to each registry: one per watched service, however many watch it",
+            watch_upstreams.clone(),
+        );
         Arc::new(Self {
             registry,
             requests,
@@ -171,6 +186,8 @@ impl Metrics {
             repairs_done,
             handshakes,
             coalesced_by_registry,
+            watchers,
+            watch_upstreams,
         })
     }
 
@@ -234,6 +251,13 @@ impl Metrics {
                 registry: registry.as_str(),
             })
             .set(v);
+    }
+
+    /// The gauge of upstream watches open to `registry`.
+    pub fn watch_upstreams(&self, registry: RegistryKind) -> Gauge {
+        self.watch_upstreams.get_or_create_owned(&RegistryLabels {
+            registry: registry.as_str(),
+        })
     }
 
     pub fn set_breaker(&self, registry: RegistryKind, state: crate::breaker::BreakerState) {

@@ -19,7 +19,7 @@ use crate::breaker::{Admit, Breaker, Caller};
 use crate::cache::RecordCache;
 use crate::error::{RegistryError, RegistryErrorKind};
 use crate::metrics::Metrics;
-use crate::model::{Instance, InstanceKey, ServiceName, next_generation};
+use crate::model::{Instance, InstanceId, InstanceKey, ServiceName, next_generation};
 use crate::registry::{Health, Liveness, Registry, RegistryKind, RegistryState};
 use crate::repair::{RepairOp, Repairer};
 
@@ -546,15 +546,11 @@ impl Coordinator {
         if replies.iter().all(|r| r.result.is_err()) {
             return Err(Failure::Unavailable(outcomes));
         }
-        let mut merged: BTreeMap<InstanceKey, (Instance, Vec<RegistryKind>)> = BTreeMap::new();
-        for reply in replies {
-            for inst in reply.result.unwrap_or_default() {
-                merged
-                    .entry(inst.key.clone())
-                    .and_modify(|(_, sources)| sources.push(reply.kind))
-                    .or_insert_with(|| (inst, vec![reply.kind]));
-            }
-        }
+        let merged = merge(
+            replies
+                .into_iter()
+                .map(|r| (r.kind, r.result.unwrap_or_default())),
+        );
         Ok(ServiceView {
             instances: merged.into_values().collect(),
             outcomes,
@@ -594,6 +590,11 @@ impl Coordinator {
         replies.iter().any(|r| r.result.is_ok())
     }
 
+    /// The registries, primary first (the watch hubs open their own upstream watches).
+    pub fn registries(&self) -> Vec<Arc<dyn Registry>> {
+        self.members.iter().map(|m| m.registry.clone()).collect()
+    }
+
     /// True when at least one registry is up (`/readyz`).
     pub fn ready(&self) -> bool {
         self.members
@@ -602,9 +603,32 @@ impl Coordinator {
     }
 }
 
+/// One instance of a merged view and the registries holding it (primary first).
+pub type Sourced = (Instance, Vec<RegistryKind>);
+
+/// The union of the registries' sets, one entry per id: the first registry's record wins where
+/// they differ (pass the primary first), and each entry lists every registry holding it. The
+/// list answer and the watch view are both built here, so they agree.
+pub fn merge<I>(sets: impl IntoIterator<Item = (RegistryKind, I)>) -> BTreeMap<InstanceId, Sourced>
+where
+    I: IntoIterator<Item = Instance>,
+{
+    let mut merged: BTreeMap<InstanceId, Sourced> = BTreeMap::new();
+    for (kind, set) in sets {
+        for inst in set {
+            merged
+                .entry(inst.key.id.clone())
+                .and_modify(|(_, sources)| sources.push(kind))
+                .or_insert_with(|| (inst, vec![kind]));
+        }
+    }
+    merged
+}
+
 /// A content index for a service's instance set: equal sets give equal indexes on every replica,
 /// any change gives a different one. Never 0, and below 2^53 so JSON clients read it exactly.
-pub fn view_index(view: &[(Instance, Vec<RegistryKind>)]) -> u64 {
+/// Entries must come in id order (as [`merge`] gives them).
+pub fn view_index<'a>(view: impl IntoIterator<Item = &'a Sourced>) -> u64 {
     // FNV-1a over a canonical rendering: stable across processes and releases.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {

@@ -25,6 +25,7 @@ use crate::registry::consul::Consul;
 use crate::registry::etcd::Etcd;
 use crate::registry::{Health, Registry};
 use crate::replicate::{Coordinator, Member};
+use crate::watch::Watches;
 
 /// A client that has not finished its TLS handshake by then is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,11 +89,18 @@ pub async fn run(
         hb.coalesce.then_some(hb.coalesce_fraction),
     );
     let stop = CancellationToken::new();
+    let watches = Watches::new(
+        coordinator.registries(),
+        settings.watch.clone(),
+        metrics.clone(),
+        stop.clone(),
+    );
     let state = AppState {
         coordinator: coordinator.clone(),
         authz: Authorizer::new(&settings.raw.authz),
         metrics,
         shutdown: stop.clone(),
+        watches,
     };
 
     let background = TaskTracker::new();

@@ -20,12 +20,11 @@ use super::{AppState, front};
 use crate::authz::Peer;
 use crate::error::{ApiError, ErrorCode, ValidationError};
 use crate::model::{InstanceKey, MAX_BODY_BYTES, ServiceName, parse_register_body};
-use crate::replicate::{ServiceView, view_index};
+use crate::replicate::{Sourced, view_index};
+use crate::watch::view::View;
 
 /// Longest a long poll may wait, and its default when `index` is given without `wait`.
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
-/// How often a long poll re-reads the registries while waiting for a change.
-pub const LONG_POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -245,10 +244,14 @@ fn parse_long_poll(q: &ListQuery) -> Result<Option<(u64, Duration)>, ValidationE
     Ok((index != 0).then_some((index, wait)))
 }
 
-fn render(service: &ServiceName, view: &ServiceView, index: u64) -> Value {
-    let instances: Vec<Value> = view
-        .instances
-        .iter()
+fn render<'a>(
+    service: &ServiceName,
+    instances: impl IntoIterator<Item = &'a Sourced>,
+    index: u64,
+    registries: Value,
+) -> Response {
+    let instances: Vec<Value> = instances
+        .into_iter()
         .map(|(i, sources)| {
             json!({
                 "id": i.key.id,
@@ -261,16 +264,31 @@ fn render(service: &ServiceName, view: &ServiceView, index: u64) -> Value {
             })
         })
         .collect();
-    json!({
+    let mut resp = Json(json!({
         "service": service,
         "index": index,
         "instances": instances,
-        "registries": view.outcomes,
-    })
+        "registries": registries,
+    }))
+    .into_response();
+    resp.headers_mut().insert("X-Twinreg-Index", index.into());
+    resp
+}
+
+/// The registries' part of a long-poll answer: which ones feed the watched view.
+fn feeding(view: &View) -> Value {
+    let mut m = serde_json::Map::new();
+    for r in &view.registries {
+        m.insert(r.as_str().into(), json!({"ok": true}));
+    }
+    for (r, e) in &view.errors {
+        m.insert(r.as_str().into(), json!({"ok": false, "error": e}));
+    }
+    Value::Object(m)
 }
 
 /// Lists a service; with `?index=N` waits (up to `wait`) until the set differs from the one that
-/// produced `N`.
+/// produced `N`, watching the registries through the service's shared watch hub.
 async fn list(
     State(st): State<AppState>,
     params: RawPathParams,
@@ -278,25 +296,25 @@ async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let service = front::readable_service(&st, &*peer(p)?, path_param(&params, "service"))?;
-    let long_poll = parse_long_poll(&q)?;
-    let deadline = long_poll.map(|(_, wait)| tokio::time::Instant::now() + wait);
-    loop {
-        let view = st.coordinator.list(&service).await.map_err(failure)?;
-        let index = view_index(&view.instances);
-        let done = match (long_poll, deadline) {
-            (Some((want, _)), Some(deadline)) => {
-                index != want || tokio::time::Instant::now() + LONG_POLL_INTERVAL >= deadline
-            }
-            _ => true,
-        };
-        if done || st.shutdown.is_cancelled() {
-            let mut resp = Json(render(&service, &view, index)).into_response();
-            resp.headers_mut().insert("X-Twinreg-Index", index.into());
-            return Ok(resp);
+    match parse_long_poll(&q)? {
+        None => {
+            let view = st.coordinator.list(&service).await.map_err(failure)?;
+            let index = view_index(&view.instances);
+            let registries = serde_json::to_value(&view.outcomes).unwrap_or_default();
+            Ok(render(&service, &view.instances, index, registries))
         }
-        tokio::select! {
-            _ = tokio::time::sleep(LONG_POLL_INTERVAL) => {}
-            _ = st.shutdown.cancelled() => {}
+        Some((index, wait)) => {
+            let deadline = tokio::time::Instant::now() + wait;
+            let view = st
+                .watches
+                .wait_change(&service, index, deadline, &st.shutdown)
+                .await?;
+            Ok(render(
+                &service,
+                view.instances.values(),
+                view.index,
+                feeding(&view),
+            ))
         }
     }
 }

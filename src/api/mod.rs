@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 use crate::authz::Authorizer;
 use crate::metrics::Metrics;
 use crate::replicate::Coordinator;
+use crate::watch::Watches;
 
 pub mod admin;
 pub mod front;
@@ -20,4 +21,6 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Cancelled when shutdown starts: `/readyz` turns 503 and long polls return.
     pub shutdown: CancellationToken,
+    /// The merged, shared views behind watches and long polls.
+    pub watches: Arc<Watches>,
 }

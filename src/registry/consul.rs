@@ -28,8 +28,10 @@ use crate::model::{
     ServiceName,
 };
 use crate::pool::{Connect, WarmPool};
-use crate::registry::{Liveness, Registry, RegistryKind, transport};
+use crate::registry::{FeedSender, Liveness, Registry, RegistryKind, transport};
 use crate::tls::registry_client_config;
+
+mod watch;
 
 const KIND: RegistryKind = RegistryKind::Consul;
 /// HTTP/2 PING interval and timeout (when Consul speaks HTTP/2 over TLS): a dead agent is noticed
@@ -220,26 +222,35 @@ impl Consul {
             .call(Method::GET, &format!("/v1/health/service/{service}"), None)
             .await?;
         expect_ok(status, &body, "health/service")?;
-        let entries: Vec<HealthEntry> = serde_json::from_slice(&body).map_err(|e| {
-            RegistryError::unavailable(
-                KIND,
-                format!("consul: unreadable health/service answer: {e}"),
-            )
-        })?;
-        Ok(entries
-            .into_iter()
-            .filter_map(|e| {
-                let alive = !e.checks.iter().any(|c| c.status == "critical");
-                let notes = e
-                    .checks
-                    .iter()
-                    .find(|c| c.service_id == e.service.id)
-                    .map(|c| c.notes.as_str())
-                    .unwrap_or("");
-                e.service.into_instance(service, notes).map(|i| (i, alive))
-            })
-            .collect())
+        parse_health(service, &body)
     }
+}
+
+/// A `/v1/health/service/{service}` answer: twinreg's instances of `service`, each with whether
+/// it is live (no critical check). Services that are not twinreg's shape are left out.
+fn parse_health(
+    service: &ServiceName,
+    body: &Bytes,
+) -> Result<Vec<(Instance, bool)>, RegistryError> {
+    let entries: Vec<HealthEntry> = serde_json::from_slice(body).map_err(|e| {
+        RegistryError::unavailable(
+            KIND,
+            format!("consul: unreadable health/service answer: {e}"),
+        )
+    })?;
+    Ok(entries
+        .into_iter()
+        .filter_map(|e| {
+            let alive = !e.checks.iter().any(|c| c.status == "critical");
+            let notes = e
+                .checks
+                .iter()
+                .find(|c| c.service_id == e.service.id)
+                .map(|c| c.notes.as_str())
+                .unwrap_or("");
+            e.service.into_instance(service, notes).map(|i| (i, alive))
+        })
+        .collect())
 }
 
 fn service_id(key: &InstanceKey) -> String {
@@ -300,6 +311,20 @@ async fn send(
     path: &str,
     body: Option<Vec<u8>>,
 ) -> Result<(StatusCode, Bytes), RegistryError> {
+    send_full(client, address, token, method, path, body)
+        .await
+        .map(|(status, _, body)| (status, body))
+}
+
+/// [`send`], keeping the answer's headers (blocking queries read `X-Consul-Index`).
+async fn send_full(
+    client: &rs_consul::HttpsClient,
+    address: &str,
+    token: Option<&str>,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<(StatusCode, http::HeaderMap, Bytes), RegistryError> {
     let mut req = Request::builder()
         .method(method)
         .uri(format!("{address}{path}"));
@@ -320,13 +345,14 @@ async fn send(
         RegistryError::unavailable(KIND, msg)
     })?;
     let status = resp.status();
+    let headers = resp.headers().clone();
     let body = resp
         .into_body()
         .collect()
         .await
         .map_err(|e| RegistryError::unavailable(KIND, format!("consul: reading the answer: {e}")))?
         .to_bytes();
-    Ok((status, body))
+    Ok((status, headers, body))
 }
 
 fn text(body: &Bytes) -> String {
@@ -495,6 +521,10 @@ impl Registry for Consul {
         service: &ServiceName,
     ) -> Result<Vec<(Instance, bool)>, RegistryError> {
         self.health_entries(service).await
+    }
+
+    fn watch(self: Arc<Self>, service: ServiceName, every: Duration, out: FeedSender) {
+        tokio::spawn(self.watch_loop(service, every, out));
     }
 
     async fn services(&self) -> Result<BTreeSet<ServiceName>, RegistryError> {

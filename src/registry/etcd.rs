@@ -12,6 +12,7 @@
 //! every reconnect, and reconnects resume the TLS session.
 
 mod keepalive;
+mod watch;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -34,7 +35,7 @@ use crate::model::{
 };
 use crate::pool::{Connect, WarmPool};
 use crate::registry::transport::Dialer;
-use crate::registry::{Liveness, Registry, RegistryKind};
+use crate::registry::{FeedSender, Liveness, Registry, RegistryKind};
 use crate::tls::registry_client_config;
 use keepalive::KeepAliveMux;
 
@@ -729,27 +730,7 @@ impl Etcd {
             .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
             .await
             .map_err(to_err)?;
-        let mut out = Vec::with_capacity(resp.kvs().len());
-        for kv in resp.kvs() {
-            let Some(id) = kv.key().strip_prefix(dir.as_bytes()) else {
-                continue;
-            };
-            let key = std::str::from_utf8(id)
-                .ok()
-                .and_then(|id| InstanceId::parse(id).ok())
-                .map(|id| InstanceKey {
-                    service: service.clone(),
-                    id,
-                });
-            match key.and_then(|k| Record::decode(&k, kv.value())) {
-                Some(i) => out.push(i),
-                None => tracing::warn!(
-                    key = %String::from_utf8_lossy(kv.key()),
-                    "skipping an etcd record twinreg cannot read"
-                ),
-            }
-        }
-        Ok(out)
+        Ok(decode_dir(&dir, service, resp.kvs()))
     }
 
     async fn services_once(&self, conn: EtcdConn) -> Result<BTreeSet<ServiceName>, RegistryError> {
@@ -880,6 +861,48 @@ impl Registry for Etcd {
     async fn lead(&self, holder: &str, ttl: Duration) -> Result<bool, RegistryError> {
         self.failover(|c| self.lead_once(c, holder, ttl)).await
     }
+
+    fn watch(self: Arc<Self>, service: ServiceName, every: Duration, out: FeedSender) {
+        tokio::spawn(self.watch_loop(service, every, out));
+    }
+}
+
+/// What a key under a service's directory holds.
+enum KeyRead {
+    /// A twinreg instance.
+    Instance(Instance),
+    /// An instance key whose value twinreg cannot read (written by another tool).
+    Garbage(InstanceId),
+}
+
+/// Reads one key of the directory `dir` (`{prefix}/{service}/`); `None` for a key that cannot be
+/// an instance of `service` (outside the directory, or an id the API would refuse).
+fn decode_kv(dir: &str, service: &ServiceName, key: &[u8], value: &[u8]) -> Option<KeyRead> {
+    let id = key.strip_prefix(dir.as_bytes())?;
+    let id = InstanceId::parse(std::str::from_utf8(id).ok()?).ok()?;
+    let key = InstanceKey {
+        service: service.clone(),
+        id,
+    };
+    Some(match Record::decode(&key, value) {
+        Some(i) => KeyRead::Instance(i),
+        None => KeyRead::Garbage(key.id),
+    })
+}
+
+/// The instances among a directory's keys; unreadable records are logged and skipped.
+fn decode_dir(dir: &str, service: &ServiceName, kvs: &[etcd_client::KeyValue]) -> Vec<Instance> {
+    let mut out = Vec::with_capacity(kvs.len());
+    for kv in kvs {
+        match decode_kv(dir, service, kv.key(), kv.value()) {
+            Some(KeyRead::Instance(i)) => out.push(i),
+            _ => tracing::warn!(
+                key = %String::from_utf8_lossy(kv.key()),
+                "skipping an etcd record twinreg cannot read"
+            ),
+        }
+    }
+    out
 }
 
 /// A message for an etcd error: the gRPC status message, never credentials.

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use async_trait::async_trait;
@@ -45,6 +46,58 @@ pub enum Liveness {
     Renewed,
     /// It does not hold the instance (never registered, deregistered, or expired).
     Unknown,
+}
+
+/// One item of a registry's watch of a service (see [`Registry::watch`]).
+#[derive(Debug, Clone)]
+pub enum Feed {
+    /// The complete set of live instances, replacing everything sent before: the first answer,
+    /// and a resync when the registry cannot say what changed (etcd compacted the history,
+    /// every Consul blocking query).
+    Snapshot(Vec<Instance>),
+    /// An instance appeared or its record changed.
+    Put(Instance),
+    /// An instance went away (or its record can no longer be read as an instance).
+    Delete(InstanceId),
+    /// The registry answered and reported no change: the watch is alive.
+    Alive,
+    /// The upstream watch broke. The feed keeps reconnecting; what follows continues from where
+    /// it left off (etcd resumes from its last revision) or is a fresh snapshot.
+    Lost(RegistryError),
+}
+
+/// Where a registry's watch sends its [`Feed`]; the watch ends when the receiver is dropped.
+#[derive(Clone)]
+pub struct FeedSender {
+    pub kind: RegistryKind,
+    pub tx: tokio::sync::mpsc::Sender<(RegistryKind, Feed)>,
+}
+
+impl FeedSender {
+    /// False once nobody listens any more: the watch should stop.
+    pub async fn send(&self, item: Feed) -> bool {
+        self.tx.send((self.kind, item)).await.is_ok()
+    }
+
+    /// Resolves when nobody listens any more.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+}
+
+/// How long a polling watch waits between reads, and how long [`Registry::watch`] implementations
+/// back off (at most) between reconnects.
+pub const WATCH_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The pause before a watch's next reconnect: exponential from 100 ms to [`WATCH_RETRY_MAX`],
+/// half of it random so many watches do not reconnect in step.
+pub fn watch_backoff(attempt: u32) -> std::time::Duration {
+    use rand::Rng;
+    let ceiling = std::time::Duration::from_millis(100)
+        .saturating_mul(2u32.saturating_pow(attempt.min(10)))
+        .min(WATCH_RETRY_MAX);
+    let half = ceiling / 2;
+    half + half.mul_f64(rand::rng().random::<f64>())
 }
 
 /// Everything twinreg needs from a registry.
@@ -91,6 +144,29 @@ pub trait Registry: Send + Sync + 'static {
             .into_iter()
             .map(|i| (i, true))
             .collect())
+    }
+
+    /// Watches one service's live instances until `out` is closed, in a task of its own.
+    /// `every` is how often the watch proves the registry is still answering (an [`Feed::Alive`]
+    /// at least that often while it is). A broken watch sends [`Feed::Lost`] and reconnects by
+    /// itself, with backoff; it never ends on its own. Default: re-reads [`Self::list`] every
+    /// `every` and sends a snapshot (for registries without a native watch).
+    fn watch(self: Arc<Self>, service: ServiceName, every: std::time::Duration, out: FeedSender) {
+        tokio::spawn(async move {
+            loop {
+                let item = match self.list(&service).await {
+                    Ok(set) => Feed::Snapshot(set),
+                    Err(e) => Feed::Lost(e),
+                };
+                if !out.send(item).await {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(every.min(WATCH_RETRY_MAX)) => {}
+                    _ = out.closed() => return,
+                }
+            }
+        });
     }
 
     /// Names of services that may hold twinreg instances.

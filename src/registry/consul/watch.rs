@@ -1,0 +1,131 @@
+//! The Consul side of a service watch: a blocking-query loop on `/v1/health/service/{service}`,
+//! following Consul's rules for `X-Consul-Index` (`shared/CONSUL.md`, "Blocking queries"):
+//!
+//! - the first query (index 0) does not block and gives the starting set;
+//! - a return whose index did not move is not a change: the body is not even read, only
+//!   [`Feed::Alive`] is sent (blocking queries also return at their `wait` with no change);
+//! - an index that went backwards (the agent restarted, a snapshot was restored) resets to 0, so
+//!   the next query re-reads everything without blocking;
+//! - the index is never sent as 0 once known (Consul never sends 0; a 0 would turn the query into
+//!   a non-blocking busy loop).
+//!
+//! Every answer is a full set ([`Feed::Snapshot`]); the hub turns sets into per-instance events,
+//! so a return that changed nothing twinreg cares about (another service's check, a heartbeat)
+//! emits nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+
+use super::{Consul, KIND, expect_ok, parse_health, send_full};
+use crate::error::RegistryError;
+use crate::model::ServiceName;
+use crate::registry::{Feed, FeedSender, watch_backoff};
+
+/// Extra time granted beyond `wait`: Consul adds up to wait/16 of jitter, plus the round trip.
+const GRACE: Duration = Duration::from_secs(5);
+
+impl Consul {
+    /// Runs the blocking-query loop until `out` closes. `every` is the query's `wait`, so an
+    /// answer (changed or not) arrives at least that often while Consul is up.
+    pub(super) async fn watch_loop(
+        self: Arc<Self>,
+        service: ServiceName,
+        every: Duration,
+        out: FeedSender,
+    ) {
+        let wait = every.max(Duration::from_secs(1));
+        let bound = wait + wait / 16 + GRACE;
+        let mut index: u64 = 0;
+        let mut attempt = 0u32;
+        loop {
+            let path = if index == 0 {
+                format!("/v1/health/service/{service}")
+            } else {
+                format!(
+                    "/v1/health/service/{service}?index={index}&wait={}ms",
+                    wait.as_millis()
+                )
+            };
+            let answer = tokio::select! {
+                a = tokio::time::timeout(bound, self.blocking_get(&path)) => a,
+                _ = out.closed() => return,
+            };
+            let failure = match answer {
+                Ok(Ok((status, new_index, body))) if status == StatusCode::OK => {
+                    attempt = 0;
+                    let item = if index != 0 && new_index == index {
+                        Feed::Alive
+                    } else {
+                        match parse_health(&service, &body) {
+                            Ok(entries) => Feed::Snapshot(
+                                entries
+                                    .into_iter()
+                                    .filter(|(_, alive)| *alive)
+                                    .map(|(i, _)| i)
+                                    .collect(),
+                            ),
+                            Err(e) => Feed::Lost(e),
+                        }
+                    };
+                    index = match new_index {
+                        // Backwards: start over with a full, non-blocking read.
+                        n if n < index => 0,
+                        0 => 1,
+                        n => n,
+                    };
+                    if !out.send(item).await {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(Ok((status, _, body))) => match expect_ok(status, &body, "health/service") {
+                    Err(e) => e,
+                    Ok(()) => RegistryError::unavailable(KIND, "consul: unexpected answer"),
+                },
+                Ok(Err(e)) => e,
+                Err(_) => RegistryError::unreachable(
+                    KIND,
+                    format!(
+                        "consul: a blocking query with wait {} ms got no answer within {} ms",
+                        wait.as_millis(),
+                        bound.as_millis()
+                    ),
+                ),
+            };
+            tracing::debug!(%service, error = %failure, "consul watch failed; retrying");
+            if !out.send(Feed::Lost(failure)).await {
+                return;
+            }
+            attempt += 1;
+            tokio::select! {
+                _ = tokio::time::sleep(watch_backoff(attempt)) => {}
+                _ = out.closed() => return,
+            }
+        }
+    }
+
+    /// One GET; the status, the `X-Consul-Index` (0 when absent or unreadable) and the body.
+    async fn blocking_get(
+        &self,
+        path: &str,
+    ) -> Result<(StatusCode, u64, bytes::Bytes), RegistryError> {
+        let client = self.pool.client().await?;
+        let (status, headers, body) = send_full(
+            &client,
+            &self.address,
+            self.token.as_deref(),
+            Method::GET,
+            path,
+            None,
+        )
+        .await?;
+        let index = headers
+            .get("X-Consul-Index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Ok((status, index, body))
+    }
+}
