@@ -154,9 +154,11 @@ pub trait Registry: Send + Sync + 'static {
     fn watch(self: Arc<Self>, service: ServiceName, every: std::time::Duration, out: FeedSender) {
         tokio::spawn(async move {
             loop {
-                let item = match self.list(&service).await {
-                    Ok(set) => Feed::Snapshot(set),
-                    Err(e) => Feed::Lost(e),
+                let bound = every.max(std::time::Duration::from_secs(1));
+                let item = match tokio::time::timeout(bound, self.list(&service)).await {
+                    Ok(Ok(set)) => Feed::Snapshot(set),
+                    Ok(Err(e)) => Feed::Lost(e),
+                    Err(_) => Feed::Lost(RegistryError::timeout(self.kind(), bound)),
                 };
                 if !out.send(item).await {
                     return;

@@ -17,6 +17,8 @@
 //! stale, and the stream ends with UNAVAILABLE after [`STALE_LIMIT`]); a silent stream (PROGRESS
 //! frames); a blocking-query return mistaken for a change (changes are computed from sets).
 
+#[cfg(test)]
+mod tests;
 pub mod view;
 
 use std::collections::{HashMap, VecDeque};
@@ -442,10 +444,16 @@ async fn run_hub(watches: Arc<Watches>, service: ServiceName, hub: Arc<Hub>) {
     let mut published = false;
     let mut flush_at: Option<Instant> = None;
     let mut dirty_since: Option<Instant> = None;
+    // When the view was last composed: a grace that ended since must be composed again.
+    let mut composed_at = started;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         let now = Instant::now();
-        let grace = feeds.iter().filter_map(FeedState::grace_ends).min();
+        let grace = feeds
+            .iter()
+            .filter_map(FeedState::grace_ends)
+            .filter(|g| *g > composed_at)
+            .min();
         tokio::select! {
             item = rx.recv() => {
                 let Some((kind, item)) = item else { break };
@@ -467,7 +475,7 @@ async fn run_hub(watches: Arc<Watches>, service: ServiceName, hub: Arc<Hub>) {
                 }
                 dirty_since = None;
             }
-            _ = tokio::time::sleep_until(grace.unwrap_or(now)), if grace.is_some_and(|g| g > now) => {}
+            _ = tokio::time::sleep_until(grace.unwrap_or(now)), if grace.is_some() => {}
             _ = tick.tick() => {
                 if idle_for(&hub) >= Some(watches.settings.linger) && retire(&watches, &service, &hub) {
                     break;
@@ -483,7 +491,8 @@ async fn run_hub(watches: Arc<Watches>, service: ServiceName, hub: Arc<Hub>) {
             continue;
         }
         published = true;
-        publish(&hub, &feeds, Instant::now());
+        composed_at = Instant::now();
+        publish(&hub, &feeds, composed_at);
     }
     for f in &feeds {
         watches.metrics.watch_upstreams(f.kind).dec();
