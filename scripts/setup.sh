@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing twinreg needs on a fresh Debian machine with only the Rust
-# toolchain: protoc (etcd-client's build), etcd (the tests' real primary registry), curl.
+# toolchain: protoc (etcd-client's build), etcd (the tests' real primary registry), curl, and Go
+# and Python 3 (the tests run the client examples in examples/ against a live gateway).
 # Idempotent: installs only what is missing. Consul cannot be installed from Debian; the tests and
 # the dev script use a real `consul` when one is on PATH (or CONSUL_BIN), else mini-consul.
 set -euo pipefail
@@ -10,6 +11,8 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || [ -n "${ETCD_BIN:-}" ] || need+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v go >/dev/null 2>&1 || [ -n "${GO_BIN:-}" ] || need+=(golang-go)
+command -v python3 >/dev/null 2>&1 || [ -n "${PYTHON3_BIN:-}" ] || need+=(python3)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
@@ -24,4 +27,11 @@ fi
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
   systemctl stop etcd || true
 fi
-echo "setup: etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}'), protoc $(protoc --version | awk '{print $2}')"
+# Debian's golang-go puts `go` in /usr/bin; make sure it runs (the examples need Go >= 1.19).
+GO=${GO_BIN:-go}
+if ! go_version=$("$GO" version 2>/dev/null); then
+  echo "setup: '$GO version' failed after installing golang-go" >&2
+  exit 1
+fi
+PYTHON3=${PYTHON3_BIN:-python3}
+echo "setup: etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}'), protoc $(protoc --version | awk '{print $2}'), $(echo "$go_version" | awk '{print $3}'), $("$PYTHON3" --version 2>&1)"

@@ -1,0 +1,3 @@
+module twinreg.example/client
+
+go 1.19
