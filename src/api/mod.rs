@@ -1,4 +1,4 @@
-//! The front: REST handlers on the public listener and the admin endpoints.
+//! The front: REST and gRPC handlers on the public listener, and the admin endpoints.
 
 use std::sync::Arc;
 
@@ -10,6 +10,7 @@ use crate::replicate::Coordinator;
 
 pub mod admin;
 pub mod front;
+pub mod grpc;
 pub mod http;
 
 /// What every handler needs.

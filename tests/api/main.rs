@@ -8,6 +8,7 @@ mod authz;
 mod connections;
 mod faults;
 mod fencing;
+mod grpc;
 mod heartbeat;
 mod register;
 mod resilience;
