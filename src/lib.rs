@@ -7,7 +7,8 @@
 //! - [`tls`] terminates mutual TLS on the one public listener; [`server`] accepts connections,
 //!   reads the caller's identity from its certificate once per connection and hands each request
 //!   to the router.
-//! - [`api`] is the front: [`api::http`] (REST with axum) turns requests into validated
+//! - [`api`] is the front: [`api::http`] (REST with axum) and [`api::grpc`] (gRPC with tonic,
+//!   the same operations through the same [`api::front`] code) turn requests into validated
 //!   [`model`] types (parse, don't validate twice), [`authz`] decides whether the caller may act on
 //!   the service, and [`api::admin`] serves `/healthz`, `/readyz` and `/metrics`.
 //! - [`replicate`] is the coordinator: the one place that fans a write out to both registries

@@ -90,7 +90,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "http_requests",
-            "Requests answered on the public listener, by route, method and status",
+            "Requests answered on the public listener, by route, method and status (HTTP status; for gRPC routes, named grpc.<Method>, the gRPC status code)",
             requests.clone(),
         );
         let registry_ops = Family::<OutcomeLabels, Counter>::default();

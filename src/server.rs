@@ -1,10 +1,15 @@
 //! Wiring and lifecycle: builds the registries, the coordinator and the front, serves both
 //! listeners, and drains on shutdown.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::extract::Request;
+use axum::routing::future::RouteFuture;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -13,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 use crate::antientropy::Sweeper;
 use crate::api::{self, AppState};
@@ -148,7 +153,16 @@ pub async fn run(
     let public_addr = listeners.public.local_addr()?;
     tracing::info!(listen = %public_addr, "twinreg serving");
     let graceful = GracefulShutdown::new();
-    let router = api::http::router(state.clone());
+    let (grpc, health) = api::grpc::router(state.clone()).await;
+    background.spawn(api::grpc::health_loop(
+        health,
+        coordinator.clone(),
+        stop.clone(),
+    ));
+    let router = Front {
+        rest: api::http::router(state.clone()),
+        grpc,
+    };
     let acceptor = TlsAcceptor::from(tls);
     // On shutdown, /readyz turns 503 at once, but connections are still accepted for
     // `drain_delay` so the load balancer sees the replica unready before it stops answering.
@@ -201,7 +215,7 @@ pub async fn run(
                         .and_then(|c| c.first())
                         .and_then(|c| Peer::from_der(c))
                         .map(Arc::new);
-                    let svc = router.map_request(move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+                    let svc = router.map_request(move |mut req: Request<Incoming>| {
                         if let Some(p) = &peer {
                             req.extensions_mut().insert(p.clone());
                         }
@@ -235,6 +249,39 @@ pub async fn run(
     let _ = admin_task.await;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// The public listener's service: gRPC calls (`content-type: application/grpc...`) go to the
+/// gRPC services, everything else to the REST router.
+#[derive(Clone)]
+struct Front {
+    rest: axum::Router,
+    grpc: axum::Router,
+}
+
+fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+impl Service<Request<Incoming>> for Front {
+    type Response = axum::response::Response;
+    type Error = Infallible;
+    type Future = RouteFuture<Infallible>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Both routers are always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        if is_grpc(&req) {
+            self.grpc.call(req)
+        } else {
+            self.rest.call(req)
+        }
+    }
 }
 
 /// Something that tells replicas apart in the sweeper election and its logs.

@@ -1,4 +1,4 @@
-//! The front: REST handlers on the public listener and the admin endpoints.
+//! The front: REST and gRPC handlers on the public listener, and the admin endpoints.
 
 use std::sync::Arc;
 
@@ -11,6 +11,7 @@ use crate::watch::Watches;
 
 pub mod admin;
 pub mod front;
+pub mod grpc;
 pub mod http;
 
 /// What every handler needs.

@@ -9,6 +9,7 @@ mod connections;
 mod examples;
 mod faults;
 mod fencing;
+mod grpc;
 mod heartbeat;
 mod register;
 mod resilience;

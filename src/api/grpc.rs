@@ -1,0 +1,372 @@
+//! gRPC endpoints of the API contract: `twinreg.v1.Registry` (proto/twinreg/v1/registry.proto),
+//! the standard health service and server reflection, on the same TLS listener as REST.
+//!
+//! Every RPC goes through the same code as its REST twin ([`super::front`] for identity,
+//! authorization and failures, [`register_from_fields`] for validation), so the two fronts give
+//! the same answers with the same field names and messages; only the error envelope differs
+//! ([`status`]).
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request as HttpRequest, State};
+use axum::middleware::{self, Next};
+use axum::response::Response as HttpResponse;
+use futures::Stream;
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Request, Response, Status};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use super::AppState;
+use super::front::{self, failure};
+use crate::authz::Peer;
+use crate::error::{ApiError, ErrorCode};
+use crate::model::{Instance, MAX_BODY_BYTES, register_from_fields};
+use crate::replicate::{Coordinator, Outcomes, view_index};
+
+/// Code generated from `proto/twinreg/v1/registry.proto` (server and client), and its file
+/// descriptor set for reflection.
+pub mod pb {
+    #![allow(clippy::all, clippy::pedantic)]
+    tonic::include_proto!("twinreg.v1");
+
+    /// The encoded `FileDescriptorSet` of `twinreg.v1`, served by reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("twinreg_v1_descriptor");
+}
+
+use pb::registry_server::{Registry, RegistryServer};
+
+/// The health service name of the registry API (the "" name is the whole server).
+pub const SERVICE_NAME: &str = "twinreg.v1.Registry";
+/// How often the health service re-reads the coordinator's readiness.
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The gRPC services, as an axum router to sit beside the REST one: `twinreg.v1.Registry`,
+/// `grpc.health.v1.Health` and reflection (v1 and v1alpha). The health statuses start
+/// NOT_SERVING; [`health_loop`] keeps them up to date through the returned reporter.
+pub async fn router(state: AppState) -> (axum::Router, HealthReporter) {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    set_health(&reporter, false).await;
+    let registry =
+        RegistryServer::new(Grpc { st: state.clone() }).max_decoding_message_size(MAX_BODY_BYTES);
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let routes = tonic::service::Routes::new(registry)
+        .add_service(health)
+        .add_service(
+            reflection()
+                .build_v1()
+                .expect("the compiled-in descriptor sets are valid"),
+        )
+        .add_service(
+            reflection()
+                .build_v1alpha()
+                .expect("the compiled-in descriptor sets are valid"),
+        )
+        .prepare();
+    let router = routes
+        .into_axum_router()
+        .layer(middleware::from_fn_with_state(state, observe));
+    (router, reporter)
+}
+
+/// Keeps the health statuses of "" and `twinreg.v1.Registry` at SERVING while the coordinator is
+/// ready (a registry is up) and NOT_SERVING otherwise; NOT_SERVING for good once `stop` is
+/// cancelled (shutdown started), at once.
+pub async fn health_loop(
+    reporter: HealthReporter,
+    coordinator: Arc<Coordinator>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+    let mut last = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => {
+                set_health(&reporter, false).await;
+                return;
+            }
+        }
+        let serving = coordinator.ready();
+        if serving != last {
+            set_health(&reporter, serving).await;
+            last = serving;
+        }
+    }
+}
+
+async fn set_health(reporter: &HealthReporter, serving: bool) {
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    for name in ["", SERVICE_NAME] {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
+/// An [`ApiError`] as a gRPC status. The message is the REST `message` (for invalid input
+/// `"<field>: <rule>"`), followed by each registry's outcome for a coordinator failure. Metadata
+/// repeats the REST fields: `twinreg-error` (the REST error code), `twinreg-field`, and
+/// `retry-after` (seconds) on UNAVAILABLE.
+pub fn status(e: ApiError) -> Status {
+    let code = match e.code {
+        ErrorCode::InvalidRequest | ErrorCode::PayloadTooLarge => Code::InvalidArgument,
+        ErrorCode::Forbidden => Code::PermissionDenied,
+        ErrorCode::UnknownInstance | ErrorCode::NotFound => Code::NotFound,
+        ErrorCode::Unavailable => Code::Unavailable,
+    };
+    let mut message = e.message;
+    if let Some(registries) = e.details.as_ref().and_then(|d| d.get("registries")) {
+        message.push_str("; registries: ");
+        message.push_str(&registries.to_string());
+    }
+    let mut status = Status::new(code, message);
+    let md = status.metadata_mut();
+    if let Some(Value::String(c)) = serde_json::to_value(e.code).ok()
+        && let Ok(v) = MetadataValue::try_from(c.as_str())
+    {
+        md.insert("twinreg-error", v);
+    }
+    if let Some(field) = e.field
+        && let Ok(v) = MetadataValue::try_from(field.as_ref())
+    {
+        md.insert("twinreg-field", v);
+    }
+    if let Some(secs) = e.retry_after_secs {
+        md.insert("retry-after", MetadataValue::from(secs));
+    }
+    status
+}
+
+fn registries(o: &Outcomes) -> HashMap<String, pb::RegistryOutcome> {
+    o.0.iter()
+        .map(|o| {
+            (
+                o.registry.as_str().to_owned(),
+                pb::RegistryOutcome {
+                    ok: o.error.is_none(),
+                    latency_ms: o.latency.as_millis() as u64,
+                    error: o.error.clone().unwrap_or_default(),
+                    coalesced: o.coalesced,
+                },
+            )
+        })
+        .collect()
+}
+
+/// A register request's fields as the JSON object REST validates, so both fronts share one set of
+/// rules and messages. An empty `address` (proto3 cannot tell it from an unset one) is left out:
+/// "address: is required". `ttl_seconds` only when set: unset means the default.
+fn register_fields(r: pb::RegisterRequest) -> Map<String, Value> {
+    let mut m = Map::new();
+    if !r.address.is_empty() {
+        m.insert("address".into(), Value::String(r.address));
+    }
+    m.insert("port".into(), r.port.into());
+    m.insert("tags".into(), r.tags.into());
+    m.insert(
+        "meta".into(),
+        Value::Object(
+            r.meta
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect(),
+        ),
+    );
+    if let Some(ttl) = r.ttl_seconds {
+        m.insert("ttl_seconds".into(), ttl.into());
+    }
+    m
+}
+
+fn instance(i: &Instance, sources: &[crate::registry::RegistryKind]) -> pb::Instance {
+    pb::Instance {
+        id: i.key.id.as_str().to_owned(),
+        address: i.address.clone(),
+        port: u32::from(i.port),
+        tags: i.tags.clone(),
+        meta: i.meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        ttl_seconds: i.ttl_seconds,
+        sources: sources.iter().map(|s| s.as_str().to_owned()).collect(),
+    }
+}
+
+/// The caller, from the identity `server.rs` attached to the connection's requests.
+fn caller<T>(req: &Request<T>) -> Result<Arc<Peer>, Status> {
+    front::peer(req.extensions().get::<Arc<Peer>>()).map_err(status)
+}
+
+/// `twinreg.v1.Registry`.
+pub struct Grpc {
+    st: AppState,
+}
+
+#[tonic::async_trait]
+impl Registry for Grpc {
+    async fn register(
+        &self,
+        req: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let peer = caller(&req)?;
+        let mut r = req.into_inner();
+        let key = front::writable_key(&self.st, &peer, &r.service, &r.id).map_err(status)?;
+        let (service, id) = (std::mem::take(&mut r.service), std::mem::take(&mut r.id));
+        let instance =
+            register_from_fields(key, register_fields(r)).map_err(|e| status(e.into()))?;
+        let ttl_seconds = instance.ttl_seconds;
+        let report = self
+            .st
+            .coordinator
+            .register(instance)
+            .await
+            .map_err(|f| status(failure(f)))?;
+        Ok(Response::new(pb::RegisterResponse {
+            registered: true,
+            service,
+            id,
+            ttl_seconds,
+            degraded: report.outcomes.degraded(),
+            registries: registries(&report.outcomes),
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let peer = caller(&req)?;
+        let r = req.get_ref();
+        let key = front::writable_key(&self.st, &peer, &r.service, &r.id).map_err(status)?;
+        let report = self
+            .st
+            .coordinator
+            .heartbeat(&key)
+            .await
+            .map_err(|f| status(failure(f)))?;
+        Ok(Response::new(pb::HeartbeatResponse {
+            ok: true,
+            degraded: report.outcomes.degraded(),
+            registries: registries(&report.outcomes),
+        }))
+    }
+
+    async fn deregister(
+        &self,
+        req: Request<pb::DeregisterRequest>,
+    ) -> Result<Response<pb::DeregisterResponse>, Status> {
+        let peer = caller(&req)?;
+        let r = req.get_ref();
+        let key = front::writable_key(&self.st, &peer, &r.service, &r.id).map_err(status)?;
+        let report = self
+            .st
+            .coordinator
+            .deregister(&key)
+            .await
+            .map_err(|f| status(failure(f)))?;
+        Ok(Response::new(pb::DeregisterResponse {
+            deregistered: true,
+            existed: report.existed,
+            degraded: report.outcomes.degraded(),
+            registries: registries(&report.outcomes),
+        }))
+    }
+
+    async fn list_instances(
+        &self,
+        req: Request<pb::ListInstancesRequest>,
+    ) -> Result<Response<pb::ListInstancesResponse>, Status> {
+        let peer = caller(&req)?;
+        let service =
+            front::readable_service(&self.st, &peer, &req.get_ref().service).map_err(status)?;
+        let view = self
+            .st
+            .coordinator
+            .list(&service)
+            .await
+            .map_err(|f| status(failure(f)))?;
+        Ok(Response::new(pb::ListInstancesResponse {
+            service: service.as_str().to_owned(),
+            index: view_index(&view.instances),
+            instances: view
+                .instances
+                .iter()
+                .map(|(i, sources)| instance(i, sources))
+                .collect(),
+            registries: registries(&view.outcomes),
+        }))
+    }
+
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+
+    /// Placeholder until the watch hub is wired in.
+    async fn watch(
+        &self,
+        _req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        Err(Status::unimplemented("watch: being built"))
+    }
+}
+
+/// The `twinreg_http_requests_total` route label of a gRPC method (`grpc.Register`, ...): a fixed
+/// set, so a client cannot create series by calling made-up paths.
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/twinreg.v1.Registry/Register" => "grpc.Register",
+        "/twinreg.v1.Registry/Heartbeat" => "grpc.Heartbeat",
+        "/twinreg.v1.Registry/Deregister" => "grpc.Deregister",
+        "/twinreg.v1.Registry/ListInstances" => "grpc.ListInstances",
+        "/twinreg.v1.Registry/Watch" => "grpc.Watch",
+        "/grpc.health.v1.Health/Check" => "grpc.health.Check",
+        "/grpc.health.v1.Health/Watch" => "grpc.health.Watch",
+        p if p.starts_with("/grpc.reflection.") => "grpc.reflection",
+        _ => "grpc.other",
+    }
+}
+
+/// Counts and logs every gRPC call like REST's `observe`; the `status` label is the gRPC status
+/// code the call answered with in its headers (0 when it started OK; a stream's final status
+/// travels in trailers, after this). Also turns tonic's own error for a message over the 64 KiB
+/// cap (OUT_OF_RANGE, raised before any handler runs) into the API's INVALID_ARGUMENT.
+async fn observe(State(st): State<AppState>, req: HttpRequest, next: Next) -> HttpResponse {
+    let route = route_label(req.uri().path());
+    let method = req.method().clone();
+    let peer = req.extensions().get::<Arc<Peer>>().cloned();
+    let uri = req.uri().clone();
+    let start = Instant::now();
+    let mut resp = next.run(req).await;
+    let mut code = resp
+        .headers()
+        .get("grpc-status")
+        .map_or(Code::Ok, |v| Code::from_bytes(v.as_bytes()));
+    if code == Code::OutOfRange && uri.path().starts_with("/twinreg.v1.Registry/") {
+        let too_large = ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request message exceeds {} KiB", MAX_BODY_BYTES / 1024),
+        );
+        resp = status(too_large).into_http();
+        code = Code::InvalidArgument;
+    }
+    st.metrics.observe_request(route, &method, code as u16);
+    let identity = peer.as_deref().map_or("", |p| p.identity.as_str());
+    tracing::info!(
+        %method,
+        path = uri.path(),
+        grpc_status = code as i32,
+        identity,
+        took_ms = start.elapsed().as_millis() as u64,
+        "grpc request"
+    );
+    resp
+}
