@@ -12,8 +12,11 @@
 //!   [`model`] types (parse, don't validate twice), [`authz`] decides whether the caller may act on
 //!   the service, and [`api::admin`] serves `/healthz`, `/readyz` and `/metrics`.
 //! - [`replicate`] is the coordinator: the one place that fans a write out to both registries
-//!   concurrently, bounds each by its own deadline, consults each registry's [`breaker`], merges the outcomes and hands a registry that
-//!   missed a write to [`repair`].
+//!   concurrently, bounds each by its own deadline, consults each registry's [`breaker`], merges
+//!   the outcomes and hands a registry that missed a write to [`repair`].
+//! - [`watch`] serves reads that wait: one merged, resumable view per watched service, fed by one
+//!   upstream watch per registry ([`registry::Registry::watch`]) and shared by every gRPC `Watch`
+//!   and REST long poll of that service.
 //! - [`registry`] holds the trait every registry implements and one adapter per registry:
 //!   [`registry::etcd`] (primary) and [`registry::consul`] (backup); [`pool`] keeps their
 //!   connections open and warm.

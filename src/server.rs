@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::extract::Request;
 use axum::routing::future::RouteFuture;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -34,6 +34,9 @@ use crate::watch::Watches;
 
 /// A client that has not finished its TLS handshake by then is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 PING interval and timeout towards clients.
+pub const CLIENT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const CLIENT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often registries are probed for `/readyz` and the `registry_up` metric.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// The cache forgets instances silent for twice their TTL; this is how often it looks.
@@ -221,7 +224,15 @@ pub async fn run(
                         }
                         req
                     });
-                    let conn = auto::Builder::new(TokioExecutor::new())
+                    let mut builder = auto::Builder::new(TokioExecutor::new());
+                    // PINGs on idle HTTP/2 connections: a long-lived watch stream stays open
+                    // through NATs and load balancers, and a vanished client is noticed.
+                    builder
+                        .http2()
+                        .timer(TokioTimer::new())
+                        .keep_alive_interval(Some(CLIENT_KEEPALIVE_INTERVAL))
+                        .keep_alive_timeout(CLIENT_KEEPALIVE_TIMEOUT);
+                    let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc))
                         .into_owned();
                     if let Err(e) = watcher.watch(conn).await {

@@ -28,6 +28,7 @@ use crate::authz::Peer;
 use crate::error::{ApiError, ErrorCode};
 use crate::model::{Instance, MAX_BODY_BYTES, register_from_fields};
 use crate::replicate::{Coordinator, Outcomes, view_index};
+use crate::watch::{Event, EventKind};
 
 /// Code generated from `proto/twinreg/v1/registry.proto` (server and client), and its file
 /// descriptor set for reflection.
@@ -203,6 +204,25 @@ fn instance(i: &Instance, sources: &[crate::registry::RegistryKind]) -> pb::Inst
     }
 }
 
+fn watch_event(service: &str, e: Event) -> pb::WatchEvent {
+    use pb::watch_event::Type;
+    let kind = match e.kind {
+        EventKind::Added => Type::Added,
+        EventKind::Modified => Type::Modified,
+        EventKind::Deleted => Type::Deleted,
+        EventKind::Empty => Type::Empty,
+        EventKind::Progress => Type::Progress,
+    };
+    pb::WatchEvent {
+        r#type: kind as i32,
+        service: service.to_owned(),
+        instance: e.instance.as_ref().map(|(i, sources)| instance(i, sources)),
+        index: e.index,
+        snapshot: e.snapshot,
+        registries: e.registries.iter().map(|r| r.as_str().to_owned()).collect(),
+    }
+}
+
 /// The caller, from the identity `server.rs` attached to the connection's requests.
 fn caller<T>(req: &Request<T>) -> Result<Arc<Peer>, Status> {
     front::peer(req.extensions().get::<Arc<Peer>>()).map_err(status)
@@ -310,12 +330,34 @@ impl Registry for Grpc {
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
 
-    /// Placeholder until the watch hub is wired in.
+    /// The service's events from its shared watch hub ([`crate::watch`]). The stream ends only
+    /// with an error (UNAVAILABLE: this replica is shutting down, or no registry has answered
+    /// for a while), never silently; the client reconnects with the last `index` it saw.
     async fn watch(
         &self,
-        _req: Request<pb::WatchRequest>,
+        req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        Err(Status::unimplemented("watch: being built"))
+        let peer = caller(&req)?;
+        let r = req.into_inner();
+        let service = front::readable_service(&self.st, &peer, &r.service).map_err(status)?;
+        let sub = self
+            .st
+            .watches
+            .subscribe(&service, r.resume_index)
+            .await
+            .map_err(status)?;
+        let name = service.as_str().to_owned();
+        let events = futures::stream::unfold(Some(sub), move |sub| {
+            let name = name.clone();
+            async move {
+                let mut sub = sub?;
+                match sub.next().await {
+                    Ok(e) => Some((Ok(watch_event(&name, e)), Some(sub))),
+                    Err(e) => Some((Err(status(e)), None)),
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(events)))
     }
 }
 

@@ -35,7 +35,7 @@ use crate::metrics::Metrics;
 use crate::model::ServiceName;
 use crate::registry::{FeedSender, Registry, RegistryKind};
 use crate::replicate::{Sourced, view_index};
-use view::{Change, FeedState, History, Set, View, compose, diff};
+use view::{Change, History, Merger, Set, View, diff};
 
 pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(60);
@@ -425,10 +425,9 @@ impl Subscription {
 async fn run_hub(watches: Arc<Watches>, service: ServiceName, hub: Arc<Hub>) {
     let every = watches.settings.progress_interval;
     let (tx, mut rx) = mpsc::channel(1024);
-    let mut feeds: Vec<FeedState> = Vec::new();
+    let mut merger = Merger::new(watches.registries.iter().map(|r| r.kind()));
     for r in &watches.registries {
         let kind = r.kind();
-        feeds.push(FeedState::new(kind));
         watches.metrics.watch_upstreams(kind).inc();
         r.clone().watch(
             service.clone(),
@@ -449,15 +448,16 @@ async fn run_hub(watches: Arc<Watches>, service: ServiceName, hub: Arc<Hub>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         let now = Instant::now();
-        let grace = feeds
+        let grace = merger
+            .feeds
             .iter()
-            .filter_map(FeedState::grace_ends)
+            .filter_map(view::FeedState::grace_ends)
             .filter(|g| *g > composed_at)
             .min();
         tokio::select! {
             item = rx.recv() => {
                 let Some((kind, item)) = item else { break };
-                if let Some(f) = feeds.iter_mut().find(|f| f.kind == kind)
+                if let Some(f) = merger.feeds.iter_mut().find(|f| f.kind == kind)
                     && f.apply(item, now)
                     && flush_at.is_none()
                 {
@@ -469,7 +469,7 @@ async fn run_hub(watches: Arc<Watches>, service: ServiceName, hub: Arc<Hub>) {
             _ = tokio::time::sleep_until(flush_at.unwrap_or(now)), if flush_at.is_some() => {
                 flush_at = None;
                 let since = dirty_since.unwrap_or(now);
-                if published && now < since + SETTLE && !view::agree(&feeds, now) {
+                if published && now < since + SETTLE && !merger.agree(now) {
                     flush_at = Some((now + DEBOUNCE).min(since + SETTLE));
                     continue;
                 }
@@ -487,14 +487,15 @@ async fn run_hub(watches: Arc<Watches>, service: ServiceName, hub: Arc<Hub>) {
             _ = watches.stop.cancelled() => break,
         }
         // The first view waits for every registry's first word, for at most FIRST_SYNC.
-        if !published && !feeds.iter().all(|f| f.reported) && started.elapsed() < FIRST_SYNC {
+        if !published && !merger.feeds.iter().all(|f| f.reported) && started.elapsed() < FIRST_SYNC
+        {
             continue;
         }
         published = true;
         composed_at = Instant::now();
-        publish(&hub, &feeds, composed_at);
+        publish(&hub, &mut merger, composed_at);
     }
-    for f in &feeds {
+    for f in &merger.feeds {
         watches.metrics.watch_upstreams(f.kind).dec();
     }
     // Dropping the receiver ends the upstream watches; `closed` tells the watchers.
@@ -507,9 +508,9 @@ async fn run_hub(watches: Arc<Watches>, service: ServiceName, hub: Arc<Hub>) {
 }
 
 /// Publishes the view the feeds give now, if it differs from the last one.
-fn publish(hub: &Hub, feeds: &[FeedState], now: Instant) {
+fn publish(hub: &Hub, merger: &mut Merger, now: Instant) {
     let previous = hub.view.borrow().clone();
-    let view = compose(feeds, previous.as_deref(), now);
+    let view = merger.compose(previous.as_deref(), now);
     if let Some(p) = &previous
         && p.index == view.index
         && p.registries == view.registries

@@ -120,7 +120,88 @@ pub fn agree(feeds: &[FeedState], now: Instant) -> bool {
     })
 }
 
-/// The view the feeds give now; `previous` supplies the instances when no feed is included (a
+/// An instance the view reported gone while some registries could not speak: their copies of
+/// that record (same generation or older) are stale, not new, when they come back.
+#[derive(Debug)]
+struct Tomb {
+    generation: u64,
+    absent: Vec<RegistryKind>,
+}
+
+/// The feeds of one hub and what it remembers across views.
+#[derive(Debug)]
+pub struct Merger {
+    pub feeds: Vec<FeedState>,
+    tombs: HashMap<InstanceId, Tomb>,
+}
+
+impl Merger {
+    pub fn new(kinds: impl IntoIterator<Item = RegistryKind>) -> Self {
+        Self {
+            feeds: kinds.into_iter().map(FeedState::new).collect(),
+            tombs: HashMap::new(),
+        }
+    }
+
+    /// The view the feeds give now (see [`compose`]), without the stale copies of a registry
+    /// that was away when an instance went: etcd back after an outage still holds the key of an
+    /// instance deregistered meanwhile (until the repairer deletes it), and that copy must not
+    /// bring the instance back to watchers.
+    pub fn compose(&mut self, previous: Option<&View>, now: Instant) -> View {
+        let mut view = compose(&self.feeds, previous, now);
+        if view.registries.is_empty() {
+            return view;
+        }
+        let tombs = &mut self.tombs;
+        // A tomb ends once no absent registry holds that record any more.
+        tombs.retain(|id, t| {
+            self.feeds.iter().any(|f| {
+                t.absent.contains(&f.kind)
+                    && f.set.get(id).is_some_and(|i| i.generation <= t.generation)
+            })
+        });
+        if !tombs.is_empty() {
+            let mut set = Set::clone(&view.instances);
+            set.retain(|id, (i, sources)| {
+                !tombs.get(id).is_some_and(|t| {
+                    i.generation <= t.generation && sources.iter().all(|s| t.absent.contains(s))
+                })
+            });
+            if set.len() != view.instances.len() {
+                view.index = view_index(set.values());
+                view.instances = Arc::new(set);
+            }
+        }
+        if let Some(prev) = previous {
+            let absent: Vec<RegistryKind> = self
+                .feeds
+                .iter()
+                .filter(|f| !f.included(now))
+                .map(|f| f.kind)
+                .collect();
+            if !absent.is_empty() {
+                for (id, (i, _)) in prev.instances.iter() {
+                    if !view.instances.contains_key(id) {
+                        tombs.insert(
+                            id.clone(),
+                            Tomb {
+                                generation: i.generation,
+                                absent: absent.clone(),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        view
+    }
+
+    pub fn agree(&self, now: Instant) -> bool {
+        agree(&self.feeds, now)
+    }
+}
+
+/// The merged view of the included feeds; `previous` supplies the instances when no feed is included (a
 /// view is never emptied because the registries went quiet).
 pub fn compose(feeds: &[FeedState], previous: Option<&View>, now: Instant) -> View {
     let included: Vec<&FeedState> = feeds.iter().filter(|f| f.included(now)).collect();

@@ -2,59 +2,19 @@
 //! REST, with a tonic client; what it writes is checked by reading etcd and Consul directly.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use http::Uri;
-use hyper_util::rt::TokioIo;
-use rustls_pki_types::ServerName;
 use serde_json::json;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use twinreg::api::grpc::pb;
 use twinreg::api::grpc::pb::registry_client::RegistryClient;
-use twinreg::certs::ClientNames;
 
-use crate::support::client::tls_config;
-use crate::support::gateway::Gateway;
+use crate::support::grpc::{channel, registry};
 use crate::support::{eventually, metric};
 use crate::{Env, body, path};
-
-/// A gRPC channel to the gateway's public listener over mutual TLS, as the service `cn`.
-async fn channel(gw: &Gateway, cn: &str) -> Channel {
-    let id = gw.issue(&ClientNames::cn(cn));
-    let mut tls = tls_config(&gw.ca.cert_pem, Some(&id));
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = TlsConnector::from(Arc::new(tls));
-    let addr = gw.addr;
-    // The connector does TLS itself; tonic sees a plain `http` endpoint.
-    Endpoint::from_shared(format!("http://127.0.0.1:{}", addr.port()))
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let connector = connector.clone();
-            async move {
-                let tcp = TcpStream::connect(addr).await?;
-                let tls = connector
-                    .connect(ServerName::try_from("localhost").unwrap(), tcp)
-                    .await?;
-                if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
-                    return Err(std::io::Error::other("the server did not choose h2"));
-                }
-                Ok::<_, std::io::Error>(TokioIo::new(tls))
-            }
-        }))
-        .await
-        .expect("gRPC channel over mutual TLS")
-}
-
-async fn registry(gw: &Gateway, cn: &str) -> RegistryClient<Channel> {
-    RegistryClient::new(channel(gw, cn).await)
-}
 
 fn register_req(service: &str, id: &str, address: &str, port: u32) -> pb::RegisterRequest {
     pb::RegisterRequest {

@@ -15,6 +15,7 @@ mod register;
 mod resilience;
 mod tls;
 mod validation;
+mod watch;
 
 use serde_json::{Value, json};
 use support::consul::Consul;

@@ -279,6 +279,7 @@ async fn long_poll_returns_on_change_and_after_wait_without_one() {
     let first = c.get("/v1/services/payments/instances").await;
     let index = first.json["index"].as_u64().unwrap();
 
+    let asked = std::time::Instant::now();
     let unchanged = c
         .get(&format!(
             "/v1/services/payments/instances?index={index}&wait=1s"
@@ -286,6 +287,11 @@ async fn long_poll_returns_on_change_and_after_wait_without_one() {
         .await;
     assert_eq!(unchanged.status, 200);
     assert_eq!(unchanged.json["index"].as_u64(), Some(index));
+    assert!(
+        asked.elapsed() >= std::time::Duration::from_secs(1),
+        "nothing changed: the answer waits for `wait` ({:?})",
+        asked.elapsed()
+    );
 
     let poll = {
         let c = env.gw.client("payments");

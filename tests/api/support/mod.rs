@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod consul;
 pub mod etcd;
 pub mod gateway;
+pub mod grpc;
 pub mod proxy;
 
 use std::net::TcpListener;
