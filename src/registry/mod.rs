@@ -83,6 +83,18 @@ impl FeedSender {
     pub async fn closed(&self) {
         self.tx.closed().await
     }
+
+    /// Reports a broken watch, then waits out the backoff of its `attempt`-th reconnect; false
+    /// when nobody listens any more (the watch should stop).
+    pub async fn lost(&self, error: RegistryError, attempt: u32) -> bool {
+        if !self.send(Feed::Lost(error)).await {
+            return false;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(watch_backoff(attempt)) => true,
+            _ = self.closed() => false,
+        }
+    }
 }
 
 /// How long a polling watch waits between reads, and how long [`Registry::watch`] implementations

@@ -328,16 +328,25 @@ async fn watch_keeps_going_through_an_etcd_restart_without_losing_or_repeating_e
         );
     }
     assert_eq!(w.count(Type::Deleted, "a"), 1, "{:?}", w.log);
-    // The watcher's state is what the registries hold.
-    let listed = c.get("/v1/services/payments/instances").await;
-    let ids: Vec<&str> = listed.json["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, ["b", "c", "d"]);
+    // The watcher's state is what the registries hold once the repairer has deleted etcd's
+    // stale copy of `a` (a fresh list shows that copy until then; the watch never did).
+    let listed = eventually(
+        Duration::from_secs(30),
+        "a's stale copy repaired",
+        || async {
+            let listed = c.get("/v1/services/payments/instances").await;
+            let ids: Vec<String> = listed.json["instances"]
+                .as_array()?
+                .iter()
+                .filter_map(|i| i["id"].as_str().map(str::to_owned))
+                .collect();
+            (ids == ["b", "c", "d"]).then_some(listed)
+        },
+    )
+    .await;
+    while w.next().await.r#type() != Type::Progress {}
     assert_eq!(listed.json["index"].as_u64(), Some(w.index));
+    assert_eq!(w.count(Type::Added, "a"), 1, "no resurrection: {:?}", w.log);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

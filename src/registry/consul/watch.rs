@@ -21,7 +21,7 @@ use http::{Method, StatusCode};
 use super::{Consul, KIND, expect_ok, parse_health, send_full};
 use crate::error::RegistryError;
 use crate::model::ServiceName;
-use crate::registry::{Feed, FeedSender, watch_backoff};
+use crate::registry::{Feed, FeedSender};
 
 /// Extra time granted beyond `wait`: Consul adds up to wait/16 of jitter, plus the round trip.
 const GRACE: Duration = Duration::from_secs(5);
@@ -95,13 +95,9 @@ impl Consul {
                 ),
             };
             tracing::debug!(%service, error = %failure, "consul watch failed; retrying");
-            if !out.send(Feed::Lost(failure)).await {
-                return;
-            }
             attempt += 1;
-            tokio::select! {
-                _ = tokio::time::sleep(watch_backoff(attempt)) => {}
-                _ = out.closed() => return,
+            if !out.lost(failure, attempt).await {
+                return;
             }
         }
     }

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use super::{Etcd, KIND, KeyRead, decode_dir, decode_kv, to_err};
 use crate::error::RegistryError;
 use crate::model::ServiceName;
-use crate::registry::{Feed, FeedSender, watch_backoff};
+use crate::registry::{Feed, FeedSender};
 
 /// Progress requests that may go unanswered before the stream counts as dead.
 const SILENT_ROUNDS: u32 = 3;
@@ -63,13 +63,9 @@ impl Etcd {
                 }
             };
             tracing::debug!(%service, error = %lost, "etcd watch broke; reconnecting");
-            if !out.send(Feed::Lost(lost)).await {
-                return;
-            }
             attempt += 1;
-            tokio::select! {
-                _ = tokio::time::sleep(watch_backoff(attempt)) => {}
-                _ = out.closed() => return,
+            if !out.lost(lost, attempt).await {
+                return;
             }
         }
     }
