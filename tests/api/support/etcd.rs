@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, GetOptions};
 
-use super::{eventually, find_binary, free_port};
+use super::{find_binary, free_port};
 
 /// TLS for an etcd that requires client certificates from the test CA.
 pub struct EtcdTls {
@@ -119,21 +119,36 @@ impl Etcd {
             .arg(format!("--initial-cluster=t={peer}"))
             .arg("--log-level=error")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.path().join("etcd.log")).unwrap())
             .spawn()
             .expect("starting etcd");
         self.child = Some(child);
         let ep = self.endpoint();
         let opts = self.options();
-        eventually(Duration::from_secs(20), "etcd to answer", || {
-            let ep = ep.clone();
-            let opts = opts.clone();
-            async move {
-                let mut c = Client::connect([ep], opts).await.ok()?;
-                c.status().await.ok().map(drop)
+        // Generous: many tests start servers at once on two cores.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut c = Client::connect([ep.clone()], opts.clone()).await.ok();
+            if let Some(c) = c.as_mut()
+                && c.status().await.is_ok()
+            {
+                return;
             }
-        })
-        .await;
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
+                panic!("etcd exited ({status}) before answering on {ep}:\n{log}");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "etcd did not answer on {ep} within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub fn pid(&self) -> u32 {
