@@ -193,6 +193,14 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: PathBuf,
+    /// How often the certificate and key files (these and the registries') are checked for
+    /// changes, e.g. `"10s"`; `"0s"` turns the check off (SIGHUP still reloads).
+    #[serde(default = "default_tls_reload_interval")]
+    pub reload_interval: String,
+}
+
+fn default_tls_reload_interval() -> String {
+    "10s".into()
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -315,6 +323,7 @@ pub struct Settings {
     pub breaker_open_for: Duration,
     pub anti_entropy_interval: Duration,
     pub watch: crate::watch::WatchSettings,
+    pub tls_reload_interval: Duration,
 }
 
 impl Config {
@@ -495,6 +504,12 @@ impl Config {
             );
         }
 
+        let tls_reload_interval = parse_duration(
+            "tls.reload_interval",
+            &self.tls.reload_interval,
+            any.clone(),
+            &mut bad,
+        );
         let progress_interval = parse_duration(
             "watch.progress_interval",
             &self.watch.progress_interval,
@@ -562,6 +577,7 @@ impl Config {
             deregister_critical_after: deregister_critical_after.expect("checked"),
             breaker_open_for: breaker_open_for.expect("checked"),
             anti_entropy_interval: anti_entropy_interval.expect("checked"),
+            tls_reload_interval: tls_reload_interval.expect("checked"),
             watch: crate::watch::WatchSettings {
                 progress_interval: progress_interval.expect("checked"),
                 linger: linger.expect("checked"),

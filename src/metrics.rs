@@ -64,6 +64,16 @@ pub struct RegistryLabels {
     pub registry: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertLabels {
+    pub cert: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub outcome: &'static str,
+}
+
 /// Every metric twinreg exports.
 pub struct Metrics {
     registry: Registry,
@@ -82,6 +92,8 @@ pub struct Metrics {
     /// Watch streams and long polls being served.
     pub watchers: Gauge,
     watch_upstreams: Family<RegistryLabels, Gauge>,
+    certificate_expiry: Family<CertLabels, Gauge>,
+    certificate_reloads: Family<ReloadLabels, Counter>,
 }
 
 impl Metrics {
@@ -173,6 +185,18 @@ impl Metrics {
             "Upstream watches open to each registry: one per watched service, however many watch it",
             watch_upstreams.clone(),
         );
+        let certificate_expiry = Family::<CertLabels, Gauge>::default();
+        registry.register(
+            "certificate_expiry_seconds",
+            "notAfter (Unix seconds) of the earliest certificate in each file in use: server, client_ca, etcd_client, etcd_ca, consul_client, consul_ca",
+            certificate_expiry.clone(),
+        );
+        let certificate_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "certificate_reloads",
+            "Certificate reloads (SIGHUP or a changed file) by outcome: ok, or rejected (the old certificates stay)",
+            certificate_reloads.clone(),
+        );
         Arc::new(Self {
             registry,
             requests,
@@ -188,6 +212,8 @@ impl Metrics {
             coalesced_by_registry,
             watchers,
             watch_upstreams,
+            certificate_expiry,
+            certificate_reloads,
         })
     }
 
@@ -251,6 +277,18 @@ impl Metrics {
                 registry: registry.as_str(),
             })
             .set(v);
+    }
+
+    pub fn set_certificate_expiry(&self, cert: &'static str, not_after: i64) {
+        self.certificate_expiry
+            .get_or_create(&CertLabels { cert })
+            .set(not_after);
+    }
+
+    pub fn certificate_reload(&self, outcome: &'static str) {
+        self.certificate_reloads
+            .get_or_create(&ReloadLabels { outcome })
+            .inc();
     }
 
     /// The gauge of upstream watches open to `registry`.

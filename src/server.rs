@@ -30,6 +30,7 @@ use crate::registry::consul::Consul;
 use crate::registry::etcd::Etcd;
 use crate::registry::{Health, Registry};
 use crate::replicate::{Coordinator, Member};
+use crate::tls::{Certs, ServerTls};
 use crate::watch::Watches;
 
 /// A client that has not finished its TLS handshake by then is dropped.
@@ -75,16 +76,13 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let tls = crate::tls::server_config(
-        &settings.raw.tls.cert,
-        &settings.raw.tls.key,
-        &settings.raw.tls.client_ca,
-    )?;
     let metrics = Metrics::new();
-    let (etcd, etcd_pool) =
-        Etcd::new(&settings.raw.etcd, metrics.handshakes.clone()).map_err(RunError::Registry)?;
+    let certs = Certs::new(metrics.clone());
+    let tls = ServerTls::load(&settings.raw.tls, &certs)?;
+    let (etcd, etcd_pool) = Etcd::new(&settings.raw.etcd, metrics.handshakes.clone(), &certs)
+        .map_err(RunError::Registry)?;
     let (consul, consul_pool) =
-        Consul::new(&settings, metrics.handshakes.clone()).map_err(RunError::Registry)?;
+        Consul::new(&settings, metrics.handshakes.clone(), &certs).map_err(RunError::Registry)?;
     let members = vec![
         member(Arc::new(etcd), settings.raw.etcd.timeout_ms, &settings),
         member(Arc::new(consul), settings.raw.consul.timeout_ms, &settings),
@@ -127,6 +125,11 @@ pub async fn run(
             c.probe_all().await;
         });
         background.spawn(probe_loop(coordinator.clone(), stop.clone()));
+        background.spawn(
+            certs
+                .clone()
+                .watch(settings.tls_reload_interval, stop.clone()),
+        );
         if settings.raw.anti_entropy.enabled {
             let holder = format!(
                 "twinreg-{}-{:016x}",
@@ -166,7 +169,6 @@ pub async fn run(
         rest: api::http::router(state.clone()),
         grpc,
     };
-    let acceptor = TlsAcceptor::from(tls);
     // On shutdown, /readyz turns 503 at once, but connections are still accepted for
     // `drain_delay` so the load balancer sees the replica unready before it stops answering.
     let drain_delay = settings.drain_delay;
@@ -196,7 +198,8 @@ pub async fn run(
                     }
                 };
                 let _ = tcp.set_nodelay(true);
-                let acceptor = acceptor.clone();
+                // The current TLS config: a reload affects the next handshake, not this one's.
+                let acceptor = TlsAcceptor::from(tls.current());
                 let router = router.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {

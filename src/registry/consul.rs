@@ -29,7 +29,7 @@ use crate::model::{
 };
 use crate::pool::{Connect, WarmPool};
 use crate::registry::{FeedSender, Liveness, Registry, RegistryKind, transport};
-use crate::tls::registry_client_config;
+use crate::tls::{Certs, registry_client_config};
 
 mod watch;
 
@@ -107,11 +107,12 @@ impl Consul {
     pub fn new(
         settings: &Settings,
         handshakes: Handshakes,
+        certs: &Certs,
     ) -> Result<(Self, Arc<WarmPool<ConsulConnect>>), String> {
         let cfg = &settings.raw.consul;
         let cert_key = cfg.cert.as_deref().zip(cfg.key.as_deref());
         let counted = (handshakes, KIND);
-        let tls = registry_client_config("consul", cfg.ca.as_deref(), cert_key, counted)
+        let tls = registry_client_config("consul", cfg.ca.as_deref(), cert_key, counted, certs)
             .map_err(|e| e.to_string())?;
         let token = settings
             .consul_token

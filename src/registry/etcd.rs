@@ -36,7 +36,7 @@ use crate::model::{
 use crate::pool::{Connect, WarmPool};
 use crate::registry::transport::Dialer;
 use crate::registry::{FeedSender, Liveness, Registry, RegistryKind};
-use crate::tls::registry_client_config;
+use crate::tls::{Certs, registry_client_config};
 use keepalive::KeepAliveMux;
 
 const KIND: RegistryKind = RegistryKind::Etcd;
@@ -339,6 +339,7 @@ impl Etcd {
     pub fn new(
         cfg: &EtcdConfig,
         handshakes: Handshakes,
+        certs: &Certs,
     ) -> Result<(Self, Arc<WarmPool<EtcdConnect>>), String> {
         let mut options = ConnectOptions::new();
         if let (Some(user), Some(pass)) = (&cfg.username, &cfg.password) {
@@ -347,8 +348,9 @@ impl Etcd {
         let tls = if cfg.endpoints.iter().any(|e| e.starts_with("https://")) {
             let cert_key = cfg.cert.as_deref().zip(cfg.key.as_deref());
             let counted = (handshakes.clone(), KIND);
-            let mut tls = registry_client_config("etcd", cfg.ca.as_deref(), cert_key, counted)
-                .map_err(|e| e.to_string())?;
+            let mut tls =
+                registry_client_config("etcd", cfg.ca.as_deref(), cert_key, counted, certs)
+                    .map_err(|e| e.to_string())?;
             tls.alpn_protocols = vec![b"h2".to_vec()];
             Some(Arc::new(tls))
         } else {

@@ -25,8 +25,9 @@ async fn adapters(etcd: &Etcd, consul: &Consul) -> (Vec<Arc<dyn Registry>>, temp
         consul.address()
     );
     let settings = Config::from_toml(&toml).unwrap().validate().unwrap();
-    let (e, e_pool) = EtcdRegistry::new(&settings.raw.etcd, Default::default()).unwrap();
-    let (c, c_pool) = ConsulRegistry::new(&settings, Default::default()).unwrap();
+    let certs = twinreg::tls::Certs::new(twinreg::metrics::Metrics::new());
+    let (e, e_pool) = EtcdRegistry::new(&settings.raw.etcd, Default::default(), &certs).unwrap();
+    let (c, c_pool) = ConsulRegistry::new(&settings, Default::default(), &certs).unwrap();
     let (_tx, rx) = tokio::sync::watch::channel(false);
     tokio::join!(
         e_pool.clone().warm_up(rx.clone()),

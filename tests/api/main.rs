@@ -13,6 +13,7 @@ mod grpc;
 mod heartbeat;
 mod register;
 mod resilience;
+mod rotation;
 mod tls;
 mod validation;
 mod watch;

@@ -35,6 +35,8 @@ pub struct Options {
     pub consul_extra: String,
     /// Heartbeat coalescing: off, as in twinreg by default, except in the tests of coalescing.
     pub coalesce: bool,
+    /// Lines added to the `[tls]` section.
+    pub tls_extra: String,
 }
 
 impl Gateway {
@@ -78,6 +80,7 @@ drain_delay = "300ms"
 cert = "{cert}"
 key = "{key}"
 client_ca = "{ca}"
+{tls_extra}
 
 [etcd]
 endpoints = {etcd_endpoints:?}
@@ -101,6 +104,7 @@ coalesce = {coalesce}
             extra = opts.extra_toml,
             etcd_extra = opts.etcd_extra,
             consul_extra = opts.consul_extra,
+            tls_extra = opts.tls_extra,
         );
         let settings = Config::from_toml(&toml)
             .unwrap_or_else(|e| panic!("test config invalid: {e}\n{toml}"))
