@@ -107,6 +107,7 @@ pub async fn run(
         metrics,
         shutdown: stop.clone(),
         watches,
+        certs: certs.clone(),
     };
 
     let background = TaskTracker::new();

@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 use crate::authz::Authorizer;
 use crate::metrics::Metrics;
 use crate::replicate::Coordinator;
+use crate::tls::Certs;
 use crate::watch::Watches;
 
 pub mod admin;
@@ -24,4 +25,6 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The merged, shared views behind watches and long polls.
     pub watches: Arc<Watches>,
+    /// The TLS material in use (expiries for the status page).
+    pub certs: Arc<Certs>,
 }
