@@ -103,26 +103,38 @@ impl Sweeper {
             all.extend(n.ok()?);
         }
         let mut report = SweepReport::default();
+        let mut live = vec![0usize; members.len()];
         for service in all {
             report.services += 1;
-            let (restored, removed) = self.sweep_service(&service).await?;
+            let (restored, removed, counts) = self.sweep_service(&service).await?;
             report.restored += restored;
             report.removed += removed;
+            for (total, n) in live.iter_mut().zip(counts) {
+                *total += n;
+            }
         }
-        self.coordinator
-            .metrics()
+        let metrics = self.coordinator.metrics();
+        metrics
             .disagreements
             .set((report.restored + report.removed) as i64);
+        for (m, n) in members.iter().zip(live) {
+            metrics.set_instances(m.registry.kind(), n);
+        }
         Some(report)
     }
 
-    async fn sweep_service(&self, service: &ServiceName) -> Option<(usize, usize)> {
+    /// Restored and removed copies, and the live instances each registry held when read.
+    async fn sweep_service(&self, service: &ServiceName) -> Option<(usize, usize, Vec<usize>)> {
         let members = self.coordinator.members();
         let held = join_all(members.iter().map(|m| m.registry.inventory(service))).await;
         let tombs = join_all(members.iter().map(|m| m.registry.tombstones(service))).await;
         // Sweeping needs every registry's view: a registry that did not answer is skipped as a
         // whole rather than mistaken for one that lost everything.
         let held: Vec<Vec<(Instance, bool)>> = held.into_iter().collect::<Result<_, _>>().ok()?;
+        let live: Vec<usize> = held
+            .iter()
+            .map(|l| l.iter().filter(|(_, alive)| *alive).count())
+            .collect();
         let mut deleted: BTreeMap<InstanceId, u64> = BTreeMap::new();
         for t in tombs {
             for (id, g) in t.ok()? {
@@ -183,7 +195,7 @@ impl Sweeper {
                 }
             }
         }
-        Some((restored, removed))
+        Some((restored, removed, live))
     }
 
     async fn write(&self, member: usize, w: Write<'_>) -> bool {

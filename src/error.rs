@@ -140,6 +140,8 @@ pub struct ApiError {
     pub field: Option<Cow<'static, str>>,
     pub retry_after_secs: Option<u64>,
     pub details: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Each registry's outcome in one line, for the request log (not sent to the client).
+    pub outcomes_log: Option<String>,
 }
 
 impl ApiError {
@@ -150,6 +152,7 @@ impl ApiError {
             field: None,
             retry_after_secs: None,
             details: None,
+            outcomes_log: None,
         }
     }
 
@@ -200,6 +203,14 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if let Some(line) = self.outcomes_log {
+            resp.extensions_mut().insert(OutcomesLog(line));
+        }
         resp
     }
 }
+
+/// Each registry's outcome of a request in one line (`etcd=ok/3ms consul=error: timed out`),
+/// attached to the response for the request log line.
+#[derive(Debug, Clone)]
+pub struct OutcomesLog(pub String);

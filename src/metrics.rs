@@ -65,6 +65,12 @@ pub struct RegistryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub registry: &'static str,
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CertLabels {
     pub cert: &'static str,
 }
@@ -94,6 +100,9 @@ pub struct Metrics {
     watch_upstreams: Family<RegistryLabels, Gauge>,
     certificate_expiry: Family<CertLabels, Gauge>,
     certificate_reloads: Family<ReloadLabels, Counter>,
+    instances: Family<RegistryLabels, Gauge>,
+    repair_oldest: Family<RegistryLabels, Gauge>,
+    pool_connections: Family<PoolLabels, Gauge>,
 }
 
 impl Metrics {
@@ -197,6 +206,24 @@ impl Metrics {
             "Certificate reloads (SIGHUP or a changed file) by outcome: ok, or rejected (the old certificates stay)",
             certificate_reloads.clone(),
         );
+        let instances = Family::<RegistryLabels, Gauge>::default();
+        registry.register(
+            "instances",
+            "Live instances each registry held at the last anti-entropy sweep (exported by the replica that sweeps)",
+            instances.clone(),
+        );
+        let repair_oldest = Family::<RegistryLabels, Gauge>::default();
+        registry.register(
+            "repair_oldest_seconds",
+            "Age of the oldest write still being re-driven to each registry (0 when none)",
+            repair_oldest.clone(),
+        );
+        let pool_connections = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "pool_connections",
+            "Registry connections by state: open (in the pool), idle (open and not lent out), waiting (callers queued for one), max",
+            pool_connections.clone(),
+        );
         Arc::new(Self {
             registry,
             requests,
@@ -214,6 +241,9 @@ impl Metrics {
             watch_upstreams,
             certificate_expiry,
             certificate_reloads,
+            instances,
+            repair_oldest,
+            pool_connections,
         })
     }
 
@@ -277,6 +307,31 @@ impl Metrics {
                 registry: registry.as_str(),
             })
             .set(v);
+    }
+
+    pub fn set_instances(&self, registry: RegistryKind, n: usize) {
+        self.instances
+            .get_or_create(&RegistryLabels {
+                registry: registry.as_str(),
+            })
+            .set(n as i64);
+    }
+
+    pub fn set_repair_oldest(&self, registry: RegistryKind, age: Duration) {
+        self.repair_oldest
+            .get_or_create(&RegistryLabels {
+                registry: registry.as_str(),
+            })
+            .set(age.as_secs() as i64);
+    }
+
+    pub fn set_pool(&self, registry: RegistryKind, state: &'static str, n: usize) {
+        self.pool_connections
+            .get_or_create(&PoolLabels {
+                registry: registry.as_str(),
+                state,
+            })
+            .set(n as i64);
     }
 
     pub fn set_certificate_expiry(&self, cert: &'static str, not_after: i64) {

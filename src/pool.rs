@@ -97,6 +97,11 @@ impl<C: Connect> WarmPool<C> {
         }
     }
 
+    /// Connections open, idle (not lent out), callers waiting, and the maximum.
+    pub fn status(&self) -> deadpool::Status {
+        self.pool.status()
+    }
+
     pub fn is_warm(&self) -> bool {
         self.warm.load(Ordering::Acquire)
     }

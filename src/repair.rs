@@ -64,7 +64,8 @@ pub struct Repairer {
     targets: Vec<Arc<Target>>,
     cache: Arc<RecordCache>,
     metrics: Arc<Metrics>,
-    pending: Mutex<HashMap<(RegistryKind, InstanceKey), u64>>,
+    /// (registry, instance) → (ticket of the current repair, when the registry first missed it).
+    pending: Mutex<HashMap<(RegistryKind, InstanceKey), (u64, tokio::time::Instant)>>,
     tickets: AtomicU64,
     tracker: TaskTracker,
     cancel: CancellationToken,
@@ -130,8 +131,13 @@ impl Repairer {
         let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
         {
             let mut p = self.pending.lock().expect("not poisoned");
-            if p.insert((kind, op.key().clone()), ticket).is_none() {
-                self.gauge(kind).inc();
+            match p.entry((kind, op.key().clone())) {
+                // Superseded: the registry has been missing the instance since the first miss.
+                std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().0 = ticket,
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert((ticket, tokio::time::Instant::now()));
+                    self.gauge(kind).inc();
+                }
             }
         }
         let this = self.clone();
@@ -152,7 +158,19 @@ impl Repairer {
             .lock()
             .expect("not poisoned")
             .get(&(kind, key.clone()))
-            == Some(&ticket)
+            .is_some_and(|(t, _)| *t == ticket)
+    }
+
+    /// How long the oldest pending repair to `kind` has been waiting (zero when none).
+    pub fn oldest(&self, kind: RegistryKind) -> Duration {
+        self.pending
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .filter(|((k, _), _)| *k == kind)
+            .map(|(_, (_, since))| since.elapsed())
+            .max()
+            .unwrap_or_default()
     }
 
     async fn drive(self: Arc<Self>, target: Arc<Target>, op: RepairOp, ticket: u64) {

@@ -107,6 +107,24 @@ impl Outcomes {
     pub fn degraded(&self) -> bool {
         self.0.iter().any(|o| o.error.is_some())
     }
+
+    /// One line for the request log: `etcd=ok/3ms consul=error/1500ms: timed out after 1500 ms`.
+    pub fn log_line(&self) -> String {
+        let mut out = String::new();
+        for o in &self.0 {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            let ms = o.latency.as_millis();
+            match &o.error {
+                None if o.coalesced => out.push_str(&format!("{}=coalesced", o.registry)),
+                None if o.restored => out.push_str(&format!("{}=restored/{ms}ms", o.registry)),
+                None => out.push_str(&format!("{}=ok/{ms}ms", o.registry)),
+                Some(e) => out.push_str(&format!("{}=error/{ms}ms: {e}", o.registry)),
+            }
+        }
+        out
+    }
 }
 
 /// Why an operation could not be answered with success.

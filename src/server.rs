@@ -28,7 +28,7 @@ use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::registry::consul::Consul;
 use crate::registry::etcd::Etcd;
-use crate::registry::{Health, Registry};
+use crate::registry::{Health, Registry, RegistryKind};
 use crate::replicate::{Coordinator, Member};
 use crate::tls::{Certs, ServerTls};
 use crate::watch::Watches;
@@ -113,19 +113,21 @@ pub async fn run(
     let background = TaskTracker::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     {
-        let c = coordinator.clone();
-        let rx = stop_rx.clone();
+        let (c, rx, pool) = (coordinator.clone(), stop_rx.clone(), etcd_pool.clone());
         background.spawn(async move {
-            etcd_pool.warm_up(rx).await;
+            pool.warm_up(rx).await;
             c.probe_all().await;
         });
-        let c = coordinator.clone();
-        let rx = stop_rx.clone();
+        let (c, rx, pool) = (coordinator.clone(), stop_rx.clone(), consul_pool.clone());
         background.spawn(async move {
-            consul_pool.warm_up(rx).await;
+            pool.warm_up(rx).await;
             c.probe_all().await;
         });
-        background.spawn(probe_loop(coordinator.clone(), stop.clone()));
+        let pools: Vec<PoolStatus> = vec![
+            (RegistryKind::Etcd, Box::new(move || etcd_pool.status())),
+            (RegistryKind::Consul, Box::new(move || consul_pool.status())),
+        ];
+        background.spawn(probe_loop(coordinator.clone(), pools, stop.clone()));
         background.spawn(
             certs
                 .clone()
@@ -316,7 +318,18 @@ fn member(registry: Arc<dyn Registry>, timeout_ms: u64, settings: &Settings) -> 
     }
 }
 
-async fn probe_loop(coordinator: Arc<Coordinator>, stop: CancellationToken) {
+/// A registry's pool status, for the `twinreg_pool_connections` gauges.
+type PoolStatus = (
+    RegistryKind,
+    Box<dyn Fn() -> deadpool::Status + Send + Sync>,
+);
+
+/// Probes the registries and refreshes the gauges read at scrape time (repair age, pools).
+async fn probe_loop(
+    coordinator: Arc<Coordinator>,
+    pools: Vec<PoolStatus>,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
     let mut last_sweep = tokio::time::Instant::now();
     loop {
@@ -325,6 +338,15 @@ async fn probe_loop(coordinator: Arc<Coordinator>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
         }
         coordinator.probe_all().await;
+        let metrics = coordinator.metrics();
+        for (kind, status) in &pools {
+            let s = status();
+            metrics.set_pool(*kind, "open", s.size);
+            metrics.set_pool(*kind, "idle", s.available);
+            metrics.set_pool(*kind, "waiting", s.waiting);
+            metrics.set_pool(*kind, "max", s.max_size);
+            metrics.set_repair_oldest(*kind, coordinator.repairer().oldest(*kind));
+        }
         if last_sweep.elapsed() >= CACHE_SWEEP_INTERVAL {
             coordinator.cache().evict_expired();
             last_sweep = tokio::time::Instant::now();

@@ -11,6 +11,24 @@ use crate::error::{ApiError, ErrorCode};
 use crate::model::{InstanceKey, ServiceName};
 use crate::replicate::Failure;
 
+/// The header carrying a request's ID, both ways.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The caller's `X-Request-Id` when it is a sane token (at most 64 of `[A-Za-z0-9._:-]`, so logs
+/// cannot be forged or flooded through it), else a new random one. Sent back on the answer.
+pub fn request_id(headers: &http::HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+        })
+        .map_or_else(|| format!("{:016x}", rand::random::<u64>()), str::to_owned)
+}
+
 /// The caller's identity, read from its client certificate when the connection was accepted.
 pub fn peer(p: Option<&Arc<Peer>>) -> Result<Arc<Peer>, ApiError> {
     p.cloned().ok_or_else(|| {
@@ -85,7 +103,8 @@ pub fn failure(f: Failure) -> ApiError {
         "registries".into(),
         serde_json::to_value(&outcomes).unwrap_or_default(),
     );
-    let err = ApiError::new(code, message).with_details(details);
+    let mut err = ApiError::new(code, message).with_details(details);
+    err.outcomes_log = Some(outcomes.log_line());
     if code == ErrorCode::Unavailable {
         ApiError {
             retry_after_secs: Some(retry_after()),

@@ -25,7 +25,7 @@ use tonic_health::server::HealthReporter;
 use super::AppState;
 use super::front::{self, failure};
 use crate::authz::Peer;
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorCode, OutcomesLog};
 use crate::model::{Instance, MAX_BODY_BYTES, register_from_fields};
 use crate::replicate::{Coordinator, Outcomes, view_index};
 use crate::watch::{Event, EventKind};
@@ -252,14 +252,16 @@ impl Registry for Grpc {
             .register(instance)
             .await
             .map_err(|f| status(failure(f)))?;
-        Ok(Response::new(pb::RegisterResponse {
+        let message = pb::RegisterResponse {
             registered: true,
             service,
             id,
             ttl_seconds,
             degraded: report.outcomes.degraded(),
             registries: registries(&report.outcomes),
-        }))
+        };
+        let (s, i) = (message.service.clone(), message.id.clone());
+        Ok(answer(message, &s, &i, &report.outcomes))
     }
 
     async fn heartbeat(
@@ -275,11 +277,17 @@ impl Registry for Grpc {
             .heartbeat(&key)
             .await
             .map_err(|f| status(failure(f)))?;
-        Ok(Response::new(pb::HeartbeatResponse {
+        let message = pb::HeartbeatResponse {
             ok: true,
             degraded: report.outcomes.degraded(),
             registries: registries(&report.outcomes),
-        }))
+        };
+        Ok(answer(
+            message,
+            key.service.as_str(),
+            key.id.as_str(),
+            &report.outcomes,
+        ))
     }
 
     async fn deregister(
@@ -295,12 +303,18 @@ impl Registry for Grpc {
             .deregister(&key)
             .await
             .map_err(|f| status(failure(f)))?;
-        Ok(Response::new(pb::DeregisterResponse {
+        let message = pb::DeregisterResponse {
             deregistered: true,
             existed: report.existed,
             degraded: report.outcomes.degraded(),
             registries: registries(&report.outcomes),
-        }))
+        };
+        Ok(answer(
+            message,
+            key.service.as_str(),
+            key.id.as_str(),
+            &report.outcomes,
+        ))
     }
 
     async fn list_instances(
@@ -386,6 +400,7 @@ async fn observe(State(st): State<AppState>, req: HttpRequest, next: Next) -> Ht
     let method = req.method().clone();
     let peer = req.extensions().get::<Arc<Peer>>().cloned();
     let uri = req.uri().clone();
+    let request_id = front::request_id(req.headers());
     let start = Instant::now();
     let mut resp = next.run(req).await;
     let mut code = resp
@@ -402,13 +417,40 @@ async fn observe(State(st): State<AppState>, req: HttpRequest, next: Next) -> Ht
     }
     st.metrics.observe_request(route, &method, code as u16);
     let identity = peer.as_deref().map_or("", |p| p.identity.as_str());
+    let target = resp.extensions().get::<Target>();
+    let (service, instance) = target.map_or(("", ""), |t| (t.0.as_str(), t.1.as_str()));
+    let registries = resp
+        .extensions()
+        .get::<OutcomesLog>()
+        .map_or("", |o| o.0.as_str());
     tracing::info!(
+        request_id = request_id.as_str(),
         %method,
         path = uri.path(),
         grpc_status = code as i32,
         identity,
+        service,
+        instance,
+        registries,
         took_ms = start.elapsed().as_millis() as u64,
         "grpc request"
     );
+    if let Ok(v) = http::HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert(front::REQUEST_ID, v);
+    }
+    resp
+}
+
+/// The service and instance a call acted on, attached to its response for the request log.
+#[derive(Clone)]
+struct Target(String, String);
+
+/// A successful answer with what the request log line needs.
+fn answer<T>(message: T, service: &str, id: &str, outcomes: &Outcomes) -> Response<T> {
+    let mut resp = Response::new(message);
+    resp.extensions_mut()
+        .insert(Target(service.to_owned(), id.to_owned()));
+    resp.extensions_mut()
+        .insert(OutcomesLog(outcomes.log_line()));
     resp
 }

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use super::front::failure;
 use super::{AppState, front};
 use crate::authz::Peer;
-use crate::error::{ApiError, ErrorCode, ValidationError};
+use crate::error::{ApiError, ErrorCode, OutcomesLog, ValidationError};
 use crate::model::{InstanceKey, MAX_BODY_BYTES, ServiceName, parse_register_body};
 use crate::replicate::{Sourced, view_index};
 use crate::watch::view::View;
@@ -61,13 +61,43 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
     // Cheap to keep: an Arc and a shared-bytes URI, no copy per request.
     let peer = req.extensions().get::<Arc<Peer>>().cloned();
     let uri = req.uri().clone();
+    let request_id = front::request_id(req.headers());
     let start = Instant::now();
-    let resp = next.run(req).await;
+    let mut resp = next.run(req).await;
     let status = resp.status().as_u16();
     st.metrics.observe_request(route, &method, status);
     let identity = peer.as_deref().map_or("", |p| p.identity.as_str());
     let path = uri.path();
-    tracing::info!(%method, path, status, identity, took_ms = start.elapsed().as_millis() as u64, "request");
+    // `/v1/services/{service}/instances/{id}...`, as sent (the log shows what was asked).
+    let mut segments = path.split('/').skip(3);
+    let service = segments.next().unwrap_or("");
+    let instance = segments.nth(1).unwrap_or("");
+    let registries = resp
+        .extensions()
+        .get::<OutcomesLog>()
+        .map_or("", |o| o.0.as_str());
+    tracing::info!(
+        request_id = request_id.as_str(),
+        %method,
+        path,
+        status,
+        identity,
+        service,
+        instance,
+        registries,
+        took_ms = start.elapsed().as_millis() as u64,
+        "request"
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert(front::REQUEST_ID, v);
+    }
+    resp
+}
+
+/// Attaches each registry's outcome to the response, for the request log line.
+fn logged(mut resp: Response, outcomes: &crate::replicate::Outcomes) -> Response {
+    resp.extensions_mut()
+        .insert(OutcomesLog(outcomes.log_line()));
     resp
 }
 
@@ -154,7 +184,7 @@ async fn register(
         instance.ttl_seconds,
     );
     let report = st.coordinator.register(instance).await.map_err(failure)?;
-    Ok(Json(json!({
+    let resp = Json(json!({
         "registered": true,
         "service": service,
         "id": id,
@@ -162,7 +192,8 @@ async fn register(
         "degraded": report.outcomes.degraded(),
         "registries": report.outcomes,
     }))
-    .into_response())
+    .into_response();
+    Ok(logged(resp, &report.outcomes))
 }
 
 async fn heartbeat(
@@ -179,12 +210,13 @@ async fn heartbeat(
         degraded: bool,
         registries: &'a crate::replicate::Outcomes,
     }
-    Ok(Json(Answer {
+    let resp = Json(Answer {
         ok: true,
         degraded: report.outcomes.degraded(),
         registries: &report.outcomes,
     })
-    .into_response())
+    .into_response();
+    Ok(logged(resp, &report.outcomes))
 }
 
 async fn deregister(
@@ -194,13 +226,14 @@ async fn deregister(
 ) -> Result<Response, ApiError> {
     let key = writable_key(&st, &params, p)?;
     let report = st.coordinator.deregister(&key).await.map_err(failure)?;
-    Ok(Json(json!({
+    let resp = Json(json!({
         "deregistered": true,
         "existed": report.existed,
         "degraded": report.outcomes.degraded(),
         "registries": report.outcomes,
     }))
-    .into_response())
+    .into_response();
+    Ok(logged(resp, &report.outcomes))
 }
 
 async fn services(

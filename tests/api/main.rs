@@ -11,6 +11,7 @@ mod faults;
 mod fencing;
 mod grpc;
 mod heartbeat;
+mod logs;
 mod register;
 mod resilience;
 mod rotation;

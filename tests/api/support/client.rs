@@ -67,9 +67,35 @@ impl TestClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Resp, String> {
+        self.try_request_with(method, path, body, &[]).await
+    }
+
+    /// [`Self::request`] with extra request headers.
+    pub async fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        self.try_request_with(method, path, body, headers)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path} failed: {e}"))
+    }
+
+    pub async fn try_request_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Result<Resp, String> {
         let mut req = http::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
         if body.is_some() {
             req = req.header("content-type", "application/json");
         }
