@@ -141,7 +141,7 @@ pub struct ApiError {
     pub retry_after_secs: Option<u64>,
     pub details: Option<serde_json::Map<String, serde_json::Value>>,
     /// Each registry's outcome in one line, for the request log (not sent to the client).
-    pub outcomes_log: Option<String>,
+    pub outcomes_log: Option<Box<str>>,
 }
 
 impl ApiError {
@@ -204,7 +204,7 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if let Some(line) = self.outcomes_log {
-            resp.extensions_mut().insert(OutcomesLog(line));
+            resp.extensions_mut().insert(OutcomesLog(line.into()));
         }
         resp
     }

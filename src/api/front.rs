@@ -104,7 +104,7 @@ pub fn failure(f: Failure) -> ApiError {
         serde_json::to_value(&outcomes).unwrap_or_default(),
     );
     let mut err = ApiError::new(code, message).with_details(details);
-    err.outcomes_log = Some(outcomes.log_line());
+    err.outcomes_log = Some(outcomes.log_line().into());
     if code == ErrorCode::Unavailable {
         ApiError {
             retry_after_secs: Some(retry_after()),
