@@ -11,6 +11,8 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || [ -n "${ETCD_BIN:-}" ] || need+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# promtool checks the shipped alert rules (tests/api/deploy.rs).
+command -v promtool >/dev/null 2>&1 || [ -n "${PROMTOOL_BIN:-}" ] || need+=(prometheus)
 command -v go >/dev/null 2>&1 || [ -n "${GO_BIN:-}" ] || need+=(golang-go)
 command -v python3 >/dev/null 2>&1 || [ -n "${PYTHON3_BIN:-}" ] || need+=(python3)
 

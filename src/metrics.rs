@@ -224,6 +224,23 @@ impl Metrics {
             "Registry connections by state: open (in the pool), idle (open and not lent out), waiting (callers queued for one), max",
             pool_connections.clone(),
         );
+        // Series that start at zero rather than appear on their first event, so `rate()` and
+        // `increase()` see the whole story and dashboards show 0, not "no data".
+        for outcome in ["ok", "rejected"] {
+            certificate_reloads.get_or_create(&ReloadLabels { outcome });
+        }
+        for r in [RegistryKind::Etcd, RegistryKind::Consul] {
+            let registry = r.as_str();
+            repairs_pending.get_or_create(&RegistryLabels { registry });
+            repairs_done.get_or_create(&RegistryLabels { registry });
+            repair_oldest.get_or_create(&RegistryLabels { registry });
+            watch_upstreams.get_or_create(&RegistryLabels { registry });
+            for kind in ["full", "resumed"] {
+                handshakes
+                    .0
+                    .get_or_create(&HandshakeLabels { registry, kind });
+            }
+        }
         Arc::new(Self {
             registry,
             requests,

@@ -6,6 +6,7 @@ mod admin;
 mod antientropy;
 mod authz;
 mod connections;
+mod deploy;
 mod examples;
 mod faults;
 mod fencing;
