@@ -227,18 +227,20 @@ impl Metrics {
         // Series that start at zero rather than appear on their first event, so `rate()` and
         // `increase()` see the whole story and dashboards show 0, not "no data".
         for outcome in ["ok", "rejected"] {
-            certificate_reloads.get_or_create(&ReloadLabels { outcome });
+            drop(certificate_reloads.get_or_create(&ReloadLabels { outcome }));
         }
         for r in [RegistryKind::Etcd, RegistryKind::Consul] {
             let registry = r.as_str();
-            repairs_pending.get_or_create(&RegistryLabels { registry });
-            repairs_done.get_or_create(&RegistryLabels { registry });
-            repair_oldest.get_or_create(&RegistryLabels { registry });
-            watch_upstreams.get_or_create(&RegistryLabels { registry });
+            drop(repairs_pending.get_or_create(&RegistryLabels { registry }));
+            drop(repairs_done.get_or_create(&RegistryLabels { registry }));
+            drop(repair_oldest.get_or_create(&RegistryLabels { registry }));
+            drop(watch_upstreams.get_or_create(&RegistryLabels { registry }));
             for kind in ["full", "resumed"] {
-                handshakes
-                    .0
-                    .get_or_create(&HandshakeLabels { registry, kind });
+                drop(
+                    handshakes
+                        .0
+                        .get_or_create(&HandshakeLabels { registry, kind }),
+                );
             }
         }
         Arc::new(Self {
