@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing twinreg needs on a fresh Debian machine with only the Rust
-# toolchain: protoc (etcd-client's build), etcd (the tests' real primary registry), curl, and Go
-# and Python 3 (the tests run the client examples in examples/ against a live gateway).
+# toolchain: protoc (etcd-client's build), etcd (the tests' real primary registry), curl, Go
+# and Python 3 (the tests run the client examples in examples/ against a live gateway), and
+# docker-compose (scripts/test.sh validates docker-compose.yml with it; no Docker engine needed,
+# and none is installed: --no-install-recommends leaves out docker.io).
 # Idempotent: installs only what is missing. Consul cannot be installed from Debian; the tests and
 # the dev script use a real `consul` when one is on PATH (or CONSUL_BIN), else mini-consul.
 set -euo pipefail
@@ -15,6 +17,7 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v promtool >/dev/null 2>&1 || [ -n "${PROMTOOL_BIN:-}" ] || need+=(prometheus)
 command -v go >/dev/null 2>&1 || [ -n "${GO_BIN:-}" ] || need+=(golang-go)
 command -v python3 >/dev/null 2>&1 || [ -n "${PYTHON3_BIN:-}" ] || need+=(python3)
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
@@ -36,4 +39,4 @@ if ! go_version=$("$GO" version 2>/dev/null); then
   exit 1
 fi
 PYTHON3=${PYTHON3_BIN:-python3}
-echo "setup: etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}'), protoc $(protoc --version | awk '{print $2}'), $(echo "$go_version" | awk '{print $3}'), $("$PYTHON3" --version 2>&1)"
+echo "setup: etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}'), protoc $(protoc --version | awk '{print $2}'), $(echo "$go_version" | awk '{print $3}'), $("$PYTHON3" --version 2>&1), docker-compose $(docker-compose version --short 2>/dev/null)"

@@ -1,6 +1,7 @@
-//! Certificates for development and tests (rcgen): a CA, a server certificate for the local
-//! host, and client certificates. `twinreg certs dev` writes them; the tests make their own at
-//! test time. Nothing here is meant for production PKI.
+//! Certificates for development, tests and the docker-compose deployment (rcgen): a CA, server
+//! certificates and client certificates. `twinreg certs dev` writes a set for the local host,
+//! `twinreg certs compose` the set `docker-compose.yml` needs; the tests make their own at test
+//! time. Nothing here is meant for production PKI.
 
 use std::fs;
 use std::io::Write;
@@ -164,6 +165,199 @@ fn write_file(path: &Path, content: &str, private: bool) -> std::io::Result<()> 
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
+    let mut file = opts.open(path)?;
+    // `mode` applies only to a file it creates: an older file being overwritten is narrowed too,
+    // before the key is written into it.
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    }
     let _ = private;
-    opts.open(path)?.write_all(content.as_bytes())
+    file.write_all(content.as_bytes())
+}
+
+/// The docker-compose deployment (`docker-compose.yml`): the service names its certificates
+/// carry, and the files `twinreg certs compose` writes. `tests/compose.rs` checks that the compose
+/// file and the configuration in `config/compose/` agree with these.
+///
+/// Layout of the output directory (the compose `certs` volume, mounted at `/certs`): one
+/// directory per consumer, so that each can be handed to the user that reads its keys:
+///
+/// - `ca.pem`: the CA every party trusts (its key is not kept: `--force` issues a new set);
+/// - `etcd/etcd-N.pem`, `etcd/etcd-N-key.pem`: each member's server and peer certificate;
+/// - `consul/server.pem`, `consul/server-key.pem`: Consul's server certificate;
+/// - `twinreg/server.pem`, `twinreg/server-key.pem`: the replicas' public certificate, valid for
+///   the load balancer's name and each replica's;
+/// - `twinreg/etcd-client.pem`, `twinreg/consul-client.pem` (and `-key.pem`): what twinreg
+///   presents to etcd and Consul (CN `twinreg`);
+/// - `clients/NAME.pem`, `clients/NAME-key.pem`: example client certificates (CN = NAME).
+pub mod compose {
+    /// The etcd members' service names.
+    pub const ETCD_MEMBERS: [&str; 3] = ["etcd-1", "etcd-2", "etcd-3"];
+    /// The Consul server's service name.
+    pub const CONSUL: &str = "consul";
+    /// The name Consul's `verify_server_hostname` wants in a server certificate (datacenter dc1).
+    pub const CONSUL_SERVER_NAME: &str = "server.dc1.consul";
+    /// The twinreg replicas' service names.
+    pub const REPLICAS: [&str; 2] = ["twinreg-1", "twinreg-2"];
+    /// The load balancer's service name: what clients inside the compose network dial.
+    pub const LOAD_BALANCER: &str = "lb";
+    /// The one-shot service that runs `twinreg certs compose`.
+    pub const CERTS: &str = "certs";
+    /// Example client certificates; `ops` is an admin in `config/compose/twinreg.toml`.
+    pub const CLIENTS: [&str; 3] = ["payments", "billing", "ops"];
+    /// The CN of twinreg's client certificates to etcd and Consul (an etcd user of that name,
+    /// should etcd authentication be turned on).
+    pub const TWINREG_CLIENT_CN: &str = "twinreg";
+    /// The CA certificate, relative to the output directory. Written last: when it is there,
+    /// the whole set is.
+    pub const CA: &str = "ca.pem";
+    /// Subdirectories, one per consumer.
+    pub const ETCD_DIR: &str = "etcd";
+    pub const CONSUL_DIR: &str = "consul";
+    pub const TWINREG_DIR: &str = "twinreg";
+    pub const CLIENTS_DIR: &str = "clients";
+}
+
+/// One certificate of the compose set: where it goes and what it is for.
+struct Planned {
+    /// Path of the certificate relative to the output directory; the key is `<stem>-key.pem`.
+    cert: String,
+    kind: PlannedKind,
+}
+
+enum PlannedKind {
+    /// Server (and peer/client) certificate for these names.
+    Server(Vec<String>),
+    /// Client certificate with this CN.
+    Client(String),
+}
+
+impl Planned {
+    fn key(&self) -> String {
+        key_path(&self.cert)
+    }
+}
+
+fn key_path(cert: &str) -> String {
+    format!("{}-key.pem", cert.trim_end_matches(".pem"))
+}
+
+fn compose_plan() -> Vec<Planned> {
+    use compose::*;
+    let local = ["localhost", "127.0.0.1"];
+    let server = |cert: String, names: Vec<&str>| Planned {
+        cert,
+        kind: PlannedKind::Server(names.into_iter().map(String::from).collect()),
+    };
+    let client = |cert: String, cn: &str| Planned {
+        cert,
+        kind: PlannedKind::Client(cn.into()),
+    };
+    let mut plan = Vec::new();
+    for m in ETCD_MEMBERS {
+        plan.push(server(
+            format!("{ETCD_DIR}/{m}.pem"),
+            [m].into_iter().chain(local).collect(),
+        ));
+    }
+    plan.push(server(
+        format!("{CONSUL_DIR}/server.pem"),
+        [CONSUL_SERVER_NAME, CONSUL]
+            .into_iter()
+            .chain(local)
+            .collect(),
+    ));
+    plan.push(server(
+        format!("{TWINREG_DIR}/server.pem"),
+        [LOAD_BALANCER]
+            .into_iter()
+            .chain(REPLICAS)
+            .chain(local)
+            .collect(),
+    ));
+    plan.push(client(
+        format!("{TWINREG_DIR}/etcd-client.pem"),
+        TWINREG_CLIENT_CN,
+    ));
+    plan.push(client(
+        format!("{TWINREG_DIR}/consul-client.pem"),
+        TWINREG_CLIENT_CN,
+    ));
+    for c in CLIENTS {
+        plan.push(client(format!("{CLIENTS_DIR}/{c}.pem"), c));
+    }
+    plan
+}
+
+/// Every file `write_compose` writes, relative to its output directory, the CA last.
+pub fn compose_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = compose_plan()
+        .iter()
+        .flat_map(|p| [PathBuf::from(&p.cert), PathBuf::from(p.key())])
+        .collect();
+    files.push(PathBuf::from(compose::CA));
+    files
+}
+
+/// What `write_compose` did.
+#[derive(Debug)]
+pub enum ComposeOutcome {
+    /// A new CA and every certificate: the files written.
+    Written(Vec<PathBuf>),
+    /// The directory already held a complete set (its `ca.pem`); nothing was touched.
+    Kept,
+}
+
+/// Writes the CA and every certificate the docker-compose deployment needs into `out` (see
+/// [`compose`] for the layout). Keeps an existing set (its `ca.pem` is there) unless `force`;
+/// a set with a CA but missing files is an error, since the CA's key is not kept to complete it.
+/// Private keys are written with mode 0600. Key contents are never printed or returned.
+pub fn write_compose(out: &Path, force: bool) -> Result<ComposeOutcome, String> {
+    let ca_path = out.join(compose::CA);
+    if !force && ca_path.exists() {
+        let missing: Vec<String> = compose_files()
+            .iter()
+            .filter(|f| !out.join(f).is_file())
+            .map(|f| f.display().to_string())
+            .collect();
+        if missing.is_empty() {
+            return Ok(ComposeOutcome::Kept);
+        }
+        return Err(format!(
+            "{} exists but {} {} missing; run again with --force to issue a new CA and \
+             every certificate",
+            ca_path.display(),
+            missing.join(", "),
+            if missing.len() == 1 { "is" } else { "are" },
+        ));
+    }
+    let ca = CertAuthority::new("twinreg compose CA").map_err(|e| e.to_string())?;
+    let mut written = Vec::new();
+    let mut write = |rel: &str, content: &str, private: bool| -> Result<(), String> {
+        let path = out.join(rel);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        }
+        write_file(&path, content, private)
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        written.push(path);
+        Ok(())
+    };
+    for p in compose_plan() {
+        let issued = match &p.kind {
+            PlannedKind::Server(names) => {
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                ca.server(&names)
+            }
+            PlannedKind::Client(cn) => ca.client(&ClientNames::cn(cn)),
+        }
+        .map_err(|e| format!("issuing {}: {e}", p.cert))?;
+        write(&p.cert, &issued.cert_pem, false)?;
+        write(&p.key(), &issued.key_pem, true)?;
+    }
+    // Last: its presence says the set is complete.
+    write(compose::CA, &ca.cert_pem, false)?;
+    Ok(ComposeOutcome::Written(written))
 }

@@ -1,4 +1,4 @@
-//! The `twinreg` command: `serve`, `check-config`, `certs dev`.
+//! The `twinreg` command: `serve`, `check-config`, `certs dev`, `certs compose`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -57,6 +57,16 @@ enum CertsCommand {
         #[arg(long = "client", value_name = "NAME")]
         clients: Vec<String>,
     },
+    /// Write a CA and every certificate docker-compose.yml needs (etcd members, Consul, the
+    /// twinreg replicas and their registry client certificates, example clients) as PEM files.
+    /// Keeps a directory that already holds a set unless --force.
+    Compose {
+        #[arg(long)]
+        out: PathBuf,
+        /// Issue a new CA and every certificate even when OUT already holds a set.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Logs go to stderr through a writer thread: request threads format a line and hand it over
@@ -106,6 +116,28 @@ fn main() -> ExitCode {
                 for f in files {
                     println!("wrote {}", f.display());
                 }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("twinreg: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Certs {
+            command: CertsCommand::Compose { out, force },
+        } => match twinreg::certs::write_compose(&out, force) {
+            Ok(twinreg::certs::ComposeOutcome::Written(files)) => {
+                for f in files {
+                    println!("wrote {}", f.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Ok(twinreg::certs::ComposeOutcome::Kept) => {
+                println!(
+                    "kept the certificates in {} (its {} exists; --force issues new ones)",
+                    out.display(),
+                    twinreg::certs::compose::CA
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
