@@ -2,6 +2,7 @@
 # Installs what building and testing twinreg needs on a fresh Debian machine with only the Rust
 # toolchain: protoc (etcd-client's build), etcd (the tests' real primary registry), curl, Go
 # and Python 3 (the tests run the client examples in examples/ against a live gateway), and
+# promtool (Debian prometheus; checks the alert rules in deploy/), and
 # docker-compose (scripts/test.sh validates docker-compose.yml with it; no Docker engine needed,
 # and none is installed: --no-install-recommends leaves out docker.io).
 # Idempotent: installs only what is missing. Consul cannot be installed from Debian; the tests and
