@@ -344,8 +344,24 @@ async fn watch_keeps_going_through_an_etcd_restart_without_losing_or_repeating_e
         },
     )
     .await;
-    while w.next().await.r#type() != Type::Progress {}
-    assert_eq!(listed.json["index"].as_u64(), Some(w.index));
+    // Then the two agree on the index too (sources included) once the last copies settle.
+    let mut listed = listed;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        while w.next().await.r#type() != Type::Progress {}
+        if listed.json["index"].as_u64() == Some(w.index) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "watch index {} never matched the list's {}: {:?} vs {}",
+            w.index,
+            listed.json["index"],
+            w.state,
+            listed.text
+        );
+        listed = c.get("/v1/services/payments/instances").await;
+    }
     assert_eq!(w.count(Type::Added, "a"), 1, "no resurrection: {:?}", w.log);
 }
 
