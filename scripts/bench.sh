@@ -160,6 +160,11 @@ key = "$CERTS/server-key.pem"
 
 [heartbeat]
 coalesce = $4
+
+# The load generator is one identity; the per-identity rate limit would measure itself.
+[limits]
+requests_per_second = 0
+max_concurrent_streams = 1024
 EOF
 }
 write_config "$TMP/a.toml" "127.0.0.1:$A_PORT" "127.0.0.1:$A_ADMIN_PORT" false

@@ -63,6 +63,61 @@ pub struct Config {
     pub heartbeat: HeartbeatConfig,
     #[serde(default)]
     pub watch: WatchConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// What a hostile or broken client may take from the public listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// An HTTP/1 client must send its request headers within this, e.g. `"10s"` (slowloris).
+    pub header_read_timeout: String,
+    /// A request body must arrive within this once the headers did (a slow body gets 408).
+    pub body_read_timeout: String,
+    /// A request (other than a long poll or a watch stream) is answered within this, else 503.
+    pub request_timeout: String,
+    /// Connections open at once on the public listener; more are closed at once.
+    pub max_connections: usize,
+    /// Connections open at once from one IP address; more are closed at once.
+    pub max_connections_per_ip: usize,
+    /// Concurrent streams (requests) per HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+    /// Requests per second one identity (client certificate) may make, sustained; more get 429
+    /// with Retry-After. 0 turns the limit off.
+    pub requests_per_second: u32,
+    /// Requests one identity may make at once above the sustained rate.
+    pub burst: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: "10s".into(),
+            body_read_timeout: "10s".into(),
+            request_timeout: "30s".into(),
+            max_connections: 10_000,
+            max_connections_per_ip: 1_000,
+            max_concurrent_streams: 256,
+            // Instances of one service usually share one identity: 10,000 of them heartbeating
+            // every 10 s are 1,000 requests per second.
+            requests_per_second: 2_000,
+            burst: 4_000,
+        }
+    }
+}
+
+/// [`LimitsConfig`], checked.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_concurrent_streams: u32,
+    pub requests_per_second: u32,
+    pub burst: u32,
 }
 
 /// Watches (gRPC `Watch`) and REST long polls.
@@ -324,6 +379,7 @@ pub struct Settings {
     pub anti_entropy_interval: Duration,
     pub watch: crate::watch::WatchSettings,
     pub tls_reload_interval: Duration,
+    pub limits: Limits,
 }
 
 impl Config {
@@ -504,6 +560,44 @@ impl Config {
             );
         }
 
+        let l = &self.limits;
+        let positive = Duration::from_millis(100)..=Duration::MAX;
+        let header_read_timeout = parse_duration(
+            "limits.header_read_timeout",
+            &l.header_read_timeout,
+            positive.clone(),
+            &mut bad,
+        );
+        let body_read_timeout = parse_duration(
+            "limits.body_read_timeout",
+            &l.body_read_timeout,
+            positive.clone(),
+            &mut bad,
+        );
+        let request_timeout = parse_duration(
+            "limits.request_timeout",
+            &l.request_timeout,
+            positive,
+            &mut bad,
+        );
+        for (key, v) in [
+            ("limits.max_connections", l.max_connections),
+            ("limits.max_connections_per_ip", l.max_connections_per_ip),
+            (
+                "limits.max_concurrent_streams",
+                l.max_concurrent_streams as usize,
+            ),
+        ] {
+            if v == 0 {
+                bad(key, "must be at least 1".into());
+            }
+        }
+        if l.requests_per_second > 0 && l.burst == 0 {
+            bad(
+                "limits.burst",
+                "must be at least 1 when requests_per_second is set".into(),
+            );
+        }
         let tls_reload_interval = parse_duration(
             "tls.reload_interval",
             &self.tls.reload_interval,
@@ -578,6 +672,16 @@ impl Config {
             breaker_open_for: breaker_open_for.expect("checked"),
             anti_entropy_interval: anti_entropy_interval.expect("checked"),
             tls_reload_interval: tls_reload_interval.expect("checked"),
+            limits: Limits {
+                header_read_timeout: header_read_timeout.expect("checked"),
+                body_read_timeout: body_read_timeout.expect("checked"),
+                request_timeout: request_timeout.expect("checked"),
+                max_connections: self.limits.max_connections,
+                max_connections_per_ip: self.limits.max_connections_per_ip,
+                max_concurrent_streams: self.limits.max_concurrent_streams,
+                requests_per_second: self.limits.requests_per_second,
+                burst: self.limits.burst,
+            },
             watch: crate::watch::WatchSettings {
                 progress_interval: progress_interval.expect("checked"),
                 linger: linger.expect("checked"),

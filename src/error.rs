@@ -117,6 +117,11 @@ pub enum ErrorCode {
     PayloadTooLarge,
     Unavailable,
     NotFound,
+    /// 429: the caller's identity is over `limits.requests_per_second` (not in API.md, which is
+    /// silent on rate limits; see docs/api.md).
+    RateLimited,
+    /// 408: the request body did not arrive within `limits.body_read_timeout`.
+    RequestTimeout,
 }
 
 impl ErrorCode {
@@ -127,6 +132,8 @@ impl ErrorCode {
             Self::UnknownInstance | Self::NotFound => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 }

@@ -35,6 +35,7 @@ pub mod cache;
 pub mod certs;
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod pool;

@@ -65,6 +65,11 @@ pub struct RegistryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
     pub registry: &'static str,
     pub state: &'static str,
@@ -101,6 +106,11 @@ pub struct Metrics {
     certificate_expiry: Family<CertLabels, Gauge>,
     certificate_reloads: Family<ReloadLabels, Counter>,
     instances: Family<RegistryLabels, Gauge>,
+    /// Connections open on the public listener.
+    pub connections_open: Gauge,
+    connections_refused: Family<ReasonLabels, Counter>,
+    /// Requests answered 429 because their identity was over its rate.
+    pub rate_limited: Counter,
     repair_oldest: Family<RegistryLabels, Gauge>,
     pool_connections: Family<PoolLabels, Gauge>,
 }
@@ -224,6 +234,27 @@ impl Metrics {
             "Registry connections by state: open (in the pool), idle (open and not lent out), waiting (callers queued for one), max",
             pool_connections.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Connections open on the public listener",
+            connections_open.clone(),
+        );
+        let connections_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed before their TLS handshake by a limit: max_connections or max_connections_per_ip",
+            connections_refused.clone(),
+        );
+        let rate_limited = Counter::default();
+        registry.register(
+            "rate_limited",
+            "Requests answered 429 (gRPC RESOURCE_EXHAUSTED) because their identity was over limits.requests_per_second",
+            rate_limited.clone(),
+        );
+        for reason in ["max_connections", "max_connections_per_ip"] {
+            drop(connections_refused.get_or_create(&ReasonLabels { reason }));
+        }
         // Series that start at zero rather than appear on their first event, so `rate()` and
         // `increase()` see the whole story and dashboards show 0, not "no data".
         for outcome in ["ok", "rejected"] {
@@ -261,6 +292,9 @@ impl Metrics {
             certificate_expiry,
             certificate_reloads,
             instances,
+            connections_open,
+            connections_refused,
+            rate_limited,
             repair_oldest,
             pool_connections,
         })
@@ -326,6 +360,12 @@ impl Metrics {
                 registry: registry.as_str(),
             })
             .set(v);
+    }
+
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn set_instances(&self, registry: RegistryKind, n: usize) {

@@ -25,6 +25,7 @@ use crate::api::{self, AppState};
 use crate::authz::{Authorizer, Peer};
 use crate::breaker::Breaker;
 use crate::config::Settings;
+use crate::limits::{Connections, Requests};
 use crate::metrics::Metrics;
 use crate::registry::consul::Consul;
 use crate::registry::etcd::Etcd;
@@ -104,11 +105,14 @@ pub async fn run(
     let state = AppState {
         coordinator: coordinator.clone(),
         authz: Authorizer::new(&settings.raw.authz),
-        metrics,
+        metrics: metrics.clone(),
         shutdown: stop.clone(),
         watches,
         certs: certs.clone(),
+        limits: Arc::new(settings.limits.clone()),
+        requests: Requests::new(&settings.limits, metrics.clone()),
     };
+    let connections = Connections::new(&settings.limits, metrics.clone());
 
     let background = TaskTracker::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -128,6 +132,17 @@ pub async fn run(
             (RegistryKind::Consul, Box::new(move || consul_pool.status())),
         ];
         background.spawn(probe_loop(coordinator.clone(), pools, stop.clone()));
+        let requests = state.requests.clone();
+        let stop_shrink = stop.clone();
+        background.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => requests.shrink(),
+                    _ = stop_shrink.cancelled() => return,
+                }
+            }
+        });
         background.spawn(
             certs
                 .clone()
@@ -200,7 +215,17 @@ pub async fn run(
                         continue;
                     }
                 };
+                // Caps first, before any TLS work: a flood from one address cannot take every slot.
+                let admitted = match connections.admit(remote.ip()) {
+                    Ok(a) => a,
+                    Err(why) => {
+                        tracing::debug!(%remote, limit = why.as_str(), "connection refused by a limit");
+                        drop(tcp);
+                        continue;
+                    }
+                };
                 let _ = tcp.set_nodelay(true);
+                let limits = state.limits.clone();
                 // The current TLS config: a reload affects the next handshake, not this one's.
                 let acceptor = TlsAcceptor::from(tls.current());
                 let router = router.clone();
@@ -230,12 +255,19 @@ pub async fn run(
                         }
                         req
                     });
+                    let _admitted = admitted;
                     let mut builder = auto::Builder::new(TokioExecutor::new());
+                    // HTTP/1: headers within the limit (slowloris).
+                    builder
+                        .http1()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(limits.header_read_timeout);
                     // PINGs on idle HTTP/2 connections: a long-lived watch stream stays open
                     // through NATs and load balancers, and a vanished client is noticed.
                     builder
                         .http2()
                         .timer(TokioTimer::new())
+                        .max_concurrent_streams(limits.max_concurrent_streams)
                         .keep_alive_interval(Some(CLIENT_KEEPALIVE_INTERVAL))
                         .keep_alive_timeout(CLIENT_KEEPALIVE_TIMEOUT);
                     let conn = builder

@@ -11,6 +11,24 @@ use crate::error::{ApiError, ErrorCode};
 use crate::model::{InstanceKey, ServiceName};
 use crate::replicate::Failure;
 
+/// 429 with Retry-After when the caller's identity is over its rate.
+pub fn rate_limit(st: &AppState, peer: Option<&Peer>) -> Result<(), ApiError> {
+    let Some(peer) = peer else { return Ok(()) };
+    st.requests.check(&peer.identity).map_err(|wait| {
+        let secs = crate::limits::retry_after_secs(wait);
+        ApiError {
+            retry_after_secs: Some(secs),
+            ..ApiError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "identity '{}' is over its limit of {} requests per second; retry after {secs} s",
+                    peer.identity, st.limits.requests_per_second
+                ),
+            )
+        }
+    })
+}
+
 /// The header carrying a request's ID, both ways.
 pub const REQUEST_ID: &str = "x-request-id";
 

@@ -127,6 +127,8 @@ pub fn status(e: ApiError) -> Status {
         ErrorCode::Forbidden => Code::PermissionDenied,
         ErrorCode::UnknownInstance | ErrorCode::NotFound => Code::NotFound,
         ErrorCode::Unavailable => Code::Unavailable,
+        ErrorCode::RateLimited => Code::ResourceExhausted,
+        ErrorCode::RequestTimeout => Code::DeadlineExceeded,
     };
     let mut message = e.message;
     if let Some(registries) = e.details.as_ref().and_then(|d| d.get("registries")) {
@@ -402,7 +404,25 @@ async fn observe(State(st): State<AppState>, req: HttpRequest, next: Next) -> Ht
     let uri = req.uri().clone();
     let request_id = front::request_id(req.headers());
     let start = Instant::now();
-    let mut resp = next.run(req).await;
+    let streaming = matches!(
+        route,
+        "grpc.Watch" | "grpc.health.Watch" | "grpc.reflection"
+    );
+    let mut resp = match front::rate_limit(&st, peer.as_deref()) {
+        Err(e) => status(e).into_http(),
+        Ok(()) if streaming => next.run(req).await,
+        Ok(()) => match tokio::time::timeout(st.limits.request_timeout, next.run(req)).await {
+            Ok(resp) => resp,
+            Err(_) => status(ApiError::unavailable(
+                format!(
+                    "not answered within {} ms; retry",
+                    st.limits.request_timeout.as_millis()
+                ),
+                front::retry_after(),
+            ))
+            .into_http(),
+        },
+    };
     let mut code = resp
         .headers()
         .get("grpc-status")

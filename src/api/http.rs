@@ -63,7 +63,23 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
     let uri = req.uri().clone();
     let request_id = front::request_id(req.headers());
     let start = Instant::now();
-    let mut resp = next.run(req).await;
+    // A long poll waits by design; everything else is answered within the request timeout.
+    let long_poll = route == "instances" && uri.query().is_some_and(|q| q.contains("index="));
+    let mut resp = match front::rate_limit(&st, peer.as_deref()) {
+        Err(e) => e.into_response(),
+        Ok(()) if long_poll => next.run(req).await,
+        Ok(()) => match tokio::time::timeout(st.limits.request_timeout, next.run(req)).await {
+            Ok(resp) => resp,
+            Err(_) => ApiError::unavailable(
+                format!(
+                    "not answered within {} ms; retry after the Retry-After delay",
+                    st.limits.request_timeout.as_millis()
+                ),
+                front::retry_after(),
+            )
+            .into_response(),
+        },
+    };
     let status = resp.status().as_u16();
     st.metrics.observe_request(route, &method, status);
     let identity = peer.as_deref().map_or("", |p| p.identity.as_str());
@@ -143,8 +159,27 @@ fn writable_key(
     )
 }
 
-/// Reads a body of at most [`MAX_BODY_BYTES`]; larger ones get 413 before being read whole.
-async fn read_body(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ApiError> {
+/// Reads a body of at most [`MAX_BODY_BYTES`] within `limit`; larger ones get 413 before being
+/// read whole, slower ones 408.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: Duration,
+) -> Result<bytes::Bytes, ApiError> {
+    tokio::time::timeout(limit, read_body_now(headers, body))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                ErrorCode::RequestTimeout,
+                format!(
+                    "the request body did not arrive within {} ms",
+                    limit.as_millis()
+                ),
+            ))
+        })
+}
+
+async fn read_body_now(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             ErrorCode::PayloadTooLarge,
@@ -176,7 +211,7 @@ async fn register(
     body: Body,
 ) -> Result<Response, ApiError> {
     let key = writable_key(&st, &params, p)?;
-    let bytes = read_body(&headers, body).await?;
+    let bytes = read_body(&headers, body, st.limits.body_read_timeout).await?;
     let instance = parse_register_body(key, &bytes)?;
     let (service, id, ttl) = (
         instance.key.service.clone(),

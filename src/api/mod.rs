@@ -5,6 +5,8 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::authz::Authorizer;
+use crate::config::Limits;
+use crate::limits::Requests;
 use crate::metrics::Metrics;
 use crate::replicate::Coordinator;
 use crate::tls::Certs;
@@ -27,4 +29,8 @@ pub struct AppState {
     pub watches: Arc<Watches>,
     /// The TLS material in use (expiries for the status page).
     pub certs: Arc<Certs>,
+    /// Timeouts and caps for hostile or broken clients.
+    pub limits: Arc<Limits>,
+    /// Requests per second per identity.
+    pub requests: Arc<Requests>,
 }

@@ -12,6 +12,7 @@ mod faults;
 mod fencing;
 mod grpc;
 mod heartbeat;
+mod limits;
 mod logs;
 mod register;
 mod resilience;

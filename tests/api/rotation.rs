@@ -27,6 +27,8 @@ use crate::{Env, body, path};
 fn fast_reload() -> Options {
     Options {
         tls_extra: "reload_interval = \"200ms\"".into(),
+        // The load below is one identity, as fast as it goes.
+        extra_toml: "[limits]\nrequests_per_second = 0\n".into(),
         ..Options::default()
     }
 }
