@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing twinreg needs on a fresh Debian machine with only the Rust
-# toolchain: protoc (etcd-client's build), etcd (the tests' real primary registry), curl, and Go
-# and Python 3 (the tests run the client examples in examples/ against a live gateway).
+# toolchain: protoc (etcd-client's build), etcd (the tests' real primary registry), curl, Go
+# and Python 3 (the tests run the client examples in examples/ against a live gateway), and
+# Chromium (the tests render the admin status page headless and save a screenshot; Debian's
+# `chromium` without recommends runs headless fine).
 # Idempotent: installs only what is missing. Consul cannot be installed from Debian; the tests and
 # the dev script use a real `consul` when one is on PATH (or CONSUL_BIN), else mini-consul.
 set -euo pipefail
@@ -13,6 +15,8 @@ command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v go >/dev/null 2>&1 || [ -n "${GO_BIN:-}" ] || need+=(golang-go)
 command -v python3 >/dev/null 2>&1 || [ -n "${PYTHON3_BIN:-}" ] || need+=(python3)
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+  || [ -n "${CHROMIUM_BIN:-}" ] || need+=(chromium)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
@@ -34,4 +38,9 @@ if ! go_version=$("$GO" version 2>/dev/null); then
   exit 1
 fi
 PYTHON3=${PYTHON3_BIN:-python3}
-echo "setup: etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}'), protoc $(protoc --version | awk '{print $2}'), $(echo "$go_version" | awk '{print $3}'), $("$PYTHON3" --version 2>&1)"
+CHROMIUM=${CHROMIUM_BIN:-$(command -v chromium || command -v chromium-browser || echo chromium)}
+if ! chromium_version=$("$CHROMIUM" --version 2>/dev/null); then
+  echo "setup: '$CHROMIUM --version' failed after installing chromium" >&2
+  exit 1
+fi
+echo "setup: etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}'), protoc $(protoc --version | awk '{print $2}'), $(echo "$go_version" | awk '{print $3}'), $("$PYTHON3" --version 2>&1), $chromium_version"

@@ -14,6 +14,7 @@ mod heartbeat;
 mod register;
 mod resilience;
 mod rotation;
+mod status;
 mod tls;
 mod validation;
 mod watch;
