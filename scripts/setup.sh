@@ -2,9 +2,10 @@
 # Installs what building and testing twinreg needs on a fresh Debian machine with only the Rust
 # toolchain: protoc (etcd-client's build), etcd (the tests' real primary registry), curl, Go
 # and Python 3 (the tests run the client examples in examples/ against a live gateway), and
-# promtool (Debian prometheus; checks the alert rules in deploy/), and
-# docker-compose (scripts/test.sh validates docker-compose.yml with it; no Docker engine needed,
-# and none is installed: --no-install-recommends leaves out docker.io).
+# promtool (Debian prometheus; checks the alert rules in deploy/), Chromium (the tests render the
+# admin status page headless and save a screenshot; Debian's `chromium` without recommends runs
+# headless fine), and docker-compose (scripts/test.sh validates docker-compose.yml with it; no
+# Docker engine needed, and none is installed: --no-install-recommends leaves out docker.io).
 # Idempotent: installs only what is missing. Consul cannot be installed from Debian; the tests and
 # the dev script use a real `consul` when one is on PATH (or CONSUL_BIN), else mini-consul.
 set -euo pipefail
@@ -19,6 +20,8 @@ command -v promtool >/dev/null 2>&1 || [ -n "${PROMTOOL_BIN:-}" ] || need+=(prom
 command -v go >/dev/null 2>&1 || [ -n "${GO_BIN:-}" ] || need+=(golang-go)
 command -v python3 >/dev/null 2>&1 || [ -n "${PYTHON3_BIN:-}" ] || need+=(python3)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+  || [ -n "${CHROMIUM_BIN:-}" ] || need+=(chromium)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
@@ -40,4 +43,9 @@ if ! go_version=$("$GO" version 2>/dev/null); then
   exit 1
 fi
 PYTHON3=${PYTHON3_BIN:-python3}
-echo "setup: etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}'), protoc $(protoc --version | awk '{print $2}'), $(echo "$go_version" | awk '{print $3}'), $("$PYTHON3" --version 2>&1), docker-compose $(docker-compose version --short 2>/dev/null)"
+CHROMIUM=${CHROMIUM_BIN:-$(command -v chromium || command -v chromium-browser || echo chromium)}
+if ! chromium_version=$("$CHROMIUM" --version 2>/dev/null); then
+  echo "setup: '$CHROMIUM --version' failed after installing chromium" >&2
+  exit 1
+fi
+echo "setup: etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}'), protoc $(protoc --version | awk '{print $2}'), $(echo "$go_version" | awk '{print $3}'), $("$PYTHON3" --version 2>&1), $chromium_version, docker-compose $(docker-compose version --short 2>/dev/null)"

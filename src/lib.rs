@@ -10,7 +10,8 @@
 //! - [`api`] is the front: [`api::http`] (REST with axum) and [`api::grpc`] (gRPC with tonic,
 //!   the same operations through the same [`api::front`] code) turn requests into validated
 //!   [`model`] types (parse, don't validate twice), [`authz`] decides whether the caller may act on
-//!   the service, and [`api::admin`] serves `/healthz`, `/readyz` and `/metrics`.
+//!   the service, and [`api::admin`] serves `/healthz`, `/readyz`, `/metrics` and the status
+//!   page ([`api::status`]).
 //! - [`replicate`] is the coordinator: the one place that fans a write out to both registries
 //!   concurrently, bounds each by its own deadline, consults each registry's [`breaker`], merges
 //!   the outcomes and hands a registry that missed a write to [`repair`].

@@ -106,6 +106,16 @@ impl Repairer {
         self.pending.lock().expect("not poisoned").len()
     }
 
+    /// Number of writes still being re-driven into `kind` (the status page's repair backlog).
+    pub fn pending_for(&self, kind: RegistryKind) -> usize {
+        self.pending
+            .lock()
+            .expect("not poisoned")
+            .keys()
+            .filter(|(k, _)| *k == kind)
+            .count()
+    }
+
     /// Cancels any queued repair of `key` on `kind` (a newer write reached it directly).
     pub fn settle(&self, kind: RegistryKind, key: &InstanceKey) {
         let mut p = self.pending.lock().expect("not poisoned");

@@ -1,5 +1,6 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`. Plain HTTP, meant for the load
-//! balancer and Prometheus.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and the status page (`/` and
+//! `/status.json`, see [`super::status`]). Plain HTTP, meant for the load balancer, Prometheus and
+//! the people on call.
 
 use axum::Router;
 use axum::extract::State;
@@ -15,7 +16,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(super::status::router(state))
 }
 
 async fn healthz() -> Response {

@@ -1,4 +1,5 @@
-//! The front: REST and gRPC handlers on the public listener, and the admin endpoints.
+//! The front: REST and gRPC handlers on the public listener, and the admin endpoints (with the
+//! status page).
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ pub mod admin;
 pub mod front;
 pub mod grpc;
 pub mod http;
+pub mod status;
 
 /// What every handler needs.
 #[derive(Clone)]

@@ -17,6 +17,7 @@ mod logs;
 mod register;
 mod resilience;
 mod rotation;
+mod status;
 mod tls;
 mod validation;
 mod watch;

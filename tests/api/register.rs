@@ -203,14 +203,9 @@ async fn list_merges_both_registries_and_marks_sources() {
     )
     .await
     .unwrap();
-    let reg = json!({"ID":"payments.consul-only","Name":"payments","Address":"10.0.0.3","Port":82,
-        "Check":{"CheckID":"service:payments.consul-only","TTL":"60s","Status":"passing"}});
-    let (s, b) = env
-        .consul
-        .request("PUT", "/v1/agent/service/register", Some(&reg.to_string()))
-        .await
-        .unwrap();
-    assert_eq!(s, 200, "{b}");
+    env.consul
+        .register_direct("payments", "consul-only", "10.0.0.3", 82, "60s")
+        .await;
     // Garbage another tool wrote under the prefix is skipped, not fatal.
     etcd.put("/services/payments/garbage", "not json", None)
         .await

@@ -237,6 +237,26 @@ acl {{
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 
+    /// Registers instance `id` of `service` in Consul directly, behind twinreg's back, the way
+    /// twinreg names it (`{service}.{id}`), with a passing TTL check of `ttl` (e.g. `"60s"`).
+    pub async fn register_direct(
+        &self,
+        service: &str,
+        id: &str,
+        address: &str,
+        port: u16,
+        ttl: &str,
+    ) {
+        let reg = serde_json::json!({"ID": format!("{service}.{id}"), "Name": service,
+            "Address": address, "Port": port,
+            "Check": {"CheckID": format!("service:{service}.{id}"), "TTL": ttl, "Status": "passing"}});
+        let (status, body) = self
+            .request("PUT", "/v1/agent/service/register", Some(&reg.to_string()))
+            .await
+            .expect("consul answers");
+        assert_eq!(status, 200, "registering {service}.{id} in consul: {body}");
+    }
+
     pub async fn get_json(&self, path: &str) -> Value {
         let (status, body) = self
             .request("GET", path, None)

@@ -1,0 +1,400 @@
+//! The status page on the admin listener (`/` and `/status.json`), against real etcd and
+//! mini-consul, and rendered by headless Chromium.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::eventually;
+use crate::support::gateway::Options;
+use crate::{Env, body, path};
+
+/// No anti-entropy sweep: it would copy the Consul-only instance into etcd and end the
+/// disagreement these tests look for.
+fn no_sweep() -> Options {
+    Options {
+        extra_toml: "[anti_entropy]\nenabled = false\n".into(),
+        ..Default::default()
+    }
+}
+
+/// `payments` with `pay-1` and `pay-2` and `orders` with `ord-1` through the gateway, and
+/// `payments.consul-only` registered in Consul behind the gateway's back.
+async fn populate(env: &Env) {
+    let pay = env.gw.client("payments");
+    for (id, port) in [("pay-1", 8080), ("pay-2", 8081)] {
+        let r = pay
+            .put_json(&path("payments", id), &body("10.0.0.5", port))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.json["degraded"], false, "{}", r.text);
+    }
+    let r = env
+        .gw
+        .client("orders")
+        .put_json(&path("orders", "ord-1"), &body("10.0.0.7", 9000))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    env.consul
+        .register_direct("payments", "consul-only", "10.0.0.3", 82, "60s")
+        .await;
+}
+
+async fn status_json(env: &Env) -> Value {
+    let (s, b) = env.gw.admin_get("/status.json").await;
+    assert_eq!(s, 200, "{b}");
+    serde_json::from_str(&b).unwrap_or_else(|e| panic!("/status.json is not JSON ({e}): {b}"))
+}
+
+fn registry<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["registries"]
+        .as_array()
+        .expect("registries is a list")
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("no registry {name}: {status}"))
+}
+
+fn service_row<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
+    status["services"]["rows"]
+        .as_array()
+        .expect("rows is a list")
+        .iter()
+        .find(|r| r["service"] == name)
+}
+
+/// `/status.json` once its (cached) table shows the populated counts.
+async fn populated_status(env: &Env) -> Value {
+    eventually(
+        Duration::from_secs(20),
+        "the status table to show the populated counts",
+        || async {
+            let s = status_json(env).await;
+            let p = service_row(&s, "payments")?;
+            (p["counts"]["consul"] == 3 && service_row(&s, "orders").is_some()).then_some(s)
+        },
+    )
+    .await
+}
+
+/// What a page must never hold: anything that makes the browser fetch from elsewhere.
+fn assert_self_contained(html: &str) {
+    let lower = html.to_ascii_lowercase();
+    for needle in [
+        "<script", "<link", "<img", "<iframe", "@import", "url(", "src=", "http://", "https://",
+    ] {
+        assert!(
+            !lower.contains(needle),
+            "the page references an external asset ({needle}):\n{html}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn status_shows_counts_per_registry_and_where_they_disagree() {
+    let env = Env::start_with(no_sweep()).await;
+    populate(&env).await;
+
+    let s = populated_status(&env).await;
+    assert_eq!(s["state"], "ready", "{s}");
+    for name in ["etcd", "consul"] {
+        let r = registry(&s, name);
+        assert_eq!(r["state"], "up", "{r}");
+        assert_eq!(r["breaker"], "closed", "{r}");
+        assert_eq!(r["probe"]["ok"], true, "{r}");
+        assert!(r["probe"]["latency_ms"].is_number(), "{r}");
+        assert_eq!(r["repairs_pending"], 0, "{r}");
+    }
+    assert_eq!(registry(&s, "etcd")["role"], "primary");
+    assert_eq!(s["repairs_pending"], 0);
+
+    let t = &s["services"];
+    assert_eq!(t["truncated"], false, "{t}");
+    assert_eq!(t["unreadable"], json!({}), "{t}");
+    assert_eq!(t["disagreements"], 1, "{t}");
+    let names: Vec<&str> = t["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["service"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["orders", "payments"], "sorted by name: {t}");
+    let p = service_row(&s, "payments").unwrap();
+    assert_eq!(p["counts"], json!({"etcd": 2, "consul": 3}), "{p}");
+    assert_eq!(p["merged"], 3, "{p}");
+    assert_eq!(p["complete"], true, "{p}");
+    assert_eq!(p["disagree"], true, "{p}");
+    assert_eq!(
+        p["only_in"],
+        json!({"consul": {"count": 1, "ids": ["consul-only"]}}),
+        "{p}"
+    );
+    let o = service_row(&s, "orders").unwrap();
+    assert_eq!(o["counts"], json!({"etcd": 1, "consul": 1}), "{o}");
+    assert_eq!(o["merged"], 1);
+    assert_eq!(o["disagree"], false);
+    assert_eq!(o["only_in"], json!({}));
+
+    let certs = s["certificates"].as_array().unwrap();
+    let labels: Vec<&str> = certs.iter().map(|c| c["label"].as_str().unwrap()).collect();
+    assert!(labels.contains(&"server"), "{labels:?}");
+    for c in certs {
+        assert!(c["days_left"].as_i64().unwrap() > 14, "{c}");
+        assert_eq!(c["warning"], false, "{c}");
+    }
+
+    let (status, html) = env.gw.admin_get("/").await;
+    assert_eq!(status, 200, "{html}");
+    assert!(html.starts_with("<!DOCTYPE html>"), "{html}");
+    assert!(html.contains(r#"<meta http-equiv="refresh" content="10">"#));
+    assert!(
+        html.contains(r#"<header class="ready" id="banner">"#),
+        "{html}"
+    );
+    for needle in [
+        r#"<tr class="disagree" id="service-payments"><td><strong>payments</strong></td><td class="n">2</td><td class="n">3</td><td class="n">3</td>"#,
+        r#"<tr id="service-orders"><td><strong>orders</strong></td><td class="n">1</td><td class="n">1</td><td class="n">1</td>"#,
+        "DISAGREE",
+        "only in consul: <code>consul-only</code>",
+        "2 services, 1 disagree",
+        r#"<tr id="registry-etcd">"#,
+        r#"<tr id="registry-consul">"#,
+        "no repair pending",
+        "<code>server</code>",
+    ] {
+        assert!(html.contains(needle), "the page lacks {needle}:\n{html}");
+    }
+    assert_self_contained(&html);
+}
+
+#[tokio::test]
+async fn status_shows_a_registry_down_and_the_banner_degraded() {
+    let mut env = Env::start_with(no_sweep()).await;
+    let pay = env.gw.client("payments");
+    let r = pay
+        .put_json(&path("payments", "pay-1"), &body("10.0.0.5", 8080))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(status_json(&env).await["state"], "ready");
+
+    env.consul.kill();
+    // A write while Consul is gone succeeds through etcd and leaves a repair for Consul.
+    let r = pay
+        .put_json(&path("payments", "pay-2"), &body("10.0.0.5", 8081))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["degraded"], true, "{}", r.text);
+
+    let s = eventually(
+        Duration::from_secs(20),
+        "the probe to notice Consul is down",
+        || async {
+            let s = status_json(&env).await;
+            (registry(&s, "consul")["state"] == "down").then_some(s)
+        },
+    )
+    .await;
+    assert_eq!(s["state"], "degraded", "{s}");
+    assert!(
+        s["summary"].as_str().unwrap().starts_with("Consul down"),
+        "{s}"
+    );
+    let consul = registry(&s, "consul");
+    assert_eq!(consul["probe"]["ok"], false, "{consul}");
+    assert!(
+        consul["probe"]["error"].as_str().unwrap().len() > 3,
+        "{consul}"
+    );
+    assert_eq!(consul["repairs_pending"], 1, "{consul}");
+    assert_eq!(s["repairs_pending"], 1, "{s}");
+    let etcd = registry(&s, "etcd");
+    assert_eq!(etcd["state"], "up", "{etcd}");
+    assert_eq!(etcd["probe"]["ok"], true, "{etcd}");
+
+    // Once the cached table is recomputed, Consul's counts are unknown, not zero.
+    let s = eventually(
+        Duration::from_secs(20),
+        "the table to say Consul could not be read",
+        || async {
+            let s = status_json(&env).await;
+            s["services"]["unreadable"]["consul"]
+                .is_string()
+                .then_some(s)
+        },
+    )
+    .await;
+    let p = service_row(&s, "payments").expect("payments row");
+    assert_eq!(p["counts"], json!({"etcd": 2, "consul": null}), "{p}");
+    assert_eq!(p["complete"], false, "{p}");
+    assert_eq!(p["disagree"], false, "{p}");
+
+    let (status, html) = env.gw.admin_get("/").await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains(r#"<header class="degraded" id="banner">"#),
+        "{html}"
+    );
+    assert!(html.contains("<title>twinreg: degraded</title>"));
+    assert!(
+        html.contains(r#"<span class="pill bad">down</span>"#),
+        "{html}"
+    );
+    assert!(
+        html.contains(r#"<span class="pill bad">failed</span>"#),
+        "{html}"
+    );
+    assert!(html.contains("consul could not be read"), "{html}");
+    assert!(
+        html.contains("1 service, 1 not read from every registry"),
+        "{html}"
+    );
+    assert!(html.contains("1 repair pending"), "{html}");
+    assert_self_contained(&html);
+}
+
+#[tokio::test]
+async fn status_never_shows_the_consul_token() {
+    // Consul requires TLS and an ACL token; twinreg is given a wrong token, so Consul's refusals
+    // (whose messages the page shows) are about that very token.
+    let wrong = "0badc0de-5ec2-4e7a-9d1f-70ce11ab1e00";
+    let env = crate::tls::secure_env_with(wrong, no_sweep()).await;
+    eventually(Duration::from_secs(30), "etcd up", || async {
+        (env.gw.readyz().await.1["registries"]["etcd"]["state"] == "up").then_some(())
+    })
+    .await;
+    let r = env
+        .gw
+        .client("payments")
+        .put_json(&path("payments", "pay-1"), &body("10.0.0.5", 8080))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    let (s, json_text) = env.gw.admin_get("/status.json").await;
+    assert_eq!(s, 200, "{json_text}");
+    let status: Value = serde_json::from_str(&json_text).unwrap();
+    assert!(
+        status["services"]["unreadable"]["consul"].is_string(),
+        "Consul refuses the wrong token: {status}"
+    );
+    let (s, html) = env.gw.admin_get("/").await;
+    assert_eq!(s, 200);
+    assert!(html.contains("<strong>payments</strong>"), "{html}");
+    for text in [&json_text, &html] {
+        assert!(!text.contains(wrong), "the token leaked: {text}");
+        assert!(
+            !text.contains("0badc0de"),
+            "part of the token leaked: {text}"
+        );
+        assert!(!text.contains("PRIVATE KEY"), "a key leaked: {text}");
+    }
+    assert_self_contained(&html);
+}
+
+/// Chromium from `CHROMIUM_BIN`, else `chromium` or `chromium-browser` on PATH.
+fn chromium() -> PathBuf {
+    crate::support::find_binary("CHROMIUM_BIN", "chromium")
+        .or_else(|| crate::support::find_binary("CHROMIUM_BIN", "chromium-browser"))
+        .unwrap_or_else(|| {
+            panic!(
+                "headless Chromium is needed to test the status page and none was found \
+                 (looked for CHROMIUM_BIN, then `chromium` and `chromium-browser` on PATH): \
+                 run scripts/setup.sh, which installs Debian's `chromium`"
+            )
+        })
+}
+
+/// Runs headless Chromium on `url` with `args`; its stdout. Killed (its whole process group)
+/// after 60 s.
+async fn headless(bin: &Path, args: &[String], url: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--no-default-browser-check",
+        "--hide-scrollbars",
+        "--window-size=1280,900",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()))
+    .args(args)
+    .arg(url)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .process_group(0)
+    .kill_on_drop(true);
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+    let pid = child.id().expect("chromium started");
+    match tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await {
+        Ok(Ok(out)) => {
+            assert!(
+                out.status.success(),
+                "chromium {args:?} exited with {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+        Ok(Err(e)) => panic!("waiting for chromium: {e}"),
+        Err(_) => {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("chromium {args:?} did not finish within 60 s; killed");
+        }
+    }
+}
+
+#[tokio::test]
+async fn headless_chromium_renders_the_status_page_and_saves_a_screenshot() {
+    let bin = chromium();
+    let env = Env::start_with(no_sweep()).await;
+    populate(&env).await;
+    populated_status(&env).await;
+    let url = format!("http://{}/", env.gw.admin);
+
+    let dom = headless(&bin, &["--dump-dom".into()], &url).await;
+    for needle in [
+        r#"<header class="ready" id="banner">"#,
+        "<strong>payments</strong>",
+        "<strong>orders</strong>",
+        "DISAGREE",
+        "<code>consul-only</code>",
+        "Registries",
+        "Certificates",
+    ] {
+        assert!(
+            dom.contains(needle),
+            "the rendered DOM lacks {needle}:\n{dom}"
+        );
+    }
+
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shot = dir.join("status-page.png");
+    let _ = std::fs::remove_file(&shot);
+    headless(&bin, &[format!("--screenshot={}", shot.display())], &url).await;
+    let png =
+        std::fs::read(&shot).unwrap_or_else(|e| panic!("no screenshot at {}: {e}", shot.display()));
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "{} is not a PNG",
+        shot.display()
+    );
+    assert!(
+        png.len() > 10 * 1024,
+        "the screenshot is only {} bytes: a blank page?",
+        png.len()
+    );
+    eprintln!("status page screenshot: {}", shot.display());
+}
