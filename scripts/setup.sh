@@ -4,8 +4,10 @@
 # and Python 3 (the tests run the client examples in examples/ against a live gateway), and
 # promtool (Debian prometheus; checks the alert rules in deploy/), Chromium (the tests render the
 # admin status page headless and save a screenshot; Debian's `chromium` without recommends runs
-# headless fine), and docker-compose (scripts/test.sh validates docker-compose.yml with it; no
-# Docker engine needed, and none is installed: --no-install-recommends leaves out docker.io).
+# headless fine), docker-compose (scripts/test.sh validates docker-compose.yml with it; no
+# Docker engine needed, and none is installed: --no-install-recommends leaves out docker.io), and
+# the openssl command (tests/api/tls_policy.rs probes the listener's protocols and suites with
+# `openssl s_client`).
 # Idempotent: installs only what is missing. Consul cannot be installed from Debian; the tests and
 # the dev script use a real `consul` when one is on PATH (or CONSUL_BIN), else mini-consul.
 set -euo pipefail
@@ -20,6 +22,8 @@ command -v promtool >/dev/null 2>&1 || [ -n "${PROMTOOL_BIN:-}" ] || need+=(prom
 command -v go >/dev/null 2>&1 || [ -n "${GO_BIN:-}" ] || need+=(golang-go)
 command -v python3 >/dev/null 2>&1 || [ -n "${PYTHON3_BIN:-}" ] || need+=(python3)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+# openssl s_client offers old protocols and suites the listener must refuse (tests/api/tls_policy.rs).
+command -v openssl >/dev/null 2>&1 || [ -n "${OPENSSL_BIN:-}" ] || need+=(openssl)
 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
   || [ -n "${CHROMIUM_BIN:-}" ] || need+=(chromium)
 

@@ -248,6 +248,12 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: PathBuf,
+    /// Certificate revocation lists (PEM, one or more `X509 CRL` blocks) client certificates are
+    /// checked against. When set, a client certificate whose status no CRL in the file gives is
+    /// refused, so the file needs a CRL from every CA in `client_ca` (see docs/security.md).
+    /// Reloaded with the certificates.
+    #[serde(default)]
+    pub client_crl: Option<PathBuf>,
     /// How often the certificate and key files (these and the registries') are checked for
     /// changes, e.g. `"10s"`; `"0s"` turns the check off (SIGHUP still reloads).
     #[serde(default = "default_tls_reload_interval")]
@@ -446,6 +452,13 @@ impl Config {
             ("tls.client_ca", &self.tls.client_ca),
         ] {
             check_file(key, path, &mut bad);
+        }
+        if let Some(crl) = &self.tls.client_crl {
+            // Parsed, not only looked for: a file that is not a CRL or one already past its
+            // nextUpdate would stop `serve` at start-up, so `check-config` says so first.
+            if let Err(e) = crate::tls::load_crls("tls.client_crl", crl) {
+                bad("tls.client_crl", format!("{}: {}", e.path, e.reason));
+            }
         }
 
         if self.etcd.endpoints.is_empty() {
@@ -817,6 +830,26 @@ mod tests {
             assert!(keys.contains(&k), "{k} missing from {keys:?}");
         }
         assert!(!errs.to_string().contains("s3cret-token"));
+    }
+
+    #[test]
+    fn a_missing_or_unusable_client_crl_is_named() {
+        let (d, tls) = files();
+        let check = |crl: &str| {
+            let toml = format!(
+                "{tls}client_crl = \"{crl}\"\n[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n[consul]\naddress = \"http://127.0.0.1:8500\"\n"
+            );
+            let errs = Config::from_toml(&toml).unwrap().validate().unwrap_err();
+            assert_eq!(errs.0.len(), 1, "{errs}");
+            assert_eq!(errs.0[0].key, "tls.client_crl", "{errs}");
+            errs.0[0].message.clone()
+        };
+        let missing = d.path().join("nope.pem").display().to_string();
+        let m = check(&missing);
+        assert!(m.contains(&missing) && m.contains("No such file"), "{m}");
+        // files() wrote "x": not a CRL.
+        let m = check(&d.path().join("ca.pem").display().to_string());
+        assert!(m.contains("no PEM X509 CRL block"), "{m}");
     }
 
     #[test]

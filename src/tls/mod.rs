@@ -1,6 +1,7 @@
 //! TLS material, loaded and parsed once at start-up and on a reload ([`reload`]): the public listener's server config (client
-//! certificates required and verified against the client-CA bundle) and the client configs used to
-//! reach the registries.
+//! certificates required and verified against the client-CA bundle and, when configured, its
+//! CRLs; the protocol policy is in `build_server_config`) and the client configs used to reach
+//! the registries.
 
 pub mod reload;
 
@@ -14,11 +15,14 @@ use rustls::client::{
     ClientSessionMemoryCache, ClientSessionStore, ResolvesClientCert, Resumption,
     Tls12ClientSessionValue, Tls13ClientSessionValue,
 };
-use rustls::server::WebPkiClientVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
 
 use crate::config::TlsConfig;
 use crate::metrics::Handshakes;
@@ -74,28 +78,153 @@ pub fn load_roots(what: &'static str, path: &Path) -> Result<RootCertStore, TlsE
     Ok(roots)
 }
 
-/// The public listener's config: mutual TLS, ALPN `h2` and `http/1.1`.
+/// The public listener's config: mutual TLS, ALPN `h2` and `http/1.1`, no CRL.
 pub fn server_config(
     cert: &Path,
     key: &Path,
     client_ca: &Path,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    Ok(Arc::new(build_server_config(cert, key, client_ca)?))
+    Ok(Arc::new(build_server_config(cert, key, client_ca, None)?))
 }
 
+/// The protocol versions the public listener speaks: TLS 1.3 and TLS 1.2, nothing older (rustls
+/// implements nothing older either; stated so that the policy does not rest on a default).
+pub const SERVER_PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// The public listener's crypto provider: ring with its default cipher suites, named here rather
+/// than inherited. Every one is an AEAD (AES-GCM or ChaCha20-Poly1305) with an ephemeral key
+/// exchange (TLS 1.3's; ECDHE with an ECDSA or RSA signature in TLS 1.2): rustls has no CBC, RC4,
+/// 3DES, NULL or export suite and no static-RSA key exchange, so nothing weaker can be negotiated.
+/// Key exchange groups: X25519, P-256, P-384.
+fn server_provider() -> CryptoProvider {
+    CryptoProvider {
+        cipher_suites: rustls::crypto::ring::DEFAULT_CIPHER_SUITES.to_vec(),
+        ..rustls::crypto::ring::default_provider()
+    }
+}
+
+/// The certificate revocation lists of a PEM file (`-----BEGIN X509 CRL-----` blocks): at least
+/// one, each readable, none past its `nextUpdate` (a CRL without one does not expire). Like an
+/// expired certificate, a CRL past its `nextUpdate` is not put in service: its issuer should have
+/// published a newer one, and using it would hide every revocation made since.
+pub fn load_crls(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let crls = CertificateRevocationListDer::pem_file_iter(path)
+        .map_err(|e| err(what, path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(what, path, e))?;
+    if crls.is_empty() {
+        return Err(err(what, path, "holds no PEM X509 CRL block"));
+    }
+    let now = unix_now();
+    for der in &crls {
+        let (_, crl) = x509_parser::parse_x509_crl(der)
+            .map_err(|e| err(what, path, format!("unreadable CRL: {e}")))?;
+        if let Some(next) = crl.next_update()
+            && next.timestamp() <= now
+        {
+            return Err(err(
+                what,
+                path,
+                format!(
+                    "holds a CRL of '{}' past its nextUpdate ({next}); publish a current one",
+                    crl.issuer()
+                ),
+            ));
+        }
+    }
+    Ok(crls)
+}
+
+/// With CRL checking on, a client certificate whose revocation status no CRL gives is refused;
+/// so a CA of the client-CA bundle without a CRL in the file would have every client it issued
+/// refused. That is a configuration mistake, reported here rather than as refused handshakes.
+fn check_crls_cover(
+    crls: &[CertificateRevocationListDer<'_>],
+    ca_certs: &[CertificateDer<'_>],
+    crl_path: &Path,
+) -> Result<(), TlsError> {
+    let mut issuers = Vec::new();
+    for der in crls {
+        let (_, crl) = x509_parser::parse_x509_crl(der)
+            .map_err(|e| err("tls.client_crl", crl_path, format!("unreadable CRL: {e}")))?;
+        issuers.push(crl.issuer().as_raw().to_vec());
+    }
+    for der in ca_certs {
+        let (_, ca) = x509_parser::parse_x509_certificate(der).map_err(|e| {
+            err(
+                "tls.client_crl",
+                crl_path,
+                format!("unreadable client CA: {e}"),
+            )
+        })?;
+        if !issuers.iter().any(|i| i == ca.subject().as_raw()) {
+            return Err(err(
+                "tls.client_crl",
+                crl_path,
+                format!(
+                    "holds no CRL of client CA '{}': every client certificate it issued would be \
+                     refused",
+                    ca.subject()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The public listener's policy, in one place:
+///
+/// - TLS 1.2 and 1.3 only, AEAD suites with ephemeral key exchange only ([`server_provider`]);
+/// - a client certificate is required, and accepted only if it chains to a CA of `client_ca`,
+///   every certificate of the chain is within its validity period, and it is usable for client
+///   authentication (an extended key usage extension, when present, must list clientAuth);
+/// - with `client_crl`: checked against the CRLs for every certificate of the chain below the
+///   trust anchor; revoked or of unknown status (no CRL of its issuer) is refused. A CRL that
+///   passes its `nextUpdate` while in service stays in force (its revocations still hold); it is
+///   not treated as an error at each handshake, which would refuse every client the moment a CRL
+///   publication is late. A CRL already past its `nextUpdate` is refused at start-up and at a
+///   reload ([`load_crls`]).
 fn build_server_config(
     cert: &Path,
     key: &Path,
     client_ca: &Path,
+    client_crl: Option<&Path>,
 ) -> Result<ServerConfig, TlsError> {
     install_crypto_provider();
+    let provider = Arc::new(server_provider());
     let chain = load_certs("tls.cert", cert)?;
     let key_der = load_key("tls.key", key)?;
-    let roots = load_roots("tls.client_ca", client_ca)?;
-    let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
-        .build()
-        .map_err(|e| err("tls.client_ca", client_ca, e))?;
-    let mut cfg = ServerConfig::builder()
+    let ca_certs = load_certs("tls.client_ca", client_ca)?;
+    let mut roots = RootCertStore::empty();
+    for c in ca_certs.iter().cloned() {
+        roots
+            .add(c)
+            .map_err(|e| err("tls.client_ca", client_ca, e))?;
+    }
+    let mut verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    if let Some(crl_path) = client_crl {
+        let crls = load_crls("tls.client_crl", crl_path)?;
+        check_crls_cover(&crls, &ca_certs, crl_path)?;
+        // rustls' defaults, kept: the whole chain is checked, an unknown status is an error, and
+        // a CRL's nextUpdate is not enforced per handshake (see above).
+        verifier = verifier.with_crls(crls);
+    }
+    let verifier = verifier.build().map_err(|e| match e {
+        VerifierBuilderError::InvalidCrl(e) => err(
+            "tls.client_crl",
+            client_crl.unwrap_or(client_ca),
+            format!("unusable CRL: {e:?}"),
+        ),
+        e => err("tls.client_ca", client_ca, e),
+    })?;
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(SERVER_PROTOCOL_VERSIONS)
+        .expect("ring's default suites cover TLS 1.2 and 1.3")
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key_der)
         .map_err(|e| err("tls.key", key, format!("does not match tls.cert: {e}")))?;
@@ -110,21 +239,24 @@ pub struct ServerTls {
 }
 
 impl ServerTls {
-    /// Loads `tls.cert`, `tls.key` and `tls.client_ca`, and registers them with `certs` so a
-    /// reload (SIGHUP, a changed file) replaces them.
+    /// Loads `tls.cert`, `tls.key`, `tls.client_ca` and `tls.client_crl` (when set), and
+    /// registers them with `certs` so a reload (SIGHUP, a changed file) replaces them.
     pub fn load(cfg: &TlsConfig, certs: &Certs) -> Result<Arc<Self>, TlsError> {
         install_crypto_provider();
         let (cert, key, ca) = (cfg.cert.clone(), cfg.key.clone(), cfg.client_ca.clone());
-        let first = build_server_config(&cert, &key, &ca)?;
+        let crl = cfg.client_crl.clone();
+        let first = build_server_config(&cert, &key, &ca, crl.as_deref())?;
         let tls = Arc::new(Self {
             current: RwLock::new(Arc::new(first)),
         });
         let target = Arc::downgrade(&tls);
+        let mut paths = vec![cert.clone(), key.clone(), ca.clone()];
+        paths.extend(crl.iter().cloned());
         certs.add(
             "server",
-            vec![cert.clone(), key.clone(), ca.clone()],
+            paths,
             Box::new(move || {
-                let next = build_server_config(&cert, &key, &ca)?;
+                let next = build_server_config(&cert, &key, &ca, crl.as_deref())?;
                 let expiries = vec![
                     ("server", earliest_expiry("tls.cert", &cert)?),
                     ("client_ca", earliest_expiry("tls.client_ca", &ca)?),
@@ -153,13 +285,16 @@ pub fn earliest_expiry(what: &'static str, path: &Path) -> Result<i64, TlsError>
         let not_after = cert.validity().not_after.timestamp();
         earliest = earliest.min(not_after);
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    if earliest <= now {
+    if earliest <= unix_now() {
         return Err(err(what, path, "holds a certificate that has expired"));
     }
     Ok(earliest)
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn server_verifier(
@@ -417,5 +552,142 @@ impl ServerCertVerifier for CountingVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.verifier().supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertificateRevocationListParams, IsCa, Issuer,
+        KeyIdMethod, KeyPair, KeyUsagePurpose, SerialNumber,
+    };
+
+    use super::*;
+
+    /// A CA (certificate PEM, issuer) made with rcgen.
+    fn new_ca(name: &str) -> (String, Issuer<'static, KeyPair>) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        (pem, Issuer::new(params, key))
+    }
+
+    /// An empty CRL of `issuer` whose nextUpdate is `next_update` from now (negative: past).
+    fn crl(issuer: &Issuer<'_, KeyPair>, next_update: i64) -> String {
+        let now = SystemTime::now();
+        let at = |secs: i64| {
+            if secs >= 0 {
+                now + Duration::from_secs(secs as u64)
+            } else {
+                now - Duration::from_secs(secs.unsigned_abs())
+            }
+        };
+        CertificateRevocationListParams {
+            this_update: at(next_update.min(0) - 3600).into(),
+            next_update: at(next_update).into(),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(issuer)
+        .unwrap()
+        .pem()
+        .unwrap()
+    }
+
+    #[test]
+    fn the_listener_speaks_tls12_and_tls13_with_aead_suites_only() {
+        assert_eq!(
+            SERVER_PROTOCOL_VERSIONS
+                .iter()
+                .map(|v| v.version)
+                .collect::<Vec<_>>(),
+            [
+                rustls::ProtocolVersion::TLSv1_3,
+                rustls::ProtocolVersion::TLSv1_2
+            ]
+        );
+        let suites: Vec<String> = server_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| format!("{:?}", s.suite()))
+            .collect();
+        assert_eq!(suites.len(), 9, "{suites:?}");
+        for s in &suites {
+            assert!(
+                s.ends_with("_GCM_SHA256")
+                    || s.ends_with("_GCM_SHA384")
+                    || s.ends_with("_CHACHA20_POLY1305_SHA256"),
+                "{s} is not an AEAD suite"
+            );
+            assert!(
+                s.starts_with("TLS13_") || s.starts_with("TLS_ECDHE_"),
+                "{s} has no ephemeral key exchange"
+            );
+        }
+    }
+
+    #[test]
+    fn a_crl_must_be_current_and_cover_every_client_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        let (ca_pem, ca) = new_ca("client CA");
+        let (other_pem, other) = new_ca("another CA");
+        let server = crate::certs::CertAuthority::new("server CA")
+            .unwrap()
+            .server(&["localhost"])
+            .unwrap();
+        std::fs::write(p("server.pem"), &server.cert_pem).unwrap();
+        std::fs::write(p("server-key.pem"), &server.key_pem).unwrap();
+        std::fs::write(p("ca.pem"), &ca_pem).unwrap();
+        let build = |crl: &str| {
+            std::fs::write(p("crl.pem"), crl).unwrap();
+            build_server_config(
+                &p("server.pem"),
+                &p("server-key.pem"),
+                &p("ca.pem"),
+                Some(&p("crl.pem")),
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        };
+
+        assert_eq!(build(&crl(&ca, 86400)), Ok(()));
+        let e = build(&crl(&other, 86400)).unwrap_err();
+        assert!(
+            e.starts_with("tls.client_crl ")
+                && e.contains("holds no CRL of client CA 'CN=client CA'"),
+            "{e}"
+        );
+        let e = build(&crl(&ca, -60)).unwrap_err();
+        assert!(
+            e.starts_with("tls.client_crl ") && e.contains("past its nextUpdate"),
+            "{e}"
+        );
+        let e = build(&server.cert_pem).unwrap_err();
+        assert!(
+            e.starts_with("tls.client_crl ") && e.contains("no PEM X509 CRL block"),
+            "{e}"
+        );
+
+        // A bundle of two CAs needs a CRL of each, in one file.
+        std::fs::write(p("ca.pem"), format!("{ca_pem}{other_pem}")).unwrap();
+        let e = build(&crl(&ca, 86400)).unwrap_err();
+        assert!(
+            e.contains("holds no CRL of client CA 'CN=another CA'"),
+            "{e}"
+        );
+        assert_eq!(
+            build(&format!("{}{}", crl(&ca, 86400), crl(&other, 86400))),
+            Ok(())
+        );
     }
 }

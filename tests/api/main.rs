@@ -19,6 +19,7 @@ mod resilience;
 mod rotation;
 mod status;
 mod tls;
+mod tls_policy;
 mod validation;
 mod watch;
 

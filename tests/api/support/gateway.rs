@@ -37,6 +37,9 @@ pub struct Options {
     pub coalesce: bool,
     /// Lines added to the `[tls]` section.
     pub tls_extra: String,
+    /// What `tls.client_ca` holds instead of the gateway CA's certificate (tests with client
+    /// CAs of their own; the server certificate still comes from the gateway CA).
+    pub client_ca_pem: Option<String>,
 }
 
 impl Gateway {
@@ -64,7 +67,11 @@ impl Gateway {
         let ca = CertAuthority::new("test CA").unwrap();
         let server = ca.server(&["localhost", "127.0.0.1"]).unwrap();
         let p = |name: &str| dir.path().join(name).display().to_string();
-        std::fs::write(p("ca.pem"), &ca.cert_pem).unwrap();
+        std::fs::write(
+            p("ca.pem"),
+            opts.client_ca_pem.as_deref().unwrap_or(&ca.cert_pem),
+        )
+        .unwrap();
         std::fs::write(p("server.pem"), &server.cert_pem).unwrap();
         std::fs::write(p("server-key.pem"), &server.key_pem).unwrap();
         let timeout = opts.timeout_ms.unwrap_or(1500);
