@@ -1,9 +1,11 @@
 //! Who is calling (from the client certificate) and what they may do.
 //!
 //! Identity: the first URI SAN, else the first DNS SAN, else the subject CN. Writes on service `S`
-//! are allowed to admins, to identities granted `S`, and (default rule `name`) when `S` equals the
-//! CN, a DNS SAN, or the last path segment of a URI SAN. Names are compared exactly: no case
-//! folding, no percent-decoding, no prefix matching.
+//! are allowed to admins, to identities granted `S`, and (default rule `name`) when `S` is the name
+//! the identity gives: the last path segment of that first URI SAN, else that first DNS SAN, else
+//! the CN. The other SANs and the CN of a certificate that has a SAN give nothing, so the order of
+//! the SANs cannot be used to act as another service. Names are compared exactly: no case folding,
+//! no percent-decoding, no prefix matching.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -19,8 +21,9 @@ use crate::model::ServiceName;
 pub struct Peer {
     /// The identity used for admins, grants and logs.
     pub identity: String,
-    /// Service names the default rule lets this certificate act on.
-    pub names: Vec<String>,
+    /// The service name the default rule lets this certificate act on, taken from the identity
+    /// only; `None` when the identity gives none (a URI without a last path segment).
+    pub name: Option<String>,
 }
 
 impl Peer {
@@ -45,15 +48,16 @@ impl Peer {
             .next()
             .and_then(|cn| cn.as_str().ok())
             .map(str::to_owned);
-        let identity = uris
-            .first()
-            .or(dns.first())
-            .or(cn.as_ref())
-            .cloned()
-            .filter(|s| !s.is_empty())?;
-        let mut names: Vec<String> = cn.into_iter().chain(dns).collect();
-        names.extend(uris.iter().filter_map(|u| last_path_segment(u)));
-        Some(Peer { identity, names })
+        let (identity, name) = match (uris.first(), dns.first(), cn) {
+            (Some(uri), _, _) => (uri.clone(), last_path_segment(uri)),
+            (None, Some(dns), _) => (dns.clone(), Some(dns.clone())),
+            (None, None, Some(cn)) => (cn.clone(), Some(cn)),
+            (None, None, None) => return None,
+        };
+        if identity.is_empty() {
+            return None;
+        }
+        Some(Peer { identity, name })
     }
 }
 
@@ -99,7 +103,7 @@ impl Authorizer {
                 .grants
                 .get(&peer.identity)
                 .is_some_and(|set| set.contains(s))
-            || (self.default_rule == DefaultRule::Name && peer.names.iter().any(|n| n == s))
+            || (self.default_rule == DefaultRule::Name && peer.name.as_deref() == Some(s))
     }
 
     pub fn can_read(&self, peer: &Peer, service: &ServiceName) -> bool {
@@ -164,6 +168,26 @@ mod tests {
         let p = Peer::from_der(&cert("Payments", &[], &[])).unwrap();
         assert!(!a.can_write(&p, &svc("payments")));
         assert!(a.can_read(&p, &svc("payments")));
+    }
+
+    #[test]
+    fn only_the_identity_names_a_service() {
+        let a = Authorizer::new(&AuthzConfig::default());
+        let both = Peer::from_der(&cert(
+            "payments",
+            &["payments"],
+            &["spiffe://x/billing", "spiffe://x/payments"],
+        ))
+        .unwrap();
+        assert_eq!(both.name.as_deref(), Some("billing"));
+        assert!(a.can_write(&both, &svc("billing")));
+        assert!(!a.can_write(&both, &svc("payments")));
+        let dns = Peer::from_der(&cert("payments", &["billing", "payments"], &[])).unwrap();
+        assert!(a.can_write(&dns, &svc("billing")));
+        assert!(!a.can_write(&dns, &svc("payments")));
+        let no_segment = Peer::from_der(&cert("payments", &[], &["spiffe://x/"])).unwrap();
+        assert_eq!(no_segment.name, None);
+        assert!(!a.can_write(&no_segment, &svc("payments")));
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub struct Breaker {
     threshold: u32,
     base_open_for: Duration,
     inner: Mutex<Inner>,
+    /// Why the last failed call failed, so a refusal while open can say why it opened (a wrong
+    /// password keeps a registry's pool from connecting: "check etcd.password" beats "circuit
+    /// open").
+    last_failure: Mutex<String>,
 }
 
 /// Who is asking to make a call.
@@ -86,7 +90,21 @@ impl Breaker {
                 reopen_at: Instant::now(),
                 trial_in_flight: false,
             }),
+            last_failure: Mutex::default(),
         }
+    }
+
+    /// Remembers why a call failed, for [`Self::last_failure`].
+    pub fn note_failure(&self, why: &str) {
+        let mut last = self.last_failure.lock().expect("not poisoned");
+        if *last != why {
+            why.clone_into(&mut last);
+        }
+    }
+
+    /// Why the last failed call failed; empty before any failed.
+    pub fn last_failure(&self) -> String {
+        self.last_failure.lock().expect("not poisoned").clone()
     }
 
     pub fn state(&self) -> BreakerState {

@@ -23,10 +23,70 @@ pub const DEFAULT_DEREGISTER_CRITICAL_AFTER: &str = "1m";
 pub const MIN_DEREGISTER_CRITICAL_AFTER: Duration = Duration::from_secs(60);
 pub const ENV_PREFIX: &str = "TWINREG_";
 
-/// A value that must never be printed: `Debug` shows `"<redacted>"`.
-#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
+/// A value that must never be printed: `Debug` shows `"<redacted>"`, and a value of the wrong type
+/// is refused without being shown (serde's own message would quote it: `found unsigned int
+/// `123456``).
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_string(SecretVisitor)
+    }
+}
+
+struct SecretVisitor;
+
+impl SecretVisitor {
+    fn refuse<E: serde::de::Error>(found: &str) -> Result<Secret, E> {
+        Err(E::custom(format!(
+            "must be a string, found {found} (value not shown); quote it in TOML, and in the \
+             environment wrap a value that looks like a number, true/false or a list in double \
+             quotes: TWINREG_CONSUL__TOKEN='\"...\"'"
+        )))
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for SecretVisitor {
+    type Value = Secret;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+        Ok(Secret(v.to_owned()))
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Secret, E> {
+        Ok(Secret(v))
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+        Self::refuse("a boolean")
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+        Self::refuse("a number")
+    }
+    fn visit_i128<E: serde::de::Error>(self, _: i128) -> Result<Secret, E> {
+        Self::refuse("a number")
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+        Self::refuse("a number")
+    }
+    fn visit_u128<E: serde::de::Error>(self, _: u128) -> Result<Secret, E> {
+        Self::refuse("a number")
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+        Self::refuse("a number")
+    }
+    fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<Secret, E> {
+        Self::refuse("bytes")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<Secret, A::Error> {
+        Self::refuse("a list")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<Secret, A::Error> {
+        Self::refuse("a table")
+    }
+}
 
 impl Secret {
     pub fn new(s: impl Into<String>) -> Self {
@@ -856,6 +916,35 @@ mod tests {
     fn unknown_key_is_named() {
         let errs = Config::from_toml("[etcd]\nendpointz = []\n").unwrap_err();
         assert!(errs.to_string().contains("endpointz"), "{errs}");
+    }
+
+    #[test]
+    fn a_secret_of_the_wrong_type_is_refused_without_being_shown() {
+        let (_d, tls) = files();
+        for value in [
+            "918273645",
+            "-918273645",
+            "9182.73645",
+            "true",
+            "[918273645]",
+        ] {
+            let toml = format!(
+                "{tls}[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\nusername = \"u\"\n\
+                 password = {value}\n[consul]\naddress = \"http://127.0.0.1:8500\"\n"
+            );
+            let errs = Config::from_toml(&toml).unwrap_err().to_string();
+            assert!(errs.contains("etcd.password"), "{errs}");
+            assert!(errs.contains("must be a string"), "{errs}");
+            for leak in ["918273645", "9182.73645"] {
+                assert!(!errs.contains(leak), "{value}: {errs}");
+            }
+        }
+        let toml = format!(
+            "{tls}[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n[consul]\n\
+             address = \"http://127.0.0.1:8500\"\ntoken = \"s3cret\"\n"
+        );
+        let s = Config::from_toml(&toml).unwrap().validate().unwrap();
+        assert_eq!(s.consul_token.unwrap().expose(), "s3cret");
     }
 
     #[test]

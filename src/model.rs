@@ -77,6 +77,11 @@ impl InstanceId {
                 format!("must be 1-{MAX_ID_LEN} characters of A-Z, a-z, 0-9, '.', '_' and '-'"),
             ));
         }
+        // Clients and proxies resolve these as path dot-segments: such an instance could not be
+        // addressed as itself.
+        if s == "." || s == ".." {
+            return Err(ValidationError::new("id", "must not be '.' or '..'"));
+        }
         Ok(Self(s.to_owned()))
     }
 
@@ -416,7 +421,7 @@ mod tests {
         for ok in ["pay-1", "A.b_c-9", &"x".repeat(128)] {
             assert!(InstanceId::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a/b", "a b", "é", &"x".repeat(129)] {
+        for bad in ["", "a/b", "a b", "é", ".", "..", &"x".repeat(129)] {
             assert_eq!(InstanceId::parse(bad).unwrap_err().field, "id", "{bad}");
         }
     }

@@ -272,7 +272,8 @@ impl Coordinator {
             self.metrics
                 .observe_op(kind, op, "breaker_open", Duration::ZERO);
             let msg = format!(
-                "circuit open after repeated failures; next probe in {} ms",
+                "circuit open after repeated failures (last: {}); next probe in {} ms",
+                m.breaker.last_failure(),
                 wait.as_millis()
             );
             return (Err(RegistryError::circuit_open(kind, msg)), Duration::ZERO);
@@ -294,6 +295,11 @@ impl Coordinator {
         };
         self.metrics.observe_op(kind, op, outcome, took);
         let healthy = result.as_ref().map_or_else(|e| !e.retryable(), |_| true);
+        if let Err(e) = &result
+            && !healthy
+        {
+            m.breaker.note_failure(&e.message);
+        }
         if let Some(state) = m.breaker.record(admit, healthy) {
             tracing::warn!(registry = %kind, state = ?state, "circuit breaker changed state");
             self.metrics.set_breaker(kind, state);
@@ -747,12 +753,11 @@ mod tests {
             Duration::ZERO,
             "the open breaker adds no latency"
         );
+        let err = r.outcomes.0[0].error.as_deref().unwrap();
+        assert!(err.starts_with("circuit open"), "{err}");
         assert!(
-            r.outcomes.0[0]
-                .error
-                .as_deref()
-                .unwrap()
-                .starts_with("circuit open")
+            err.contains("(last: timed out after 1500 ms)"),
+            "the refusal says why the breaker opened: {err}"
         );
         assert!(consul.holds(&instance("after").key).is_some());
     }

@@ -5,8 +5,9 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{MatchedPath, Query, RawPathParams, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{FromRequestParts, MatchedPath, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
@@ -131,14 +132,36 @@ async fn method_not_allowed() -> Response {
     resp
 }
 
-/// Path parameters as sent (not percent-decoded): an encoded character can never be valid, so
+/// The path parameters exactly as sent, read from the request's path (axum's extractors,
+/// `RawPathParams` included, percent-decode them): an encoded character can never be valid, so
 /// `pay%6Dents` is rejected rather than silently taken for `payments`.
-fn path_param<'a>(params: &'a RawPathParams, name: &str) -> &'a str {
+struct RawParams {
+    route: MatchedPath,
+    uri: Uri,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RawParams {
+    type Rejection = <MatchedPath as FromRequestParts<S>>::Rejection;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self {
+            route: MatchedPath::from_request_parts(parts, state).await?,
+            uri: parts.uri.clone(),
+        })
+    }
+}
+
+/// The segment of the path where the route has `{name}` (each parameter is a whole segment).
+fn path_param<'a>(params: &'a RawParams, name: &str) -> &'a str {
     params
-        .iter()
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-        .unwrap_or("")
+        .route
+        .as_str()
+        .split('/')
+        .zip(params.uri.path().split('/'))
+        .find(|(template, _)| {
+            template.strip_prefix('{').and_then(|t| t.strip_suffix('}')) == Some(name)
+        })
+        .map_or("", |(_, sent)| sent)
 }
 
 fn peer(p: Option<Extension<Arc<Peer>>>) -> Result<Arc<Peer>, ApiError> {
@@ -148,7 +171,7 @@ fn peer(p: Option<Extension<Arc<Peer>>>) -> Result<Arc<Peer>, ApiError> {
 /// The instance a write names, once the caller is known to be allowed to write it.
 fn writable_key(
     st: &AppState,
-    params: &RawPathParams,
+    params: &RawParams,
     p: Option<Extension<Arc<Peer>>>,
 ) -> Result<InstanceKey, ApiError> {
     front::writable_key(
@@ -205,7 +228,7 @@ async fn read_body_now(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, 
 
 async fn register(
     State(st): State<AppState>,
-    params: RawPathParams,
+    params: RawParams,
     p: Option<Extension<Arc<Peer>>>,
     headers: HeaderMap,
     body: Body,
@@ -233,7 +256,7 @@ async fn register(
 
 async fn heartbeat(
     State(st): State<AppState>,
-    params: RawPathParams,
+    params: RawParams,
     p: Option<Extension<Arc<Peer>>>,
 ) -> Result<Response, ApiError> {
     let key = writable_key(&st, &params, p)?;
@@ -256,7 +279,7 @@ async fn heartbeat(
 
 async fn deregister(
     State(st): State<AppState>,
-    params: RawPathParams,
+    params: RawParams,
     p: Option<Extension<Arc<Peer>>>,
 ) -> Result<Response, ApiError> {
     let key = writable_key(&st, &params, p)?;
@@ -359,7 +382,7 @@ fn feeding(view: &View) -> Value {
 /// produced `N`, watching the registries through the service's shared watch hub.
 async fn list(
     State(st): State<AppState>,
-    params: RawPathParams,
+    params: RawParams,
     p: Option<Extension<Arc<Peer>>>,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {

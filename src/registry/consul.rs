@@ -88,8 +88,9 @@ impl Connect for ConsulConnect {
         .map_err(|e| e.message)?;
         if status != StatusCode::OK {
             return Err(format!(
-                "consul: status/leader answered {status}: {}",
-                text(&body)
+                "consul: status/leader answered {status}: {}{}",
+                text(&body),
+                token_hint(status)
             ));
         }
         Ok(client)
@@ -367,11 +368,25 @@ fn expect_ok(status: StatusCode, body: &Bytes, what: &str) -> Result<(), Registr
     if status == StatusCode::OK {
         return Ok(());
     }
-    let msg = format!("consul {what}: {status}: {}", text(body));
+    let msg = format!(
+        "consul {what}: {status}: {}{}",
+        text(body),
+        token_hint(status)
+    );
     if status.is_client_error() {
         Err(RegistryError::rejected(KIND, msg))
     } else {
         Err(RegistryError::unavailable(KIND, msg))
+    }
+}
+
+/// What to check when Consul refused the token (403 "ACL not found", or one lacking a permission).
+fn token_hint(status: StatusCode) -> &'static str {
+    if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        "; check consul.token, consul.token_file or TWINREG_CONSUL__TOKEN, and the token's ACL \
+         policy (see docs/credentials.md)"
+    } else {
+        ""
     }
 }
 
@@ -545,7 +560,11 @@ impl Registry for Consul {
                 rs_consul::ConsulError::UnexpectedResponseCode(s, body) if s.is_client_error() => {
                     RegistryError::rejected(
                         KIND,
-                        format!("consul catalog/services: {s}: {}", body.unwrap_or_default()),
+                        format!(
+                            "consul catalog/services: {s}: {}{}",
+                            body.unwrap_or_default(),
+                            token_hint(s)
+                        ),
                     )
                 }
                 other => {
@@ -568,6 +587,17 @@ impl Registry for Consul {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_token_says_what_to_check() {
+        for status in [StatusCode::FORBIDDEN, StatusCode::UNAUTHORIZED] {
+            let e = expect_ok(status, &Bytes::from("ACL not found"), "agent/checks").unwrap_err();
+            assert!(!e.retryable());
+            assert!(e.message.contains("check consul.token"), "{e}");
+        }
+        let e = expect_ok(StatusCode::BAD_REQUEST, &Bytes::from("bad"), "x").unwrap_err();
+        assert!(!e.message.contains("consul.token"), "{e}");
+    }
 
     #[test]
     fn notes_round_trip() {

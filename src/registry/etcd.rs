@@ -343,7 +343,12 @@ impl Etcd {
     ) -> Result<(Self, Arc<WarmPool<EtcdConnect>>), String> {
         let mut options = ConnectOptions::new();
         if let (Some(user), Some(pass)) = (&cfg.username, &cfg.password) {
-            options = options.with_user(user.clone(), pass.expose().to_owned());
+            // etcd forgets a simple auth token unused for `--auth-token-ttl`, and a JWT lapses at
+            // its TTL: authenticate again and retry, instead of failing every call on this
+            // connection with "invalid auth token" until twinreg restarts.
+            options = options
+                .with_user(user.clone(), pass.expose().to_owned())
+                .with_auto_token_refresh(true);
         }
         let tls = if cfg.endpoints.iter().any(|e| e.starts_with("https://")) {
             let cert_key = cfg.cert.as_deref().zip(cfg.key.as_deref());
@@ -907,15 +912,27 @@ fn decode_dir(dir: &str, service: &ServiceName, kvs: &[etcd_client::KeyValue]) -
     out
 }
 
-/// A message for an etcd error: the gRPC status message, never credentials.
+/// A message for an etcd error: the gRPC status message, never credentials; a refusal of the
+/// credentials or of a permission says what to check.
 fn describe(e: &etcd_client::Error) -> String {
+    use tonic::Code;
     match e {
         etcd_client::Error::GRpcStatus(s) => {
-            format!("etcd: {} ({:?})", s.message(), s.code())
+            let hint = match s.code() {
+                Code::Unauthenticated => AUTH_HINT,
+                Code::InvalidArgument if s.message().contains("authentication failed") => AUTH_HINT,
+                Code::PermissionDenied => PERMISSION_HINT,
+                _ => "",
+            };
+            format!("etcd: {} ({:?}){hint}", s.message(), s.code())
         }
         other => format!("etcd: {other}"),
     }
 }
+
+const AUTH_HINT: &str = "; check etcd.username and etcd.password (TWINREG_ETCD__PASSWORD)";
+const PERMISSION_HINT: &str = "; the etcd user's role must grant readwrite on the key prefix \
+                               etcd.prefix + '/' (see docs/credentials.md)";
 
 fn to_err(e: etcd_client::Error) -> RegistryError {
     use tonic::Code;
@@ -968,6 +985,30 @@ mod tests {
         assert_eq!(v["ttl_seconds"], 30);
         let back = Record::decode(&key(), &serde_json::to_vec(&v).unwrap()).unwrap();
         assert_eq!(back, i);
+    }
+
+    #[test]
+    fn refusals_say_what_to_check() {
+        let status = |s: tonic::Status| describe(&etcd_client::Error::GRpcStatus(s));
+        let wrong = status(tonic::Status::invalid_argument(
+            "etcdserver: authentication failed, invalid user ID or password",
+        ));
+        assert!(
+            wrong.contains("check etcd.username and etcd.password"),
+            "{wrong}"
+        );
+        let expired = status(tonic::Status::unauthenticated(
+            "etcdserver: invalid auth token",
+        ));
+        assert!(expired.contains("check etcd.username"), "{expired}");
+        let denied = status(tonic::Status::permission_denied(
+            "etcdserver: permission denied",
+        ));
+        assert!(denied.contains("readwrite on the key prefix"), "{denied}");
+        let other = status(tonic::Status::invalid_argument(
+            "etcdserver: too many operations",
+        ));
+        assert!(!other.contains("check"), "{other}");
     }
 
     #[test]

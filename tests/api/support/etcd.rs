@@ -26,6 +26,8 @@ pub struct Etcd {
     pub client_port: u16,
     peer_port: u16,
     child: Option<Child>,
+    /// More command-line flags (e.g. `--auth-token-ttl=1`).
+    args: Vec<String>,
 }
 
 impl Etcd {
@@ -51,14 +53,19 @@ impl Etcd {
         ] {
             std::fs::write(dir.path().join(name), content).unwrap();
         }
-        Self::start_inner(free_port(), Some(EtcdTls { dir })).await
+        Self::start_inner(free_port(), Some(EtcdTls { dir }), &[]).await
     }
 
     pub async fn start_on(client_port: u16) -> Etcd {
-        Self::start_inner(client_port, None).await
+        Self::start_inner(client_port, None, &[]).await
     }
 
-    async fn start_inner(client_port: u16, tls: Option<EtcdTls>) -> Etcd {
+    /// Plain HTTP, with more command-line flags.
+    pub async fn start_with_args(args: &[&str]) -> Etcd {
+        Self::start_inner(free_port(), None, args).await
+    }
+
+    async fn start_inner(client_port: u16, tls: Option<EtcdTls>, args: &[&str]) -> Etcd {
         let bin = find_binary("ETCD_BIN", "etcd").unwrap_or_else(|| {
             panic!(
                 "etcd not found: these tests need a real etcd. Install it (apt-get install etcd-server) \
@@ -72,6 +79,7 @@ impl Etcd {
             client_port,
             peer_port: free_port(),
             child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         e.spawn().await;
         e
@@ -118,6 +126,7 @@ impl Etcd {
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster=t={peer}"))
             .arg("--log-level=error")
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.dir.path().join("etcd.log")).unwrap())
             .spawn()

@@ -1,5 +1,6 @@
 //! gRPC clients of the gateway over mutual TLS (tonic), for the gRPC and watch tests.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::Uri;
@@ -9,18 +10,22 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
 use twinreg::api::grpc::pb::registry_client::RegistryClient;
-use twinreg::certs::ClientNames;
+use twinreg::certs::{ClientNames, Issued};
 
 use super::client::tls_config;
 use super::gateway::Gateway;
 
 /// A gRPC channel to the gateway's public listener over mutual TLS, as the service `cn`.
 pub async fn channel(gw: &Gateway, cn: &str) -> Channel {
-    let id = gw.issue(&ClientNames::cn(cn));
-    let mut tls = tls_config(&gw.ca.cert_pem, Some(&id));
+    channel_to(gw.addr, &gw.ca.cert_pem, &gw.issue(&ClientNames::cn(cn))).await
+}
+
+/// A gRPC channel over mutual TLS to the twinreg listening on `addr` (in-process or a `twinreg
+/// serve` subprocess), trusting `ca_pem` and presenting `id`.
+pub async fn channel_to(addr: SocketAddr, ca_pem: &str, id: &Issued) -> Channel {
+    let mut tls = tls_config(ca_pem, Some(id));
     tls.alpn_protocols = vec![b"h2".to_vec()];
     let connector = TlsConnector::from(Arc::new(tls));
-    let addr = gw.addr;
     // The connector does TLS itself; tonic sees a plain `http` endpoint.
     Endpoint::from_shared(format!("http://127.0.0.1:{}", addr.port()))
         .unwrap()
