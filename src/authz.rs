@@ -1,11 +1,11 @@
 //! Who is calling (from the client certificate) and what they may do.
 //!
 //! Identity: the first URI SAN, else the first DNS SAN, else the subject CN. Writes on service `S`
-//! are allowed to admins, to identities granted `S`, and (default rule `name`) when `S` is the name
-//! the identity gives: the last path segment of that first URI SAN, else that first DNS SAN, else
-//! the CN. The other SANs and the CN of a certificate that has a SAN give nothing, so the order of
-//! the SANs cannot be used to act as another service. Names are compared exactly: no case folding,
-//! no percent-decoding, no prefix matching.
+//! are allowed to admins, to identities granted `S`, and (default rule `name`) when `S` equals the
+//! CN, the first DNS SAN, or the last path segment of the first URI SAN (API.md's rule). Later
+//! SANs name nothing, so putting another service's name after the certificate's own cannot be used
+//! to act as that service. Names are compared exactly: no case folding, no percent-decoding, no
+//! prefix matching.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -21,9 +21,9 @@ use crate::model::ServiceName;
 pub struct Peer {
     /// The identity used for admins, grants and logs.
     pub identity: String,
-    /// The service name the default rule lets this certificate act on, taken from the identity
-    /// only; `None` when the identity gives none (a URI without a last path segment).
-    pub name: Option<String>,
+    /// Service names the default rule lets this certificate act on: its CN, its first DNS SAN,
+    /// the last path segment of its first URI SAN.
+    pub names: Vec<String>,
 }
 
 impl Peer {
@@ -48,16 +48,18 @@ impl Peer {
             .next()
             .and_then(|cn| cn.as_str().ok())
             .map(str::to_owned);
-        let (identity, name) = match (uris.first(), dns.first(), cn) {
-            (Some(uri), _, _) => (uri.clone(), last_path_segment(uri)),
-            (None, Some(dns), _) => (dns.clone(), Some(dns.clone())),
-            (None, None, Some(cn)) => (cn.clone(), Some(cn)),
-            (None, None, None) => return None,
-        };
-        if identity.is_empty() {
-            return None;
-        }
-        Some(Peer { identity, name })
+        let identity = uris
+            .first()
+            .or(dns.first())
+            .or(cn.as_ref())
+            .cloned()
+            .filter(|s| !s.is_empty())?;
+        let names = cn
+            .into_iter()
+            .chain(dns.first().cloned())
+            .chain(uris.first().and_then(|u| last_path_segment(u)))
+            .collect();
+        Some(Peer { identity, names })
     }
 }
 
@@ -103,7 +105,7 @@ impl Authorizer {
                 .grants
                 .get(&peer.identity)
                 .is_some_and(|set| set.contains(s))
-            || (self.default_rule == DefaultRule::Name && peer.name.as_deref() == Some(s))
+            || (self.default_rule == DefaultRule::Name && peer.names.iter().any(|n| n == s))
     }
 
     pub fn can_read(&self, peer: &Peer, service: &ServiceName) -> bool {
@@ -171,23 +173,25 @@ mod tests {
     }
 
     #[test]
-    fn only_the_identity_names_a_service() {
+    fn later_sans_name_nothing() {
         let a = Authorizer::new(&AuthzConfig::default());
-        let both = Peer::from_der(&cert(
-            "payments",
-            &["payments"],
+        let uris = Peer::from_der(&cert(
+            "x",
+            &[],
             &["spiffe://x/billing", "spiffe://x/payments"],
         ))
         .unwrap();
-        assert_eq!(both.name.as_deref(), Some("billing"));
-        assert!(a.can_write(&both, &svc("billing")));
-        assert!(!a.can_write(&both, &svc("payments")));
-        let dns = Peer::from_der(&cert("payments", &["billing", "payments"], &[])).unwrap();
+        assert!(a.can_write(&uris, &svc("billing")));
+        assert!(!a.can_write(&uris, &svc("payments")));
+        let dns = Peer::from_der(&cert("x", &["billing", "payments"], &[])).unwrap();
         assert!(a.can_write(&dns, &svc("billing")));
         assert!(!a.can_write(&dns, &svc("payments")));
-        let no_segment = Peer::from_der(&cert("payments", &[], &["spiffe://x/"])).unwrap();
-        assert_eq!(no_segment.name, None);
+        let no_segment =
+            Peer::from_der(&cert("x", &[], &["spiffe://x/", "spiffe://x/payments"])).unwrap();
         assert!(!a.can_write(&no_segment, &svc("payments")));
+        // API.md's rule: the CN counts beside the SANs.
+        let cn = Peer::from_der(&cert("payments", &["payments.svc"], &[])).unwrap();
+        assert!(a.can_write(&cn, &svc("payments")));
     }
 
     #[test]
