@@ -2,7 +2,8 @@
 # Installs what building and testing twinreg needs on a fresh Debian machine with only the Rust
 # toolchain: protoc (etcd-client's build), etcd (the tests' real primary registry), curl, Go
 # and Python 3 (the tests run the client examples in examples/ against a live gateway), and
-# promtool (Debian prometheus; checks the alert rules in deploy/), and
+# promtool (Debian prometheus; checks the alert rules in deploy/), g++ (libFuzzer, for
+# scripts/fuzz.sh; cargo-fuzz itself comes from crates.io, installed by that script), and
 # docker-compose (scripts/test.sh validates docker-compose.yml with it; no Docker engine needed,
 # and none is installed: --no-install-recommends leaves out docker.io).
 # Idempotent: installs only what is missing. Consul cannot be installed from Debian; the tests and
@@ -19,6 +20,8 @@ command -v promtool >/dev/null 2>&1 || [ -n "${PROMTOOL_BIN:-}" ] || need+=(prom
 command -v go >/dev/null 2>&1 || [ -n "${GO_BIN:-}" ] || need+=(golang-go)
 command -v python3 >/dev/null 2>&1 || [ -n "${PYTHON3_BIN:-}" ] || need+=(python3)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+# A C++ compiler: libfuzzer-sys compiles libFuzzer for the fuzz targets (scripts/fuzz.sh).
+command -v c++ >/dev/null 2>&1 || need+=(g++)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"

@@ -35,6 +35,8 @@ pub mod cache;
 pub mod certs;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod model;
 pub mod pool;
