@@ -7,7 +7,8 @@
 # headless fine), docker-compose (scripts/test.sh validates docker-compose.yml with it; no
 # Docker engine needed, and none is installed: --no-install-recommends leaves out docker.io), and
 # the openssl command (tests/api/tls_policy.rs probes the listener's protocols and suites with
-# `openssl s_client`).
+# `openssl s_client`), and g++ (libFuzzer, for scripts/fuzz.sh; cargo-fuzz itself comes from
+# crates.io, installed by that script).
 # Idempotent: installs only what is missing. Consul cannot be installed from Debian; the tests and
 # the dev script use a real `consul` when one is on PATH (or CONSUL_BIN), else mini-consul.
 set -euo pipefail
@@ -26,6 +27,8 @@ command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 command -v openssl >/dev/null 2>&1 || [ -n "${OPENSSL_BIN:-}" ] || need+=(openssl)
 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
   || [ -n "${CHROMIUM_BIN:-}" ] || need+=(chromium)
+# A C++ compiler: libfuzzer-sys compiles libFuzzer for the fuzz targets (scripts/fuzz.sh).
+command -v c++ >/dev/null 2>&1 || need+=(g++)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"

@@ -36,6 +36,8 @@ pub mod cache;
 pub mod certs;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limits;
 pub mod metrics;
 pub mod model;

@@ -172,7 +172,7 @@ fn registries(o: &Outcomes) -> HashMap<String, pb::RegistryOutcome> {
 /// A register request's fields as the JSON object REST validates, so both fronts share one set of
 /// rules and messages. An empty `address` (proto3 cannot tell it from an unset one) is left out:
 /// "address: is required". `ttl_seconds` only when set: unset means the default.
-fn register_fields(r: pb::RegisterRequest) -> Map<String, Value> {
+pub(crate) fn register_fields(r: pb::RegisterRequest) -> Map<String, Value> {
     let mut m = Map::new();
     if !r.address.is_empty() {
         m.insert("address".into(), Value::String(r.address));

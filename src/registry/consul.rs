@@ -230,16 +230,17 @@ impl Consul {
 
 /// A `/v1/health/service/{service}` answer: twinreg's instances of `service`, each with whether
 /// it is live (no critical check). Services that are not twinreg's shape are left out.
-fn parse_health(
+pub(crate) fn parse_health(
     service: &ServiceName,
     body: &Bytes,
 ) -> Result<Vec<(Instance, bool)>, RegistryError> {
-    let entries: Vec<HealthEntry> = serde_json::from_slice(body).map_err(|e| {
-        RegistryError::unavailable(
-            KIND,
-            format!("consul: unreadable health/service answer: {e}"),
-        )
-    })?;
+    let entries: Vec<HealthEntry> = match serde_json::from_slice(body) {
+        Ok(entries) => entries,
+        // An entry of a shape twinreg does not expect (another tool's service with a port outside
+        // 0-65535, which Consul stores) must not hide the others: read entry by entry, skipping
+        // what cannot be read, as the etcd side skips unreadable records.
+        Err(_) => health_entries_one_by_one(body)?,
+    };
     Ok(entries
         .into_iter()
         .filter_map(|e| {
@@ -255,6 +256,31 @@ fn parse_health(
         .collect())
 }
 
+/// [`parse_health`]'s fallback when the answer does not read as a whole.
+fn health_entries_one_by_one(body: &Bytes) -> Result<Vec<HealthEntry>, RegistryError> {
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(body).map_err(|e| {
+        RegistryError::unavailable(
+            KIND,
+            format!("consul: unreadable health/service answer: {e}"),
+        )
+    })?;
+    Ok(entries
+        .into_iter()
+        .filter_map(|entry| {
+            let id = entry["Service"]["ID"].as_str().unwrap_or("").to_owned();
+            HealthEntry::deserialize(entry)
+                .map_err(|error| {
+                    tracing::warn!(
+                        service_id = %id,
+                        %error,
+                        "skipping a consul health entry twinreg cannot read"
+                    );
+                })
+                .ok()
+        })
+        .collect())
+}
+
 fn service_id(key: &InstanceKey) -> String {
     format!("{}.{}", key.service, key.id)
 }
@@ -263,7 +289,7 @@ fn check_id(key: &InstanceKey) -> String {
     format!("service:{}", service_id(key))
 }
 
-fn notes(i: &Instance) -> String {
+pub(crate) fn notes(i: &Instance) -> String {
     format!(
         "twinreg ttl_seconds={} generation={}",
         i.ttl_seconds, i.generation
@@ -283,7 +309,7 @@ fn query_escape(v: &str) -> String {
     out
 }
 
-fn parse_notes(notes: &str) -> (u32, u64) {
+pub(crate) fn parse_notes(notes: &str) -> (u32, u64) {
     let mut ttl = DEFAULT_TTL_SECONDS;
     let mut generation = 0;
     for token in notes.split_whitespace() {
@@ -607,6 +633,20 @@ mod tests {
         );
         assert_eq!(parse_notes("garbage"), (DEFAULT_TTL_SECONDS, 0));
         assert_eq!(parse_notes("ttl_seconds=1"), (DEFAULT_TTL_SECONDS, 0));
+    }
+
+    #[test]
+    fn an_unreadable_entry_hides_no_other() {
+        let svc = ServiceName::parse("payments").unwrap();
+        let body = Bytes::from_static(
+            br#"[{"Service":{"ID":"payments","Service":"payments","Address":"10.0.0.9","Port":70000}},
+                 {"Service":{"ID":"payments.pay-1","Service":"payments","Address":"10.0.0.1","Port":80}},
+                 {"Checks":[]}]"#,
+        );
+        let got = parse_health(&svc, &body).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0.key.id.as_str(), "pay-1");
+        assert!(parse_health(&svc, &Bytes::from_static(b"{}")).is_err());
     }
 
     #[test]

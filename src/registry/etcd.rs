@@ -48,7 +48,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The JSON value stored under each key.
 #[derive(Debug, Serialize, Deserialize)]
-struct Record {
+pub(crate) struct Record {
     service: String,
     id: String,
     address: String,
@@ -75,7 +75,7 @@ fn default_ttl() -> u32 {
 }
 
 impl Record {
-    fn from_instance(i: &Instance) -> Self {
+    pub(crate) fn from_instance(i: &Instance) -> Self {
         let addr = match i.address.parse::<IpAddr>() {
             Ok(ip) => std::net::SocketAddr::new(ip, i.port).to_string(),
             Err(_) => format!("{}:{}", i.address, i.port),
@@ -875,7 +875,7 @@ impl Registry for Etcd {
 }
 
 /// What a key under a service's directory holds.
-enum KeyRead {
+pub(crate) enum KeyRead {
     /// A twinreg instance.
     Instance(Instance),
     /// An instance key whose value twinreg cannot read (written by another tool).
@@ -884,7 +884,12 @@ enum KeyRead {
 
 /// Reads one key of the directory `dir` (`{prefix}/{service}/`); `None` for a key that cannot be
 /// an instance of `service` (outside the directory, or an id the API would refuse).
-fn decode_kv(dir: &str, service: &ServiceName, key: &[u8], value: &[u8]) -> Option<KeyRead> {
+pub(crate) fn decode_kv(
+    dir: &str,
+    service: &ServiceName,
+    key: &[u8],
+    value: &[u8],
+) -> Option<KeyRead> {
     let id = key.strip_prefix(dir.as_bytes())?;
     let id = InstanceId::parse(std::str::from_utf8(id).ok()?).ok()?;
     let key = InstanceKey {

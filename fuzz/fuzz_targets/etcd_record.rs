@@ -1,0 +1,6 @@
+//! `etcd_record`: see `twinreg_fuzz::etcd_record` (fuzz/src/lib.rs) and docs/fuzzing.md.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(init: twinreg_fuzz::tally_at_exit(), |data: &[u8]| {
+    twinreg_fuzz::count(twinreg_fuzz::etcd_record(data));
+});
