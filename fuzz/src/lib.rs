@@ -274,7 +274,8 @@ pub fn peer_identity(data: &[u8]) -> Verdict {
 /// the rest, split at 0 bytes, is the CN and then up to 8 SANs, each `d<dns name>` or
 /// `u<uri>` (others are ignored). The identity and the names must be exactly what
 /// `src/authz.rs` promises: identity = first URI SAN, else first DNS SAN, else CN (none when
-/// that is empty); names = the CN, the DNS SANs and the last path segment of each URI SAN.
+/// that is empty); names = the CN, the first DNS SAN and the last path segment of the first URI
+/// SAN (later SANs name nothing).
 pub fn peer_certificate(data: &[u8]) -> Verdict {
     let Some((&flags, rest)) = data.split_first() else {
         return Verdict::Skipped;
@@ -324,8 +325,11 @@ pub fn peer_certificate(data: &[u8]) -> Verdict {
         (None, None) => Verdict::Refused,
         (Some(p), Some(id)) => {
             assert_eq!(&p.identity, id, "identity");
-            let mut names: Vec<String> = cn.into_iter().chain(dns).collect();
-            names.extend(uris.iter().filter_map(|u| last_path_segment(u)));
+            let names: Vec<String> = cn
+                .into_iter()
+                .chain(dns.first().cloned())
+                .chain(uris.first().and_then(|u| last_path_segment(u)))
+                .collect();
             assert_eq!(p.names, names, "names the default rule matches");
             Verdict::Accepted
         }
