@@ -48,8 +48,23 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts three members and waits until they elected a leader and accept writes.
+    /// Starts three members and waits until they elected a leader and accept writes. A cluster
+    /// that does not form (a member lost its port to another test between `free_port` and its
+    /// bind, or the machine is very busy) is torn down and started again on new ports, up to
+    /// three times.
     pub async fn start() -> Cluster {
+        for attempt in 1..=3 {
+            let c = Self::spawn_all();
+            if c.healthy_within(Duration::from_secs(45)).await {
+                return c;
+            }
+            eprintln!("etcd cluster did not form (attempt {attempt}); starting again on new ports");
+            drop(c);
+        }
+        panic!("the etcd cluster did not get a leader and commit writes in three attempts");
+    }
+
+    fn spawn_all() -> Cluster {
         let bin = find_binary("ETCD_BIN", "etcd").unwrap_or_else(|| {
             panic!(
                 "etcd not found: these tests need a real etcd. Install it (apt-get install etcd-server) \
@@ -74,8 +89,13 @@ impl Cluster {
         for i in 0..MEMBERS {
             c.spawn(i);
         }
-        c.wait_healthy().await;
         c
+    }
+
+    async fn healthy_within(&self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, self.wait_healthy())
+            .await
+            .is_ok()
     }
 
     fn initial_cluster(&self) -> String {
