@@ -565,7 +565,10 @@ fn service_ok(s: &str) -> bool {
 
 /// 1-128 of `[A-Za-z0-9._-]`.
 fn id_ok(s: &str) -> bool {
+    // `.` and `..` are dot-segments to HTTP clients and proxies (docs/api.md).
     (1..=128).contains(&s.len())
+        && s != "."
+        && s != ".."
         && s.bytes()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
