@@ -120,7 +120,7 @@ impl Requests {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
-        // Looked up by &str first: no allocation for an identity already known.
+        // The keyed store wants a `&String`: one small allocation per request.
         match limiter.check_key(&identity.to_owned()) {
             Ok(()) => Ok(()),
             Err(not_until) => {

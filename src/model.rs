@@ -138,6 +138,20 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// A plain instance for unit tests: 10.0.0.1:80, no tags or meta, TTL 30 s, a new generation.
+    #[cfg(test)]
+    pub fn for_test(service: &str, id: &str) -> Instance {
+        Instance {
+            key: InstanceKey::parse(service, id).expect("a valid test key"),
+            address: "10.0.0.1".into(),
+            port: 80,
+            tags: vec![],
+            meta: Default::default(),
+            ttl_seconds: 30,
+            generation: next_generation(),
+        }
+    }
+
     /// The same registration, ignoring the generation (which every write renews).
     pub fn same_record(&self, other: &Instance) -> bool {
         self.key == other.key

@@ -717,15 +717,7 @@ mod tests {
     }
 
     fn instance(id: &str) -> Instance {
-        Instance {
-            key: InstanceKey::parse("payments", id).unwrap(),
-            address: "10.0.0.1".into(),
-            port: 80,
-            tags: vec![],
-            meta: Default::default(),
-            ttl_seconds: 30,
-            generation: next_generation(),
-        }
+        Instance::for_test("payments", id)
     }
 
     #[tokio::test(start_paused = true)]

@@ -29,6 +29,45 @@ pub fn rate_limit(st: &AppState, peer: Option<&Peer>) -> Result<(), ApiError> {
     })
 }
 
+/// Runs a request under the caller's rate limit and, unless it waits by design (a long poll, a
+/// watch stream), within `limits.request_timeout`. The error is the answer to send instead.
+pub async fn guarded(
+    st: &AppState,
+    peer: Option<&Peer>,
+    waits: bool,
+    run: impl std::future::Future<Output = axum::response::Response>,
+) -> Result<axum::response::Response, ApiError> {
+    rate_limit(st, peer)?;
+    if waits {
+        return Ok(run.await);
+    }
+    tokio::time::timeout(st.limits.request_timeout, run)
+        .await
+        .map_err(|_| {
+            ApiError::unavailable(
+                format!(
+                    "not answered within {} ms; retry after the Retry-After delay",
+                    st.limits.request_timeout.as_millis()
+                ),
+                retry_after(),
+            )
+        })
+}
+
+/// Each registry's outcome, as a handler attached it to the answer (empty when none did).
+pub fn outcomes_logged(resp: &axum::response::Response) -> &str {
+    resp.extensions()
+        .get::<crate::error::OutcomesLog>()
+        .map_or("", |o| o.0.as_str())
+}
+
+/// Sends the request's ID back on the answer.
+pub fn echo_request_id(resp: &mut axum::response::Response, request_id: &str) {
+    if let Ok(v) = http::HeaderValue::from_str(request_id) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+}
+
 /// The header carrying a request's ID, both ways.
 pub const REQUEST_ID: &str = "x-request-id";
 

@@ -408,21 +408,9 @@ async fn observe(State(st): State<AppState>, req: HttpRequest, next: Next) -> Ht
         route,
         "grpc.Watch" | "grpc.health.Watch" | "grpc.reflection"
     );
-    let mut resp = match front::rate_limit(&st, peer.as_deref()) {
-        Err(e) => status(e).into_http(),
-        Ok(()) if streaming => next.run(req).await,
-        Ok(()) => match tokio::time::timeout(st.limits.request_timeout, next.run(req)).await {
-            Ok(resp) => resp,
-            Err(_) => status(ApiError::unavailable(
-                format!(
-                    "not answered within {} ms; retry",
-                    st.limits.request_timeout.as_millis()
-                ),
-                front::retry_after(),
-            ))
-            .into_http(),
-        },
-    };
+    let mut resp = front::guarded(&st, peer.as_deref(), streaming, next.run(req))
+        .await
+        .unwrap_or_else(|e| status(e).into_http());
     let mut code = resp
         .headers()
         .get("grpc-status")
@@ -439,10 +427,7 @@ async fn observe(State(st): State<AppState>, req: HttpRequest, next: Next) -> Ht
     let identity = peer.as_deref().map_or("", |p| p.identity.as_str());
     let target = resp.extensions().get::<Target>();
     let (service, instance) = target.map_or(("", ""), |t| (t.0.as_str(), t.1.as_str()));
-    let registries = resp
-        .extensions()
-        .get::<OutcomesLog>()
-        .map_or("", |o| o.0.as_str());
+    let registries = front::outcomes_logged(&resp);
     tracing::info!(
         request_id = request_id.as_str(),
         %method,
@@ -455,9 +440,7 @@ async fn observe(State(st): State<AppState>, req: HttpRequest, next: Next) -> Ht
         took_ms = start.elapsed().as_millis() as u64,
         "grpc request"
     );
-    if let Ok(v) = http::HeaderValue::from_str(&request_id) {
-        resp.headers_mut().insert(front::REQUEST_ID, v);
-    }
+    front::echo_request_id(&mut resp, &request_id);
     resp
 }
 

@@ -66,21 +66,9 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
     let start = Instant::now();
     // A long poll waits by design; everything else is answered within the request timeout.
     let long_poll = route == "instances" && uri.query().is_some_and(|q| q.contains("index="));
-    let mut resp = match front::rate_limit(&st, peer.as_deref()) {
-        Err(e) => e.into_response(),
-        Ok(()) if long_poll => next.run(req).await,
-        Ok(()) => match tokio::time::timeout(st.limits.request_timeout, next.run(req)).await {
-            Ok(resp) => resp,
-            Err(_) => ApiError::unavailable(
-                format!(
-                    "not answered within {} ms; retry after the Retry-After delay",
-                    st.limits.request_timeout.as_millis()
-                ),
-                front::retry_after(),
-            )
-            .into_response(),
-        },
-    };
+    let mut resp = front::guarded(&st, peer.as_deref(), long_poll, next.run(req))
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
     let status = resp.status().as_u16();
     st.metrics.observe_request(route, &method, status);
     let identity = peer.as_deref().map_or("", |p| p.identity.as_str());
@@ -89,10 +77,7 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
     let mut segments = path.split('/').skip(3);
     let service = segments.next().unwrap_or("");
     let instance = segments.nth(1).unwrap_or("");
-    let registries = resp
-        .extensions()
-        .get::<OutcomesLog>()
-        .map_or("", |o| o.0.as_str());
+    let registries = front::outcomes_logged(&resp);
     tracing::info!(
         request_id = request_id.as_str(),
         %method,
@@ -105,9 +90,7 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
         took_ms = start.elapsed().as_millis() as u64,
         "request"
     );
-    if let Ok(v) = http::HeaderValue::from_str(&request_id) {
-        resp.headers_mut().insert(front::REQUEST_ID, v);
-    }
+    front::echo_request_id(&mut resp, &request_id);
     resp
 }
 

@@ -911,19 +911,10 @@ fn certificates(h: &mut String, s: &Status) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{InstanceKey, next_generation};
     use crate::registry::memory::{Memory, Mode};
 
     fn instance(service: &str, id: &str) -> Instance {
-        Instance {
-            key: InstanceKey::parse(service, id).unwrap(),
-            address: "10.0.0.1".into(),
-            port: 80,
-            tags: vec![],
-            meta: Default::default(),
-            ttl_seconds: 30,
-            generation: next_generation(),
-        }
+        Instance::for_test(service, id)
     }
 
     #[test]

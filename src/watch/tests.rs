@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::model::{Instance, InstanceKey, ServiceName, next_generation};
+use crate::model::{Instance, InstanceKey, ServiceName};
 use crate::registry::memory::{Memory, Mode};
 
 const EVERY: Duration = Duration::from_secs(1);
@@ -44,13 +44,8 @@ fn fixture() -> Fixture {
 
 fn instance(id: &str, port: u16) -> Instance {
     Instance {
-        key: InstanceKey::parse("payments", id).unwrap(),
-        address: "10.0.0.1".into(),
         port,
-        tags: vec![],
-        meta: Default::default(),
-        ttl_seconds: 30,
-        generation: next_generation(),
+        ..Instance::for_test("payments", id)
     }
 }
 

@@ -3,24 +3,23 @@
 //! connections stay up; new handshakes use the new material; a bad file is rejected and the old
 //! certificates stay in service.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use twinreg::certs::{CertAuthority, ClientNames, Issued};
 
+use crate::support::client::h2_get;
 use crate::support::client::{TestClient, tls_config};
 use crate::support::consul::Consul;
 use crate::support::etcd::Etcd;
 use crate::support::gateway::{Gateway, Options};
 use crate::support::proxy::Proxy;
+use crate::support::replace_file;
 use crate::support::{eventually, metric};
 use crate::{Env, body, path};
 
@@ -31,13 +30,6 @@ fn fast_reload() -> Options {
         extra_toml: "[limits]\nrequests_per_second = 0\n".into(),
         ..Options::default()
     }
-}
-
-/// Replaces a file the way deploy tools do: write beside it, then rename over it.
-fn replace(path: &Path, content: &str) {
-    let tmp = path.with_extension("new");
-    std::fs::write(&tmp, content).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// Opens a new TLS connection to the gateway as `identity`, trusting `ca_pem`; the certificate
@@ -59,32 +51,8 @@ async fn handshake(gw: &Gateway, ca_pem: &str, identity: &Issued) -> Result<Vec<
             .await
             .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    get(&mut send).await?;
+    h2_get(&mut send).await?;
     Ok(served)
-}
-
-async fn get(
-    send: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
-) -> Result<u16, String> {
-    let req = http::Request::get("https://localhost/v1/services")
-        .body(Empty::new())
-        .unwrap();
-    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    resp.into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(status)
-}
-
-async fn reloads(gw: &Gateway, outcome: &str) -> f64 {
-    let (_, text) = gw.admin_get("/metrics").await;
-    metric(
-        &text,
-        "twinreg_certificate_reloads_total",
-        &[("outcome", outcome)],
-    )
 }
 
 /// Registers and heartbeats in a loop, on one pooled client and on a new connection each round,
@@ -160,7 +128,7 @@ async fn server_certificate_and_client_ca_rotate_under_load() {
             .await
             .unwrap();
     tokio::spawn(conn);
-    assert_eq!(get(&mut kept).await, Ok(200));
+    assert_eq!(h2_get(&mut kept).await, Ok(200));
 
     // A client whose certificate comes from a CA the gateway does not trust yet.
     let other_ca = CertAuthority::new("second client CA").unwrap();
@@ -176,9 +144,9 @@ async fn server_certificate_and_client_ca_rotate_under_load() {
 
     // Rotate: a new server key and certificate, and a client-CA bundle that adds the second CA.
     let renewed = gw.ca.server(&["localhost", "127.0.0.1"]).unwrap();
-    replace(&dir.join("server-key.pem"), &renewed.key_pem);
-    replace(&dir.join("server.pem"), &renewed.cert_pem);
-    replace(
+    replace_file(&dir.join("server-key.pem"), &renewed.key_pem);
+    replace_file(&dir.join("server.pem"), &renewed.cert_pem);
+    replace_file(
         &dir.join("ca.pem"),
         &format!("{}{}", gw.ca.cert_pem, other_ca.cert_pem),
     );
@@ -197,21 +165,21 @@ async fn server_certificate_and_client_ca_rotate_under_load() {
         "the new client CA is trusted"
     );
     assert_eq!(
-        get(&mut kept).await,
+        h2_get(&mut kept).await,
         Ok(200),
         "the connection opened before is still up"
     );
 
     // A bad file is rejected: the renewed certificate stays in service.
-    let rejected = reloads(gw, "rejected").await;
-    replace(
+    let rejected = gw.certificate_reloads("rejected").await;
+    replace_file(
         &dir.join("server.pem"),
         "-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n",
     );
     eventually(
         Duration::from_secs(10),
         "the bad file to be rejected",
-        || async { (reloads(gw, "rejected").await > rejected).then_some(()) },
+        || async { (gw.certificate_reloads("rejected").await > rejected).then_some(()) },
     )
     .await;
     assert_eq!(
@@ -220,13 +188,13 @@ async fn server_certificate_and_client_ca_rotate_under_load() {
     );
     // So is a key that does not match the certificate.
     let stranger = gw.ca.server(&["localhost"]).unwrap();
-    replace(&dir.join("server.pem"), &renewed.cert_pem);
-    replace(&dir.join("server-key.pem"), &stranger.key_pem);
-    let rejected = reloads(gw, "rejected").await;
+    replace_file(&dir.join("server.pem"), &renewed.cert_pem);
+    replace_file(&dir.join("server-key.pem"), &stranger.key_pem);
+    let rejected = gw.certificate_reloads("rejected").await;
     eventually(
         Duration::from_secs(10),
         "the mismatched key to be rejected",
-        || async { (reloads(gw, "rejected").await > rejected).then_some(()) },
+        || async { (gw.certificate_reloads("rejected").await > rejected).then_some(()) },
     )
     .await;
     assert_eq!(
@@ -246,7 +214,7 @@ async fn server_certificate_and_client_ca_rotate_under_load() {
         "the load ran: {}",
         ok.load(Ordering::Relaxed)
     );
-    assert!(reloads(gw, "ok").await >= 1.0);
+    assert!(gw.certificate_reloads("ok").await >= 1.0);
     let (_, text) = gw.admin_get("/metrics").await;
     for cert in ["server", "client_ca"] {
         assert!(
@@ -272,8 +240,8 @@ async fn sighup_reloads_the_server_certificate() {
     let me = gw.issue(&ClientNames::cn("payments"));
     let before = handshake(gw, &gw.ca.cert_pem, &me).await.unwrap();
     let renewed = gw.ca.server(&["localhost", "127.0.0.1"]).unwrap();
-    replace(&gw.dir.path().join("server-key.pem"), &renewed.key_pem);
-    replace(&gw.dir.path().join("server.pem"), &renewed.cert_pem);
+    replace_file(&gw.dir.path().join("server-key.pem"), &renewed.key_pem);
+    replace_file(&gw.dir.path().join("server.pem"), &renewed.cert_pem);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         handshake(gw, &gw.ca.cert_pem, &me).await,
@@ -325,18 +293,23 @@ async fn registry_client_certificates_rotate_and_reconnects_use_them() {
     assert!(etcd_ok(&r), "{}", r.text);
 
     // A renewed certificate from the same CA: reloaded, and reconnects work with it.
-    let renewed = ca.client(&ClientNames::cn("twinreg")).unwrap();
-    let done = reloads(&gw, "ok").await;
-    replace(&p("client-key.pem"), &renewed.key_pem);
-    replace(&p("client.pem"), &renewed.cert_pem);
-    eventually(
-        Duration::from_secs(10),
-        "the etcd client certificate to reload",
-        || async { (reloads(&gw, "ok").await > done).then_some(()) },
-    )
-    .await;
-    proxy.cut();
-    proxy.pass();
+    // Replaces twinreg's etcd client certificate, waits for the reload, and cuts the link so the
+    // next calls reconnect.
+    let (gw, proxy, p) = (&gw, &proxy, &p);
+    let rotate_and_cut = move |issued: Issued| async move {
+        let done = gw.certificate_reloads("ok").await;
+        replace_file(&p("client-key.pem"), &issued.key_pem);
+        replace_file(&p("client.pem"), &issued.cert_pem);
+        eventually(
+            Duration::from_secs(10),
+            "the etcd client certificate to reload",
+            || async { (gw.certificate_reloads("ok").await > done).then_some(()) },
+        )
+        .await;
+        proxy.cut();
+        proxy.pass();
+    };
+    rotate_and_cut(ca.client(&ClientNames::cn("twinreg")).unwrap()).await;
     eventually(
         Duration::from_secs(30),
         "etcd reached again with the renewed certificate",
@@ -355,17 +328,7 @@ async fn registry_client_certificates_rotate_and_reconnects_use_them() {
         .unwrap()
         .client(&ClientNames::cn("twinreg"))
         .unwrap();
-    let done = reloads(&gw, "ok").await;
-    replace(&p("client-key.pem"), &foreign.key_pem);
-    replace(&p("client.pem"), &foreign.cert_pem);
-    eventually(
-        Duration::from_secs(10),
-        "the foreign certificate to reload",
-        || async { (reloads(&gw, "ok").await > done).then_some(()) },
-    )
-    .await;
-    proxy.cut();
-    proxy.pass();
+    rotate_and_cut(foreign).await;
     eventually(
         Duration::from_secs(30),
         "etcd to refuse the foreign certificate",

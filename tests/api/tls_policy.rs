@@ -11,8 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
@@ -27,9 +25,11 @@ use tokio_rustls::TlsConnector;
 use twinreg::certs::{ClientNames, Issued};
 
 use crate::Env;
+use crate::support::client::h2_get;
 use crate::support::client::tls_config;
 use crate::support::gateway::{Gateway, Options};
-use crate::support::{eventually, find_binary, metric};
+use crate::support::replace_file;
+use crate::support::{eventually, find_binary};
 
 const DAY: i64 = 86_400;
 
@@ -260,36 +260,6 @@ async fn client_certificates_must_be_current_for_client_auth_and_from_the_client
     assert_eq!(attempt(gw, &good).await, Ok(200));
 }
 
-fn replace(path: &Path, content: &str) {
-    let tmp = path.with_extension("new");
-    std::fs::write(&tmp, content).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-async fn reloads(gw: &Gateway, outcome: &str) -> f64 {
-    let (_, text) = gw.admin_get("/metrics").await;
-    metric(
-        &text,
-        "twinreg_certificate_reloads_total",
-        &[("outcome", outcome)],
-    )
-}
-
-async fn h2_get(
-    send: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
-) -> Result<u16, String> {
-    let req = http::Request::get("https://localhost/v1/services")
-        .body(Empty::new())
-        .unwrap();
-    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    resp.into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(status)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_client_certificates_are_refused_and_a_new_crl_applies_on_reload() {
     let ca = ClientCa::new("crl client CA");
@@ -345,8 +315,8 @@ async fn revoked_client_certificates_are_refused_and_a_new_crl_applies_on_reload
     );
 
     // The CRL now revokes the second certificate too.
-    let ok = reloads(gw, "ok").await;
-    replace(&crl_path, &ca.crl(2, &[10, 11]));
+    let ok = gw.certificate_reloads("ok").await;
+    replace_file(&crl_path, &ca.crl(2, &[10, 11]));
     eventually(
         Duration::from_secs(10),
         "the new CRL to refuse serial 11",
@@ -360,7 +330,10 @@ async fn revoked_client_certificates_are_refused_and_a_new_crl_applies_on_reload
         "serial 11 after the reload",
     )
     .await;
-    assert!(reloads(gw, "ok").await > ok, "counted as a reload");
+    assert!(
+        gw.certificate_reloads("ok").await > ok,
+        "counted as a reload"
+    );
     match attempt_with(gw, resuming.clone()).await {
         Ok(r) => {
             panic!("resuming a session of before the reload must not get around the CRL: {r:?}")
@@ -386,15 +359,15 @@ async fn revoked_client_certificates_are_refused_and_a_new_crl_applies_on_reload
     );
 
     // A file that is not a CRL is rejected; the CRL in force stays.
-    let rejected = reloads(gw, "rejected").await;
-    replace(
+    let rejected = gw.certificate_reloads("rejected").await;
+    replace_file(
         &crl_path,
         "-----BEGIN X509 CRL-----\nbm90IGEgQ1JM\n-----END X509 CRL-----\n",
     );
     eventually(
         Duration::from_secs(10),
         "the unreadable CRL to be rejected",
-        || async { (reloads(gw, "rejected").await > rejected).then_some(()) },
+        || async { (gw.certificate_reloads("rejected").await > rejected).then_some(()) },
     )
     .await;
     assert_refused(
@@ -407,12 +380,12 @@ async fn revoked_client_certificates_are_refused_and_a_new_crl_applies_on_reload
     assert_eq!(attempt(gw, &third).await, Ok(200));
 
     // So is a CRL past its nextUpdate (this one would un-revoke serial 11).
-    let rejected = reloads(gw, "rejected").await;
-    replace(&crl_path, &ca.crl_until(3, &[10], -60));
+    let rejected = gw.certificate_reloads("rejected").await;
+    replace_file(&crl_path, &ca.crl_until(3, &[10], -60));
     eventually(
         Duration::from_secs(10),
         "the expired CRL to be rejected",
-        || async { (reloads(gw, "rejected").await > rejected).then_some(()) },
+        || async { (gw.certificate_reloads("rejected").await > rejected).then_some(()) },
     )
     .await;
     assert_refused(

@@ -152,3 +152,20 @@ impl TestClient {
         self.request("DELETE", path, None).await
     }
 }
+
+/// `GET /v1/services` on an established HTTP/2 connection: its status, or why it failed (the
+/// connection was dropped, the server refused the client).
+pub async fn h2_get(
+    send: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
+) -> Result<u16, String> {
+    let req = http::Request::get("https://localhost/v1/services")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    resp.into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(status)
+}

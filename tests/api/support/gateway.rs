@@ -169,6 +169,16 @@ coalesce = {coalesce}
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
+    /// `twinreg_certificate_reloads_total{outcome}` now.
+    pub async fn certificate_reloads(&self, outcome: &str) -> f64 {
+        let (_, text) = self.admin_get("/metrics").await;
+        super::metric(
+            &text,
+            "twinreg_certificate_reloads_total",
+            &[("outcome", outcome)],
+        )
+    }
+
     pub async fn readyz(&self) -> (u16, serde_json::Value) {
         let (s, b) = self.admin_get("/readyz").await;
         (s, serde_json::from_str(&b).unwrap_or_default())
