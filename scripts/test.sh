@@ -1,12 +1,39 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh machine: installs what is missing, validates
-# docker-compose.yml, checks formatting and lints, then runs every test against real servers
-# (etcd; Consul or mini-consul), then fuzzes each fuzz target for 20 s.
+# The whole test suite, on a new machine: installs what is missing (scripts/setup.sh --test),
+# validates docker-compose.yml, checks formatting and lints, builds every test, then runs the test
+# suites side by side (each finds its own free loopback ports), then fuzzes each target for 20 s;
+# the fuzz targets build in the background from the start. Prints each suite's output whole once it has finished, and how long
+# each step took.
+#
+# TEST_THREADS (default 8): tests run at once inside one suite. The end-to-end tests mostly wait
+# on servers and timers, so more than the core count keeps the cores busy.
+# FUZZ_TARGET_DIR (default ~/.cache/twinreg/fuzz-target): where the fuzz targets build, kept
+# between runs so a new clone does not rebuild every instrumented dependency.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+t0=$(date +%s)
+timing=()
+lap() { # name: records the time since the previous lap
+  local now
+  now=$(date +%s)
+  timing+=("$(printf '%-34s %5ss' "$1" $((now - ${last:-$t0})))")
+  last=$now
+}
 
-scripts/setup.sh
+scripts/setup.sh --test
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+lap "setup"
+
+logs=target/test-logs
+rm -rf "$logs"
+mkdir -p "$logs"
+# The fuzz build runs beside everything below, in its own target directory: the lints and the
+# test build leave a core idle in their serial stretches, and the suites mostly wait on servers.
+export FUZZ_TARGET_DIR=${FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/twinreg/fuzz-target}
+setsid scripts/fuzz.sh --build-only >"$logs/fuzz-build.log" 2>&1 &
+fuzz_build=$!
+# Its own process group: whatever ends this script early ends the whole build with it.
+trap 'kill -- -"$fuzz_build" 2>/dev/null || true' EXIT
 
 # The compose file: schema, interpolation and references, without a Docker engine. Its paths, host
 # names and ports are checked against the repository by tests/compose.rs.
@@ -15,9 +42,64 @@ echo "docker-compose.yml: valid"
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
-cargo test --all-targets --locked
+lap "compose, fmt, clippy"
 
-# A bounded libFuzzer run of every fuzz target (docs/fuzzing.md): 20 s each keeps CI short; the
-# script's default, for runs by hand, is 60 s. Their seeds and past failures already ran above,
-# in tests/fuzz_regressions.rs.
-scripts/fuzz.sh 20
+cargo test --all-targets --locked --no-run
+lap "build the tests"
+
+# The suites: every test target of the package, the slow end-to-end ones each on its own, the
+# quick ones together. Listed from cargo's metadata, so a new test file cannot be left out.
+threads=${TEST_THREADS:-8}
+mapfile -t suites < <(cargo metadata --no-deps --format-version 1 --locked | python3 -c '
+import json, sys
+slow = {"api", "mini_consul", "chaos", "dev_script"}
+quick = []
+for pkg in json.load(sys.stdin)["packages"]:
+    for t in pkg["targets"]:
+        kind = t["kind"][0]
+        if kind == "test" and t["name"] in slow:
+            print(t["name"] + " --test " + t["name"])
+        elif kind == "test":
+            quick += ["--test", t["name"]]
+        elif kind == "lib":
+            quick += ["--lib"]
+        elif kind == "bin":
+            quick += ["--bin", t["name"]]
+print("unit+quick " + " ".join(quick))
+')
+pids=()
+for s in "${suites[@]}"; do
+  read -r name args <<<"$s"
+  # shellcheck disable=SC2086 # args is a list of cargo target options
+  cargo test --locked $args -- --test-threads="$threads" >"$logs/$name.log" 2>&1 &
+  pids+=("$!:$name")
+done
+failed=()
+for p in "${pids[@]}"; do
+  pid=${p%%:*} name=${p#*:}
+  if wait "$pid"; then status=ok; else status=FAILED; failed+=("$name"); fi
+  echo "==== suite $name: $status ===="
+  cat "$logs/$name.log"
+done
+lap "run the suites (in parallel)"
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "test: suites failed: ${failed[*]} (logs in $logs/)" >&2
+  exit 1
+fi
+
+if ! wait "$fuzz_build"; then
+  cat "$logs/fuzz-build.log" >&2
+  echo "test: the fuzz build failed" >&2
+  exit 1
+fi
+cat "$logs/fuzz-build.log"
+lap "wait for the fuzz build"
+
+# A bounded libFuzzer run of every fuzz target (docs/fuzzing.md): 20 s each, two at a time, keeps
+# CI short; the script's default, for runs by hand, is 60 s. Their seeds and past failures already
+# ran above, in tests/fuzz_regressions.rs.
+FUZZ_JOBS=2 scripts/fuzz.sh 20
+lap "fuzz"
+
+echo "test: all passed in $(($(date +%s) - t0))s"
+printf '  %s\n' "${timing[@]}"
