@@ -40,7 +40,7 @@ if [ -n "${DEV_BIN_DIR:-}" ]; then
   BIN=$DEV_BIN_DIR
 else
   step "build (cargo build)"
-  cargo build --locked --bin twinreg --bin mini-consul || fail "cargo build failed (above)"
+  cargo build --locked -p twinreg -p mini-consul || fail "cargo build failed (above)"
   BIN=target/debug
 fi
 

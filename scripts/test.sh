@@ -41,10 +41,10 @@ docker-compose -f docker-compose.yml config -q
 echo "docker-compose.yml: valid"
 
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 lap "compose, fmt, clippy"
 
-cargo test --all-targets --locked --no-run
+cargo test --workspace --all-targets --locked --no-run
 lap "build the tests"
 
 # The suites: every test target of the package, the slow end-to-end ones each on its own, the
@@ -53,19 +53,20 @@ threads=${TEST_THREADS:-8}
 mapfile -t suites < <(cargo metadata --no-deps --format-version 1 --locked | python3 -c '
 import json, sys
 slow = {"api", "mini_consul", "chaos", "dev_script"}
-quick = []
 for pkg in json.load(sys.stdin)["packages"]:
+    quick = []
     for t in pkg["targets"]:
         kind = t["kind"][0]
         if kind == "test" and t["name"] in slow:
-            print(t["name"] + " --test " + t["name"])
+            print(t["name"] + " -p " + pkg["name"] + " --test " + t["name"])
         elif kind == "test":
             quick += ["--test", t["name"]]
         elif kind == "lib":
             quick += ["--lib"]
         elif kind == "bin":
             quick += ["--bin", t["name"]]
-print("unit+quick " + " ".join(quick))
+    if quick:
+        print(pkg["name"] + " -p " + pkg["name"] + " " + " ".join(quick))
 ')
 pids=()
 for s in "${suites[@]}"; do

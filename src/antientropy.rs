@@ -27,6 +27,14 @@ use crate::replicate::Coordinator;
 
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 
+/// `[anti_entropy]`, validated.
+#[derive(Debug, Clone, Copy)]
+pub struct SweepSettings {
+    pub enabled: bool,
+    /// Time between sweeps.
+    pub interval: Duration,
+}
+
 /// What one sweep did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SweepReport {

@@ -2,7 +2,7 @@
 //!
 //! Identity: the first URI SAN, else the first DNS SAN, else the subject CN. Writes on service `S`
 //! are allowed to admins, to identities granted `S`, and (default rule `name`) when `S` equals the
-//! CN, the first DNS SAN, or the last path segment of the first URI SAN (API.md's rule). Later
+//! CN, the first DNS SAN, or the last path segment of the first URI SAN (docs/api.md, "Identity and authorization"). Later
 //! SANs name nothing, so putting another service's name after the certificate's own cannot be used
 //! to act as that service. Names are compared exactly: no case folding, no percent-decoding, no
 //! prefix matching.
@@ -13,8 +13,8 @@ use std::sync::Arc;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::config::{AuthzConfig, DefaultRule, ReadRule};
 use crate::model::ServiceName;
+use serde::Deserialize;
 
 /// The authenticated caller of one connection, computed once when the handshake completes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +72,44 @@ fn last_path_segment(uri: &str) -> Option<String> {
     (!seg.is_empty()).then(|| seg.to_owned())
 }
 
+/// Whether a certificate may write the service it names (`authz.default_rule`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultRule {
+    /// The CN, the first DNS SAN or the first URI SAN's last segment names a writable service.
+    #[default]
+    Name,
+    /// Only admins and grants.
+    None,
+}
+
+/// Who may read (`authz.reads`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadRule {
+    /// Every authenticated identity.
+    #[default]
+    Any,
+    /// Whoever may write the service.
+    Owner,
+}
+
+/// Extra services one identity may write (`[[authz.grants]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub identity: String,
+    pub services: Vec<ServiceName>,
+}
+
+/// `[authz]`, validated.
+#[derive(Debug, Clone, Default)]
+pub struct AuthzSettings {
+    pub default_rule: DefaultRule,
+    pub reads: ReadRule,
+    pub admins: Vec<String>,
+    pub grants: Vec<Grant>,
+}
+
 /// The authorization rules of the configuration, indexed for lookups.
 #[derive(Debug, Clone)]
 pub struct Authorizer {
@@ -82,13 +120,13 @@ pub struct Authorizer {
 }
 
 impl Authorizer {
-    pub fn new(cfg: &AuthzConfig) -> Arc<Self> {
+    pub fn new(cfg: &AuthzSettings) -> Arc<Self> {
         let mut grants: HashMap<String, HashSet<String>> = HashMap::new();
         for g in &cfg.grants {
             grants
                 .entry(g.identity.clone())
                 .or_default()
-                .extend(g.services.iter().cloned());
+                .extend(g.services.iter().map(|s| s.as_str().to_owned()));
         }
         Arc::new(Self {
             default_rule: cfg.default_rule,
@@ -116,7 +154,6 @@ impl Authorizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Grant;
 
     fn cert(cn: &str, dns: &[&str], uris: &[&str]) -> Vec<u8> {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -159,7 +196,7 @@ mod tests {
 
     #[test]
     fn default_rule_matches_names_exactly() {
-        let a = Authorizer::new(&AuthzConfig::default());
+        let a = Authorizer::new(&AuthzSettings::default());
         let p = Peer::from_der(&cert("payments", &[], &[])).unwrap();
         assert!(a.can_write(&p, &svc("payments")));
         assert!(!a.can_write(&p, &svc("pay")));
@@ -174,7 +211,7 @@ mod tests {
 
     #[test]
     fn later_sans_name_nothing() {
-        let a = Authorizer::new(&AuthzConfig::default());
+        let a = Authorizer::new(&AuthzSettings::default());
         let uris = Peer::from_der(&cert(
             "x",
             &[],
@@ -189,20 +226,20 @@ mod tests {
         let no_segment =
             Peer::from_der(&cert("x", &[], &["spiffe://x/", "spiffe://x/payments"])).unwrap();
         assert!(!a.can_write(&no_segment, &svc("payments")));
-        // API.md's rule: the CN counts beside the SANs.
+        // docs/api.md's rule: the CN counts beside the SANs.
         let cn = Peer::from_der(&cert("payments", &["payments.svc"], &[])).unwrap();
         assert!(a.can_write(&cn, &svc("payments")));
     }
 
     #[test]
     fn admins_grants_and_owner_reads() {
-        let cfg = AuthzConfig {
+        let cfg = AuthzSettings {
             default_rule: DefaultRule::None,
             reads: ReadRule::Owner,
             admins: vec!["ops".into()],
             grants: vec![Grant {
                 identity: "deployer".into(),
-                services: vec!["payments".into()],
+                services: vec![svc("payments")],
             }],
         };
         let a = Authorizer::new(&cfg);

@@ -16,6 +16,15 @@ pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 3;
 pub const DEFAULT_OPEN_FOR: Duration = Duration::from_secs(2);
 pub const MAX_OPEN: Duration = Duration::from_secs(10);
 
+/// `[breaker]`, validated.
+#[derive(Debug, Clone, Copy)]
+pub struct BreakerSettings {
+    /// Consecutive failed calls (timeouts, unreachable) that open the breaker.
+    pub consecutive_failures: u32,
+    /// How long it stays open before a probe tries again (doubling, up to [`MAX_OPEN`]).
+    pub open_for: Duration,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BreakerState {

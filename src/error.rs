@@ -117,7 +117,7 @@ pub enum ErrorCode {
     PayloadTooLarge,
     Unavailable,
     NotFound,
-    /// 429: the caller's identity is over `limits.requests_per_second` (not in API.md, which is
+    /// 429: the caller's identity is over `limits.requests_per_second` (not in the contract, which is
     /// silent on rate limits; see docs/api.md).
     RateLimited,
     /// 408: the request body did not arrive within `limits.body_read_timeout`.

@@ -45,6 +45,7 @@ pub mod pool;
 pub mod registry;
 pub mod repair;
 pub mod replicate;
+pub mod secret;
 pub mod server;
 pub mod shutdown;
 pub mod tls;

@@ -11,8 +11,37 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use crate::config::Limits;
 use crate::metrics::Metrics;
+
+/// `[limits]`, validated: what a hostile or broken client may take.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// An HTTP/1 client must send its request headers within this (slowloris).
+    pub header_read_timeout: Duration,
+    /// A request body must arrive within this once the headers did (a slow body gets 408).
+    pub body_read_timeout: Duration,
+    /// A request (other than a long poll or a watch stream) is answered within this, else 503.
+    pub request_timeout: Duration,
+    /// Connections open at once on the public listener, and from one IP address.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// Concurrent streams (requests) per HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+    /// Requests per second one identity may make, sustained (0: no limit), and above that at once.
+    pub requests_per_second: u32,
+    pub burst: u32,
+}
+
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1_000;
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Instances of one service usually share one identity: 10,000 of them heartbeating every 10 s
+/// are 1,000 requests per second.
+pub const DEFAULT_REQUESTS_PER_SECOND: u32 = 2_000;
+pub const DEFAULT_BURST: u32 = 4_000;
 
 /// Why a connection was closed before its TLS handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -158,7 +158,7 @@ fn main() -> ExitCode {
                     Err(e) => {
                         eprintln!(
                             "twinreg: cannot bind {} / {}: {e}",
-                            settings.listen, settings.admin_listen
+                            settings.server.listen, settings.server.admin_listen
                         );
                         return ExitCode::from(EXIT_RUNTIME);
                     }

@@ -28,6 +28,13 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// re-driven after an outage do not stampede a registry that just came back.
 pub const DEFAULT_MAX_WRITES_PER_SECOND: u32 = 200;
 
+/// `[repair]`, validated.
+#[derive(Debug, Clone, Copy)]
+pub struct RepairSettings {
+    /// Cap on repair writes per second to each registry (recovery after an outage is paced).
+    pub max_writes_per_second: u32,
+}
+
 /// A write to re-drive.
 #[derive(Debug, Clone)]
 pub enum RepairOp {

@@ -23,6 +23,16 @@ use crate::model::{Instance, InstanceId, InstanceKey, ServiceName, next_generati
 use crate::registry::{Health, Liveness, Registry, RegistryKind, RegistryState};
 use crate::repair::{RepairOp, Repairer};
 
+/// `[heartbeat]`, validated: `Some(fraction)` of an instance's TTL within which a copy this
+/// replica refreshed is not refreshed again (coalescing); `None` when off.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HeartbeatSettings {
+    pub coalesce: Option<f64>,
+}
+
+/// Coalescing may skip refreshes for at most half a TTL: the lease always keeps half its life.
+pub const MAX_COALESCE_FRACTION: f64 = 0.5;
+
 /// One registry as the coordinator sees it.
 pub struct Member {
     pub registry: Arc<dyn Registry>,

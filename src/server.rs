@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,7 +24,7 @@ use tower::{Service, ServiceExt};
 use crate::antientropy::Sweeper;
 use crate::api::{self, AppState};
 use crate::authz::{Authorizer, Peer};
-use crate::breaker::Breaker;
+use crate::breaker::{Breaker, BreakerSettings};
 use crate::config::Settings;
 use crate::limits::{Connections, Requests};
 use crate::metrics::Metrics;
@@ -44,6 +45,24 @@ pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// The cache forgets instances silent for twice their TTL; this is how often it looks.
 const CACHE_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
+/// `[server]`, validated.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// The public mutual-TLS listener (REST and gRPC).
+    pub listen: SocketAddr,
+    /// `/healthz`, `/readyz`, `/metrics` and the status page, plain HTTP.
+    pub admin_listen: SocketAddr,
+    /// After the drain delay, the time in-flight requests and pending repairs get.
+    pub shutdown_grace: Duration,
+    /// After SIGTERM, how long `/readyz` answers 503 while connections are still accepted.
+    pub drain_delay: Duration,
+}
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(2);
+
 /// The two bound sockets. Bind them first (port 0 works) so a caller knows the addresses.
 pub struct Listeners {
     pub public: TcpListener,
@@ -53,8 +72,8 @@ pub struct Listeners {
 impl Listeners {
     pub async fn bind(settings: &Settings) -> std::io::Result<Self> {
         Ok(Self {
-            public: TcpListener::bind(settings.listen).await?,
-            admin: TcpListener::bind(settings.admin_listen).await?,
+            public: TcpListener::bind(settings.server.listen).await?,
+            admin: TcpListener::bind(settings.server.admin_listen).await?,
         })
     }
 }
@@ -79,21 +98,20 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let metrics = Metrics::new();
     let certs = Certs::new(metrics.clone());
-    let tls = ServerTls::load(&settings.raw.tls, &certs)?;
-    let (etcd, etcd_pool) = Etcd::new(&settings.raw.etcd, metrics.handshakes.clone(), &certs)
+    let tls = ServerTls::load(&settings.tls, &certs)?;
+    let (etcd, etcd_pool) = Etcd::new(&settings.etcd, metrics.handshakes.clone(), &certs)
         .map_err(RunError::Registry)?;
-    let (consul, consul_pool) =
-        Consul::new(&settings, metrics.handshakes.clone(), &certs).map_err(RunError::Registry)?;
+    let (consul, consul_pool) = Consul::new(&settings.consul, metrics.handshakes.clone(), &certs)
+        .map_err(RunError::Registry)?;
     let members = vec![
-        member(Arc::new(etcd), settings.raw.etcd.timeout_ms, &settings),
-        member(Arc::new(consul), settings.raw.consul.timeout_ms, &settings),
+        member(Arc::new(etcd), settings.etcd.timeout, settings.breaker),
+        member(Arc::new(consul), settings.consul.timeout, settings.breaker),
     ];
-    let hb = &settings.raw.heartbeat;
     let coordinator = Coordinator::with_coalescing(
         members,
-        settings.raw.repair.max_writes_per_second,
+        settings.repair.max_writes_per_second,
         metrics.clone(),
-        hb.coalesce.then_some(hb.coalesce_fraction),
+        settings.heartbeat.coalesce,
     );
     let stop = CancellationToken::new();
     let watches = Watches::new(
@@ -104,7 +122,7 @@ pub async fn run(
     );
     let state = AppState {
         coordinator: coordinator.clone(),
-        authz: Authorizer::new(&settings.raw.authz),
+        authz: Authorizer::new(&settings.authz),
         metrics: metrics.clone(),
         shutdown: stop.clone(),
         watches,
@@ -146,9 +164,9 @@ pub async fn run(
         background.spawn(
             certs
                 .clone()
-                .watch(settings.tls_reload_interval, stop.clone()),
+                .watch(settings.tls.reload_interval, stop.clone()),
         );
-        if settings.raw.anti_entropy.enabled {
+        if settings.anti_entropy.enabled {
             let holder = format!(
                 "twinreg-{}-{:016x}",
                 public_addr_hint(&settings),
@@ -156,9 +174,9 @@ pub async fn run(
             );
             let sweeper = Sweeper::new(
                 coordinator.clone(),
-                settings.anti_entropy_interval,
+                settings.anti_entropy.interval,
                 holder,
-                settings.raw.repair.max_writes_per_second,
+                settings.repair.max_writes_per_second,
             );
             background.spawn(sweeper.run(stop.clone()));
         }
@@ -189,7 +207,7 @@ pub async fn run(
     };
     // On shutdown, /readyz turns 503 at once, but connections are still accepted for
     // `drain_delay` so the load balancer sees the replica unready before it stops answering.
-    let drain_delay = settings.drain_delay;
+    let drain_delay = settings.server.drain_delay;
     let serve_until = {
         let stop = stop.clone();
         async move {
@@ -285,7 +303,7 @@ pub async fn run(
     tracing::info!("shutdown: listener closed, draining connections");
     let _ = stop_tx.send(true);
     drop(listeners.public);
-    let grace = settings.shutdown_grace;
+    let grace = settings.server.shutdown_grace;
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
@@ -335,18 +353,15 @@ impl Service<Request<Incoming>> for Front {
 
 /// Something that tells replicas apart in the sweeper election and its logs.
 fn public_addr_hint(settings: &Settings) -> String {
-    std::env::var("HOSTNAME").unwrap_or_else(|_| settings.listen.to_string())
+    std::env::var("HOSTNAME").unwrap_or_else(|_| settings.server.listen.to_string())
 }
 
-fn member(registry: Arc<dyn Registry>, timeout_ms: u64, settings: &Settings) -> Member {
+fn member(registry: Arc<dyn Registry>, deadline: Duration, breaker: BreakerSettings) -> Member {
     Member {
         registry,
-        deadline: Duration::from_millis(timeout_ms),
+        deadline,
         health: Health::default(),
-        breaker: Breaker::new(
-            settings.raw.breaker.consecutive_failures,
-            settings.breaker_open_for,
-        ),
+        breaker: Breaker::new(breaker.consecutive_failures, breaker.open_for),
     }
 }
 

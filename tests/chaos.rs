@@ -5,9 +5,6 @@
 //! Small in CI (`cargo test --test chaos`); `scripts/chaos.sh` runs it longer and larger through
 //! `CHAOS_INSTANCES`, `CHAOS_SECONDS` and `CHAOS_SEED`. Loopback only, bounded in time and count.
 
-#[path = "api/support/mod.rs"]
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,9 +16,9 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use support::consul::Consul;
-use support::etcd::Etcd;
-use support::gateway::{Gateway, Options};
+use testkit::consul::Consul;
+use testkit::etcd::Etcd;
+use testkit::gateway::{Gateway, Options};
 
 const TTL: u64 = 6;
 
@@ -62,7 +59,7 @@ impl Stats {
 
 /// Registers until some registry accepts, retrying 503s.
 async fn register(
-    c: &support::client::TestClient,
+    c: &testkit::client::TestClient,
     path: &str,
     body: &serde_json::Value,
     stats: &Mutex<Stats>,
@@ -143,9 +140,9 @@ async fn inject(rng: &mut StdRng, etcd: &mut Etcd, consul: &mut Consul) -> &'sta
             "etcd killed"
         }
         1 => {
-            support::signal(etcd.pid(), Signal::SIGSTOP);
+            testkit::signal(etcd.pid(), Signal::SIGSTOP);
             tokio::time::sleep(hold).await;
-            support::signal(etcd.pid(), Signal::SIGCONT);
+            testkit::signal(etcd.pid(), Signal::SIGCONT);
             "etcd frozen"
         }
         2 => {
@@ -162,9 +159,9 @@ async fn inject(rng: &mut StdRng, etcd: &mut Etcd, consul: &mut Consul) -> &'sta
             "consul killed (restarts empty)"
         }
         _ => {
-            support::signal(consul.pid(), Signal::SIGSTOP);
+            testkit::signal(consul.pid(), Signal::SIGSTOP);
             tokio::time::sleep(hold).await;
-            support::signal(consul.pid(), Signal::SIGCONT);
+            testkit::signal(consul.pid(), Signal::SIGCONT);
             "consul frozen"
         }
     }

@@ -11,7 +11,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 fn twinreg() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_twinreg"))
+    testkit::binaries::twinreg_command()
 }
 
 #[test]

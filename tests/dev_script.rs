@@ -14,16 +14,22 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Where the twinreg and mini-consul binaries are, built: the script is told to use them rather
+/// than run its own `cargo build`.
+fn bin_dir() -> &'static Path {
+    let dir = testkit::binaries::twinreg().parent().unwrap();
+    assert_eq!(
+        testkit::binaries::mini_consul().parent(),
+        Some(dir),
+        "twinreg and mini-consul are built into different directories"
+    );
+    dir
+}
+
 #[test]
 fn dev_script_smoke_registers_through_twinreg_and_finds_the_instance_in_both_registries() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    // The binaries this test run built: the script must not run cargo inside cargo test.
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_twinreg")).parent().unwrap();
-    assert!(
-        bin_dir.join("mini-consul").is_file(),
-        "mini-consul is not built beside twinreg in {}",
-        bin_dir.display()
-    );
+    let bin_dir = bin_dir();
     let mut cmd = Command::new(root.join("scripts/dev.sh"));
     cmd.arg("--smoke")
         .current_dir(root)
@@ -59,7 +65,7 @@ fn dev_script_smoke_registers_through_twinreg_and_finds_the_instance_in_both_reg
 #[test]
 fn dev_script_smoke_names_the_step_that_failed() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_twinreg")).parent().unwrap();
+    let bin_dir = bin_dir();
     // etcd cannot start: its client port is taken by a listener this test holds.
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let out = Command::new(root.join("scripts/dev.sh"))

@@ -52,7 +52,7 @@ pub const TARGETS: &[(&str, Check)] = &[
 pub const SERVICE: &str = "payments";
 pub const ID: &str = "pay-1";
 /// twinreg's default etcd prefix (`/services`).
-pub const PREFIX: &str = twinreg::config::DEFAULT_ETCD_PREFIX;
+pub const PREFIX: &str = twinreg::registry::etcd::DEFAULT_PREFIX;
 
 /// What a check made of one input, counted for the run's summary ([`count`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

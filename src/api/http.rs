@@ -1,4 +1,4 @@
-//! REST endpoints of the API contract (`shared/API.md`, mirrored in `docs/api.md`).
+//! REST endpoints of the API contract (`docs/api.md`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

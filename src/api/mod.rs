@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::authz::Authorizer;
-use crate::config::Limits;
+use crate::limits::Limits;
 use crate::limits::Requests;
 use crate::metrics::Metrics;
 use crate::replicate::Coordinator;

@@ -20,7 +20,6 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::config::Settings;
 use crate::error::RegistryError;
 use crate::metrics::Handshakes;
 use crate::model::{
@@ -29,6 +28,7 @@ use crate::model::{
 };
 use crate::pool::{Connect, WarmPool};
 use crate::registry::{FeedSender, Liveness, Registry, RegistryKind, transport};
+use crate::secret::Secret;
 use crate::tls::{Certs, registry_client_config};
 
 mod watch;
@@ -40,6 +40,27 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const TOKEN_HEADER: &str = "X-Consul-Token";
+/// `DeregisterCriticalServiceAfter` when the configuration does not say; Consul's own minimum.
+pub const DEFAULT_DEREGISTER_CRITICAL_AFTER: Duration = Duration::from_secs(60);
+/// Consul raises anything smaller to this; twinreg refuses it instead of surprising anyone.
+pub const MIN_DEREGISTER_CRITICAL_AFTER: Duration = Duration::from_secs(60);
+
+/// `[consul]`, validated.
+#[derive(Debug, Clone)]
+pub struct ConsulSettings {
+    /// `http://` or `https://` agent address, no trailing `/`.
+    pub address: String,
+    /// The ACL token (from `consul.token` or the file `consul.token_file`).
+    pub token: Option<Secret>,
+    /// Deadline of each Consul call.
+    pub timeout: Duration,
+    /// Warm HTTPS clients.
+    pub pool_size: usize,
+    pub deregister_critical_after: Duration,
+    pub ca: Option<std::path::PathBuf>,
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+}
 
 /// Creates one HTTPS client (its own connection pool) and proves it with a round trip.
 pub struct ConsulConnect {
@@ -106,19 +127,15 @@ pub struct Consul {
 
 impl Consul {
     pub fn new(
-        settings: &Settings,
+        cfg: &ConsulSettings,
         handshakes: Handshakes,
         certs: &Certs,
     ) -> Result<(Self, Arc<WarmPool<ConsulConnect>>), String> {
-        let cfg = &settings.raw.consul;
         let cert_key = cfg.cert.as_deref().zip(cfg.key.as_deref());
         let counted = (handshakes, KIND);
         let tls = registry_client_config("consul", cfg.ca.as_deref(), cert_key, counted, certs)
             .map_err(|e| e.to_string())?;
-        let token = settings
-            .consul_token
-            .as_ref()
-            .map(|t| t.expose().to_owned());
+        let token = cfg.token.as_ref().map(|t| t.expose().to_owned());
         let connect = ConsulConnect {
             address: cfg.address.clone(),
             token: token.clone(),
@@ -130,7 +147,7 @@ impl Consul {
             Self {
                 address: cfg.address.clone(),
                 token,
-                deregister_after: settings.deregister_critical_after,
+                deregister_after: cfg.deregister_critical_after,
                 pool: pool.clone(),
             },
             pool,

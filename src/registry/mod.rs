@@ -16,6 +16,11 @@ pub mod etcd;
 pub mod memory;
 pub mod transport;
 
+/// Each registry call's deadline when the configuration does not say (`timeout_ms`).
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
+/// Warm connections per registry when the configuration does not say (`pool_size`).
+pub const DEFAULT_POOL_SIZE: usize = 2;
+
 /// Which registry. The primary is etcd: its record wins where the two disagree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -7,6 +7,7 @@ pub mod reload;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use rustls::NamedGroup;
 use rustls::client::WebPkiServerVerifier;
@@ -24,7 +25,6 @@ use rustls_pki_types::{
     CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
 };
 
-use crate::config::TlsConfig;
 use crate::metrics::Handshakes;
 use crate::registry::RegistryKind;
 pub use reload::Certs;
@@ -232,6 +232,19 @@ fn build_server_config(
     Ok(cfg)
 }
 
+/// `[tls]`, validated: the public listener's certificate, key, client CAs and CRLs.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+    pub client_crl: Option<PathBuf>,
+    /// How often certificate and key files are checked for changes (zero: only SIGHUP reloads).
+    pub reload_interval: Duration,
+}
+
+pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+
 /// The public listener's TLS config, swapped whole on a reload: each new connection takes the
 /// current one; established connections keep theirs.
 pub struct ServerTls {
@@ -241,7 +254,7 @@ pub struct ServerTls {
 impl ServerTls {
     /// Loads `tls.cert`, `tls.key`, `tls.client_ca` and `tls.client_crl` (when set), and
     /// registers them with `certs` so a reload (SIGHUP, a changed file) replaces them.
-    pub fn load(cfg: &TlsConfig, certs: &Certs) -> Result<Arc<Self>, TlsError> {
+    pub fn load(cfg: &TlsSettings, certs: &Certs) -> Result<Arc<Self>, TlsError> {
         install_crypto_provider();
         let (cert, key, ca) = (cfg.cert.clone(), cfg.key.clone(), cfg.client_ca.clone());
         let crl = cfg.client_crl.clone();

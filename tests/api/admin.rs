@@ -94,12 +94,12 @@ async fn shutdown_turns_readyz_503_first_then_drains_and_stops_serving() {
 #[tokio::test]
 async fn the_binary_drains_on_sigterm_and_exits_cleanly() {
     let (etcd, consul) = tokio::join!(
-        crate::support::etcd::Etcd::start(),
-        crate::support::consul::Consul::start()
+        testkit::etcd::Etcd::start(),
+        testkit::consul::Consul::start()
     );
     let dir = tempfile::tempdir().unwrap();
     twinreg::certs::write_dev(dir.path(), &["payments".into()]).unwrap();
-    let (port, admin_port) = (crate::support::free_port(), crate::support::free_port());
+    let (port, admin_port) = (testkit::free_port(), testkit::free_port());
     let d = dir.path().display();
     let config = dir.path().join("twinreg.toml");
     std::fs::write(
@@ -113,56 +113,41 @@ async fn the_binary_drains_on_sigterm_and_exits_cleanly() {
         ),
     )
     .unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_twinreg"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    let readyz = || async move {
-        let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http();
-        client
-            .get(format!("http://{admin}/readyz").parse().unwrap())
-            .await
-            .ok()
-            .map(|r| r.status().as_u16())
-    };
-    crate::support::eventually(
-        Duration::from_secs(30),
-        "the binary to be ready",
-        || async { (readyz().await == Some(200)).then_some(()) },
-    )
-    .await;
+    let tw = testkit::serve::Serve::start(&config, &[], &[], (port, admin_port));
+    tw.wait_ready().await;
     let pem = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
     let identity = twinreg::certs::Issued {
         cert_pem: pem("payments.pem"),
         key_pem: pem("payments-key.pem"),
         der: vec![],
     };
-    let c = crate::support::client::TestClient::new(
+    let c = testkit::client::TestClient::new(
         format!("https://127.0.0.1:{port}"),
-        crate::support::client::tls_config(&pem("ca.pem"), Some(&identity)),
+        testkit::client::tls_config(&pem("ca.pem"), Some(&identity)),
     );
     let r = c
         .put_json(&path("payments", "p"), &body("10.0.0.1", 80))
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
 
-    crate::support::signal(child.id(), nix::sys::signal::Signal::SIGTERM);
-    crate::support::eventually(
+    tw.signal(nix::sys::signal::Signal::SIGTERM);
+    testkit::eventually(
         Duration::from_secs(5),
         "readyz 503 while draining",
-        || async { (readyz().await == Some(503)).then_some(()) },
+        || async {
+            let (status, _, _) = tw.try_admin_get("/readyz").await?;
+            (status == 503).then_some(())
+        },
     )
     .await;
-    let status = tokio::task::spawn_blocking(move || child.wait())
+    let (lines, ok) = tokio::task::spawn_blocking(move || tw.wait_exit())
         .await
-        .unwrap()
         .unwrap();
-    assert!(status.success(), "exit status {status}");
+    assert!(
+        ok,
+        "twinreg did not exit 0 after SIGTERM:\n{}",
+        lines.join("\n")
+    );
     assert!(etcd.dump("/services/payments/p").await.len() == 1);
     assert!(consul.agent_services().await.contains_key("payments.p"));
 }

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use crate::support::eventually;
-use crate::support::gateway::{Gateway, Options};
 use crate::{Env, body, path};
+use testkit::eventually;
+use testkit::gateway::{Gateway, Options};
 
 fn sweeping() -> Options {
     Options {
@@ -54,8 +54,8 @@ async fn the_sweep_restores_records_a_registry_lost_without_a_heartbeat() {
 
 #[tokio::test]
 async fn a_delete_consul_missed_is_removed_by_the_sweep_not_copied_back() {
-    let etcd = crate::support::etcd::Etcd::start().await;
-    let consul = crate::support::consul::Consul::start().await;
+    let etcd = testkit::etcd::Etcd::start().await;
+    let consul = testkit::consul::Consul::start().await;
     let no_sweep = Options {
         extra_toml: "[anti_entropy]\nenabled = false\n".into(),
         ..Default::default()

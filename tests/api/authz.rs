@@ -4,9 +4,9 @@ use serde_json::json;
 
 use twinreg::certs::{CertAuthority, ClientNames};
 
-use crate::support::client::{TestClient, tls_config};
-use crate::support::gateway::Options;
 use crate::{Env, body, path};
+use testkit::client::{TestClient, tls_config};
+use testkit::gateway::Options;
 
 #[tokio::test]
 async fn a_service_cannot_touch_another_services_instances() {

@@ -20,10 +20,10 @@ use twinreg::api::grpc::pb;
 use twinreg::api::grpc::pb::registry_client::RegistryClient;
 use twinreg::certs::ClientNames;
 
-use crate::support::client::{TestClient, tls_config};
-use crate::support::gateway::{Gateway, Options};
-use crate::support::grpc::channel_to;
 use crate::{Env, body, path};
+use testkit::client::{TestClient, tls_config};
+use testkit::gateway::{Gateway, Options};
+use testkit::grpc::channel_to;
 
 fn names(cn: &str, dns: &[&str], uris: &[&str]) -> ClientNames {
     ClientNames {
@@ -174,7 +174,7 @@ async fn later_sans_cannot_make_a_certificate_another_service() {
     assert_eq!(r.status, 200, "{}", r.text);
 
     // Names that come after the certificate's own (later SANs) give nothing. (The CN, the first
-    // DNS SAN and the first URI SAN's last segment each name a service: API.md's rule, tested in
+    // DNS SAN and the first URI SAN's last segment each name a service: docs/api.md's rule, tested in
     // tests/api/authz.rs.)
     let spoofers = [
         (
@@ -308,7 +308,7 @@ async fn a_name_that_is_a_prefix_of_another_is_another_service() {
             &[],
             &[&format!("spiffe://example.org/ns/prod/sa/{who}")],
         ));
-        let mut g = crate::support::grpc::registry(&env.gw, who).await;
+        let mut g = testkit::grpc::registry(&env.gw, who).await;
         for other in services.iter().filter(|o| **o != who) {
             let id = format!("{other}-1");
             each_write(&c, other, &id, 403, None).await;
@@ -368,7 +368,7 @@ async fn percent_encoded_segments_are_rejected_naming_the_field() {
         each_write(&c, "payments", id, 400, Some("id")).await;
     }
     // Over gRPC the same strings arrive as sent and are refused the same way.
-    let mut g = crate::support::grpc::registry(&env.gw, "payments").await;
+    let mut g = testkit::grpc::registry(&env.gw, "payments").await;
     each_grpc_write(
         &mut g,
         "pay%6Dents",
@@ -392,7 +392,7 @@ async fn percent_encoded_segments_are_rejected_naming_the_field() {
 async fn unicode_look_alikes_are_rejected_over_rest_and_grpc() {
     let env = Env::start().await;
     let c = env.gw.client("payments");
-    let mut g = crate::support::grpc::registry(&env.gw, "payments").await;
+    let mut g = testkit::grpc::registry(&env.gw, "payments").await;
     let services = [
         "\u{0440}ayments",                                                  // Cyrillic er
         "p\u{0430}yments",                                                  // Cyrillic a
@@ -515,7 +515,7 @@ async fn dot_segments_and_empty_segments_name_no_other_instance() {
     for id in ["..", "."] {
         each_write(&payments, "payments", id, 400, Some("id")).await;
     }
-    let mut g = crate::support::grpc::registry(&env.gw, "payments").await;
+    let mut g = testkit::grpc::registry(&env.gw, "payments").await;
     each_grpc_write(&mut g, "payments", "..", Code::InvalidArgument, Some("id")).await;
     // Dots and dots in the service segment.
     for service in ["..", "."] {

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use futures::future::join_all;
 
-use crate::support::client::TestClient;
-use crate::support::gateway::Options;
-use crate::support::metric;
 use crate::tls::secure_env_with;
 use crate::{Env, body, path};
+use testkit::client::TestClient;
+use testkit::gateway::Options;
+use testkit::metric;
 
 const TOKEN: &str = "3f6a1c2e-7d40-4b8e-9a11-5c0ffee0cafe";
 

@@ -5,38 +5,29 @@
 //! searched for the secrets; wrong credentials are reported by registry, with what to check, and
 //! never revealed.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
 
-use http::HeaderMap;
 use serde_json::Value;
 use tonic::Code;
 use twinreg::api::grpc::pb;
 use twinreg::api::grpc::pb::registry_client::RegistryClient;
 use twinreg::certs::{CertAuthority, ClientNames};
 
-use crate::support::client::{Resp, TestClient, tls_config};
-use crate::support::consul::Consul;
-use crate::support::etcd::Etcd;
-use crate::support::gateway::{Gateway, Options};
-use crate::support::grpc::channel_to;
-use crate::support::{eventually, find_binary, free_port};
 use crate::{body, path};
-
-/// The only keys the `twinreg` etcd role may touch: `etcd.prefix` + `/`.
-const PREFIX: &str = "/services/";
-const USER: &str = "twinreg";
-
-/// A distinctive random secret (hex, no whitespace: `etcdctl user add --interactive=false` reads
-/// the password up to the first space).
-fn secret(label: &str) -> String {
-    format!("{label}-{:032x}", rand::random::<u128>())
-}
+use testkit::binaries::twinreg_command;
+use testkit::client::{Resp, TestClient, tls_config};
+use testkit::consul::Consul;
+use testkit::etcd_auth::{AuthEtcd, PREFIX, USER, secret};
+use testkit::gateway::{Gateway, Options};
+use testkit::grpc::channel_to;
+use testkit::secrets::Grep;
+use testkit::serve::Serve;
+use testkit::{eventually, free_port};
 
 /// A Consul token shaped like a real SecretID (a UUID), random.
 fn consul_token() -> String {
@@ -49,126 +40,6 @@ fn consul_token() -> String {
         (r >> 56) & 0xfff,
         r & 0xffff_ffff_ffff
     )
-}
-
-/// An etcd with authentication on: `root` (etcd needs it to turn authentication on) and `twinreg`,
-/// whose one role grants readwrite on the prefix `/services/` and nothing else.
-struct AuthEtcd {
-    etcd: Etcd,
-    etcdctl: PathBuf,
-    root_password: String,
-}
-
-impl AuthEtcd {
-    async fn start(password: &str) -> AuthEtcd {
-        Self::start_with_args(password, &[]).await
-    }
-
-    /// [`Self::start`], with more etcd flags.
-    async fn start_with_args(password: &str, args: &[&str]) -> AuthEtcd {
-        Self::set_up(Etcd::start_with_args(args).await, password)
-    }
-
-    /// [`Self::start`] over HTTPS with `--client-cert-auth`: its `client.pem` has CN `twinreg`.
-    async fn start_tls(ca: &CertAuthority, password: &str) -> AuthEtcd {
-        Self::set_up(Etcd::start_tls(ca).await, password)
-    }
-
-    fn set_up(etcd: Etcd, password: &str) -> AuthEtcd {
-        let etcdctl = find_binary("ETCDCTL_BIN", "etcdctl").unwrap_or_else(|| {
-            panic!(
-                "etcdctl not found: this test sets up etcd users and roles with it. Install it \
-                 (apt-get install etcd-client; scripts/setup.sh does) or set ETCDCTL_BIN"
-            )
-        });
-        let a = AuthEtcd {
-            etcd,
-            etcdctl,
-            root_password: secret("root"),
-        };
-        // The commands docs/credentials.md gives, in the same order.
-        let root = a.root_password.clone();
-        a.ok(
-            None,
-            &["user", "add", "root", "--interactive=false"],
-            Some(&root),
-        );
-        a.ok(None, &["user", "grant-role", "root", "root"], None);
-        a.ok(None, &["role", "add", "twinreg"], None);
-        a.ok(
-            None,
-            &[
-                "role",
-                "grant-permission",
-                "twinreg",
-                "--prefix=true",
-                "readwrite",
-                PREFIX,
-            ],
-            None,
-        );
-        a.ok(
-            None,
-            &["user", "add", USER, "--interactive=false"],
-            Some(password),
-        );
-        a.ok(None, &["user", "grant-role", USER, "twinreg"], None);
-        a.ok(None, &["auth", "enable"], None);
-        a
-    }
-
-    /// Runs etcdctl as `user` (`None`: no credentials), feeding `stdin` a line.
-    fn ctl(&self, user: Option<(&str, &str)>, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut cmd = Command::new(&self.etcdctl);
-        cmd.env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.etcd.endpoint()));
-        if let Some(t) = &self.etcd.tls {
-            cmd.arg(format!("--cacert={}", t.path("ca.pem").display()))
-                .arg(format!("--cert={}", t.path("client.pem").display()))
-                .arg(format!("--key={}", t.path("client-key.pem").display()));
-        }
-        if let Some((u, p)) = user {
-            cmd.arg(format!("--user={u}"))
-                .arg(format!("--password={p}"));
-        }
-        let mut child = cmd
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("running etcdctl");
-        if let Some(line) = stdin {
-            let mut input = child.stdin.take().unwrap();
-            input.write_all(format!("{line}\n").as_bytes()).unwrap();
-        }
-        child.wait_with_output().expect("etcdctl runs")
-    }
-
-    fn ok(&self, user: Option<(&str, &str)>, args: &[&str], stdin: Option<&str>) {
-        let out = self.ctl(user, args, stdin);
-        assert!(
-            out.status.success(),
-            "etcdctl {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn root(&self) -> Option<(&str, &str)> {
-        Some(("root", &self.root_password))
-    }
-
-    /// Every key in etcd, read as root.
-    fn all_keys(&self) -> Vec<String> {
-        let out = self.ctl(self.root(), &["get", "", "--from-key", "--keys-only"], None);
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(str::to_owned)
-            .collect()
-    }
 }
 
 /// How twinreg is given the Consul token.
@@ -302,14 +173,9 @@ impl Setup {
     }
 }
 
-/// A `twinreg` command with a clean environment: no `TWINREG_*` from the caller's shell.
+/// A `twinreg` command (`check-config` here) with a clean environment plus `env`.
 fn twinreg(args: &[&str], config: &Path, env: &[(String, String)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_twinreg"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("TWINREG_") {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = twinreg_command();
     cmd.args(args).arg("--config").arg(config);
     for (k, v) in env {
         cmd.env(k, v);
@@ -317,190 +183,11 @@ fn twinreg(args: &[&str], config: &Path, env: &[(String, String)]) -> Command {
     cmd
 }
 
-/// `twinreg serve --log-json` at debug level, its stdout and stderr collected line by line.
-struct Serve {
-    child: Child,
-    port: u16,
-    admin: u16,
-    lines: Arc<Mutex<Vec<String>>>,
-    readers: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Serve {
-    fn start(config: &Path, env: &[(String, String)], ports: (u16, u16)) -> Serve {
-        let mut child = twinreg(&["serve", "--log-json"], config, env)
-            .env("TWINREG_LOG", "debug")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting twinreg");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let outs: [Box<dyn std::io::Read + Send>; 2] = [
-            Box::new(child.stdout.take().unwrap()),
-            Box::new(child.stderr.take().unwrap()),
-        ];
-        let readers = outs
-            .into_iter()
-            .map(|out| {
-                let lines = lines.clone();
-                std::thread::spawn(move || {
-                    for line in BufReader::new(out).lines().map_while(Result::ok) {
-                        lines.lock().unwrap().push(line);
-                    }
-                })
-            })
-            .collect();
-        Serve {
-            child,
-            port: ports.0,
-            admin: ports.1,
-            lines,
-            readers,
-        }
-    }
-
-    async fn try_admin_get(&self, path: &str) -> Option<(u16, HeaderMap, String)> {
-        use http_body_util::BodyExt;
-        let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http();
-        let uri = format!("http://127.0.0.1:{}{path}", self.admin);
-        let resp = client.get(uri.parse().unwrap()).await.ok()?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await.ok()?.to_bytes();
-        Some((status, headers, String::from_utf8_lossy(&body).into_owned()))
-    }
-
-    async fn admin_get(&self, path: &str) -> (u16, HeaderMap, String) {
-        self.try_admin_get(path)
-            .await
-            .unwrap_or_else(|| panic!("the admin listener does not answer {path}"))
-    }
-
-    /// Waits (the process starting included) until `/readyz` shows each registry in its state.
-    async fn wait_states(&self, want: &[(&str, &str)]) {
-        eventually(
-            Duration::from_secs(60),
-            "registry states in /readyz",
-            || async {
-                let (_, _, b) = self.try_admin_get("/readyz").await?;
-                let v: Value = serde_json::from_str(&b).ok()?;
-                want.iter()
-                    .all(|(r, s)| v["registries"][r]["state"] == *s)
-                    .then_some(())
-            },
-        )
-        .await;
-    }
-
-    /// SIGTERM, then every line it wrote until it exited.
-    fn stop(mut self) -> Vec<String> {
-        crate::support::signal(self.child.id(), nix::sys::signal::Signal::SIGTERM);
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while self.child.try_wait().unwrap().is_none() {
-            if std::time::Instant::now() > deadline {
-                let _ = self.child.kill();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.wait();
-        for r in self.readers.drain(..) {
-            r.join().unwrap();
-        }
-        std::mem::take(&mut *self.lines.lock().unwrap())
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Searches everything twinreg said for the secrets, and counts what it searched.
-struct Grep {
-    secrets: Vec<(String, String)>,
-    answers: usize,
-    lines: usize,
-}
-
-impl Grep {
-    fn new(secrets: &[(&str, &str)]) -> Grep {
-        let mut all = Vec::new();
-        for (name, s) in secrets {
-            all.push((name.to_string(), s.to_string()));
-            // A truncated or re-quoted leak still contains its tail.
-            let tail = &s[s.len().saturating_sub(16)..];
-            all.push((format!("{name} (last 16 characters)"), tail.to_owned()));
-        }
-        Grep {
-            secrets: all,
-            answers: 0,
-            lines: 0,
-        }
-    }
-
-    fn check(&self, what: &str, text: &str) {
-        for (name, s) in &self.secrets {
-            assert!(
-                !text.contains(s.as_str()),
-                "the {name} leaked in {what}:\n{text}"
-            );
-        }
-    }
-
-    fn text(&mut self, what: &str, text: &str) {
-        self.check(what, text);
-        self.answers += 1;
-    }
-
-    fn headers(&mut self, what: &str, headers: &HeaderMap) {
-        let all: String = headers
-            .iter()
-            .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())))
-            .collect();
-        self.check(&format!("{what} (headers)"), &all);
-    }
-
-    fn resp(&mut self, what: &str, r: &Resp) {
-        self.headers(what, &r.headers);
-        self.text(what, &r.text);
-    }
-
-    fn debug(&mut self, what: &str, v: &impl std::fmt::Debug) {
-        self.text(what, &format!("{v:?}"));
-    }
-
-    fn output(&mut self, what: &str, out: &Output) {
-        self.text(
-            &format!("{what} (stdout)"),
-            &String::from_utf8_lossy(&out.stdout),
-        );
-        self.text(
-            &format!("{what} (stderr)"),
-            &String::from_utf8_lossy(&out.stderr),
-        );
-    }
-
-    fn log(&mut self, what: &str, lines: &[String]) {
-        for l in lines {
-            self.check(what, l);
-        }
-        self.lines += lines.len();
-    }
-
-    /// `/metrics`, `/readyz`, `/healthz`, the status page and its JSON.
-    async fn admin(&mut self, tw: &Serve) {
-        for p in ["/metrics", "/readyz", "/healthz", "/", "/status.json"] {
-            let (status, headers, body) = tw.admin_get(p).await;
-            assert!(status == 200 || status == 503, "{p}: {status}");
-            self.headers(p, &headers);
-            self.text(p, &body);
-        }
-    }
+/// `twinreg serve --log-json` at debug level, its output collected line by line.
+fn serve(config: &Path, env: &[(String, String)], ports: (u16, u16)) -> Serve {
+    let mut env = env.to_vec();
+    env.push(("TWINREG_LOG".into(), "debug".into()));
+    Serve::start(config, &["--log-json"], &env, ports)
 }
 
 /// Register, heartbeat, list, long poll, deregister over REST, the same over gRPC, and some
@@ -712,11 +399,11 @@ async fn least_privilege_credentials_three_ways_and_no_secret_anywhere() {
         grep.output(&format!("check-config ({run})"), &out);
         assert!(out.status.success(), "{via:?}: {out:?}");
 
-        let tw = Serve::start(&config, &env, ports);
+        let tw = serve(&config, &env, ports);
         tw.wait_states(&[("etcd", "up"), ("consul", "up")]).await;
         exercise(&s, &tw, &mut grep, &format!("pay-{run}")).await;
         grep.admin(&tw).await;
-        let lines = tw.stop();
+        let (lines, _) = tw.stop();
         assert!(
             lines.iter().any(|l| l.contains("\"level\":\"DEBUG\"")),
             "{via:?}: debug logging was on"
@@ -810,7 +497,7 @@ async fn wrong_credentials_are_named_with_what_to_check_and_never_shown() {
         (&wrong_password, true),
         (&token, TokenVia::Config),
     );
-    let tw = Serve::start(&config, &env, ports);
+    let tw = serve(&config, &env, ports);
     tw.wait_states(&[("consul", "up")]).await;
     let c = s.client(tw.port, "payments");
     let r = register_until(
@@ -832,7 +519,7 @@ async fn wrong_credentials_are_named_with_what_to_check_and_never_shown() {
     let (status, _, ready) = tw.admin_get("/readyz").await;
     assert_eq!(status, 200, "Consul alone is enough to be ready: {ready}");
     grep.admin(&tw).await;
-    let lines = tw.stop();
+    let (lines, _) = tw.stop();
     assert!(
         lines
             .iter()
@@ -849,7 +536,7 @@ async fn wrong_credentials_are_named_with_what_to_check_and_never_shown() {
         (&password, true),
         (&wrong_token, TokenVia::File),
     );
-    let tw = Serve::start(&config, &env, ports);
+    let tw = serve(&config, &env, ports);
     tw.wait_states(&[("etcd", "up")]).await;
     let c = s.client(tw.port, "payments");
     let r = register_until(
@@ -869,7 +556,7 @@ async fn wrong_credentials_are_named_with_what_to_check_and_never_shown() {
         "{e}"
     );
     grep.admin(&tw).await;
-    let lines = tw.stop();
+    let (lines, _) = tw.stop();
     grep.log("the log (wrong Consul token)", &lines);
 
     // Both wrong, the token from the environment: 503 naming both, REST and gRPC.
@@ -880,7 +567,7 @@ async fn wrong_credentials_are_named_with_what_to_check_and_never_shown() {
         (&wrong_password, false),
         (&wrong_token, TokenVia::Env),
     );
-    let tw = Serve::start(&config, &env, ports);
+    let tw = serve(&config, &env, ports);
     tw.wait_states(&[]).await;
     let c = s.client(tw.port, "payments");
     let r = register_until(
@@ -925,7 +612,7 @@ async fn wrong_credentials_are_named_with_what_to_check_and_never_shown() {
     let ready: Value = serde_json::from_str(&ready).unwrap();
     assert_ne!(ready["registries"]["etcd"]["state"], "up", "{ready}");
     grep.admin(&tw).await;
-    let lines = tw.stop();
+    let (lines, _) = tw.stop();
     grep.log("the log (both wrong)", &lines);
 
     // Nothing was written with the wrong credentials; the right ones wrote what they took.

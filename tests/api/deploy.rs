@@ -10,9 +10,9 @@ use serde_json::Value;
 
 use std::time::Duration;
 
-use crate::support::gateway::Options;
-use crate::support::{eventually, find_binary};
 use crate::{Env, body, path};
+use testkit::gateway::Options;
+use testkit::{eventually, find_binary};
 
 fn repo(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(p)

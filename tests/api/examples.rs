@@ -15,8 +15,8 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use twinreg::certs::ClientNames;
 
-use crate::support::{eventually, find_binary, signal};
 use crate::{Env, path};
+use testkit::{eventually, find_binary, signal};
 
 /// The example's own service and instance; its certificate's CN names the service.
 const SERVICE: &str = "orders";

@@ -1,9 +1,9 @@
-//! A registry killed or both killed: the answers API.md promises, within the deadline.
+//! A registry killed or both killed: the answers docs/api.md promises, within the deadline.
 
 use std::time::{Duration, Instant};
 
-use crate::support::gateway::Options;
 use crate::{Env, body, path};
+use testkit::gateway::Options;
 
 const DEADLINE_MS: u64 = 1500;
 /// Slack over the registry deadline for the rest of the request (TLS, JSON) on a busy machine.
@@ -56,7 +56,7 @@ async fn etcd_killed_still_registers_through_consul() {
 
     // When etcd is back, the missed write is re-driven into it.
     env.etcd.restart().await;
-    crate::support::eventually(
+    testkit::eventually(
         Duration::from_secs(60),
         "the repair to land in etcd",
         || async { env.etcd_record("payments", "pay-1").await.map(drop) },
@@ -102,13 +102,13 @@ async fn frozen_etcd_never_holds_a_response_past_its_deadline() {
     })
     .await;
     let c = env.gw.client("payments");
-    crate::support::signal(env.etcd.pid(), nix::sys::signal::Signal::SIGSTOP);
+    testkit::signal(env.etcd.pid(), nix::sys::signal::Signal::SIGSTOP);
     let start = Instant::now();
     let r = c
         .put_json(&path("payments", "pay-1"), &body("10.0.0.5", 8080))
         .await;
     let took = start.elapsed();
-    crate::support::signal(env.etcd.pid(), nix::sys::signal::Signal::SIGCONT);
+    testkit::signal(env.etcd.pid(), nix::sys::signal::Signal::SIGCONT);
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(
         r.json["registries"]["etcd"]["error"],
@@ -144,7 +144,7 @@ async fn both_killed_gives_503_with_retry_after() {
         assert_eq!(r.status, 503, "{method} {p}: {}", r.text);
         assert!(r.headers.contains_key("retry-after"));
     }
-    crate::support::eventually(
+    testkit::eventually(
         Duration::from_secs(10),
         "/readyz to report not ready",
         || async { (env.gw.readyz().await.0 == 503).then_some(()) },
@@ -154,9 +154,9 @@ async fn both_killed_gives_503_with_retry_after() {
 
 #[tokio::test]
 async fn starts_without_registries_and_joins_them_later() {
-    let etcd_port = crate::support::free_port();
-    let consul_port = crate::support::free_port();
-    let gw = crate::support::gateway::Gateway::launch(
+    let etcd_port = testkit::free_port();
+    let consul_port = testkit::free_port();
+    let gw = testkit::gateway::Gateway::launch(
         vec![format!("http://127.0.0.1:{etcd_port}")],
         format!("http://127.0.0.1:{consul_port}"),
         Options::default(),
@@ -173,8 +173,8 @@ async fn starts_without_registries_and_joins_them_later() {
         .await;
     assert_eq!(r.status, 503, "{}", r.text);
 
-    let etcd = crate::support::etcd::Etcd::start_on(etcd_port).await;
-    crate::support::eventually(
+    let etcd = testkit::etcd::Etcd::start_on(etcd_port).await;
+    testkit::eventually(
         Duration::from_secs(30),
         "readyz 200 with etcd up",
         || async { (gw.readyz().await.0 == 200).then_some(()) },
@@ -196,7 +196,7 @@ async fn after_the_breaker_opens_a_frozen_registry_is_skipped_at_once() {
     })
     .await;
     let c = env.gw.client("payments");
-    crate::support::signal(env.etcd.pid(), nix::sys::signal::Signal::SIGSTOP);
+    testkit::signal(env.etcd.pid(), nix::sys::signal::Signal::SIGSTOP);
     // Three timeouts in a row open etcd's breaker (breaker.consecutive_failures = 3).
     for i in 0..3 {
         let r = c
@@ -222,13 +222,13 @@ async fn after_the_breaker_opens_a_frozen_registry_is_skipped_at_once() {
     );
 
     // Thawed: a probe closes the breaker and the missed writes land.
-    crate::support::signal(env.etcd.pid(), nix::sys::signal::Signal::SIGCONT);
-    crate::support::eventually(Duration::from_secs(30), "the breaker to close", || async {
+    testkit::signal(env.etcd.pid(), nix::sys::signal::Signal::SIGCONT);
+    testkit::eventually(Duration::from_secs(30), "the breaker to close", || async {
         (env.gw.readyz().await.1["registries"]["etcd"]["breaker"] == "closed").then_some(())
     })
     .await;
     for id in ["p0", "p1", "p2", "after"] {
-        crate::support::eventually(
+        testkit::eventually(
             Duration::from_secs(60),
             "the repair to land in etcd",
             || async { env.etcd_record("payments", id).await.map(drop) },

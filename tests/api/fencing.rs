@@ -10,9 +10,9 @@ use twinreg::registry::Registry;
 use twinreg::registry::consul::Consul as ConsulRegistry;
 use twinreg::registry::etcd::Etcd as EtcdRegistry;
 
-use crate::support::consul::Consul;
-use crate::support::etcd::Etcd;
-use crate::support::eventually;
+use testkit::consul::Consul;
+use testkit::etcd::Etcd;
+use testkit::eventually;
 
 async fn adapters(etcd: &Etcd, consul: &Consul) -> (Vec<Arc<dyn Registry>>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -26,8 +26,8 @@ async fn adapters(etcd: &Etcd, consul: &Consul) -> (Vec<Arc<dyn Registry>>, temp
     );
     let settings = Config::from_toml(&toml).unwrap().validate().unwrap();
     let certs = twinreg::tls::Certs::new(twinreg::metrics::Metrics::new());
-    let (e, e_pool) = EtcdRegistry::new(&settings.raw.etcd, Default::default(), &certs).unwrap();
-    let (c, c_pool) = ConsulRegistry::new(&settings, Default::default(), &certs).unwrap();
+    let (e, e_pool) = EtcdRegistry::new(&settings.etcd, Default::default(), &certs).unwrap();
+    let (c, c_pool) = ConsulRegistry::new(&settings.consul, Default::default(), &certs).unwrap();
     let (_tx, rx) = tokio::sync::watch::channel(false);
     tokio::join!(
         e_pool.clone().warm_up(rx.clone()),

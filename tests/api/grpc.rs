@@ -12,9 +12,9 @@ use tonic_health::pb::health_client::HealthClient;
 use twinreg::api::grpc::pb;
 use twinreg::api::grpc::pb::registry_client::RegistryClient;
 
-use crate::support::grpc::{channel, registry};
-use crate::support::{eventually, metric};
 use crate::{Env, body, path};
+use testkit::grpc::{channel, registry};
+use testkit::{eventually, metric};
 
 fn register_req(service: &str, id: &str, address: &str, port: u32) -> pb::RegisterRequest {
     pb::RegisterRequest {

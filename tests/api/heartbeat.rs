@@ -116,7 +116,7 @@ async fn heartbeat_restores_from_the_other_registry_on_a_fresh_replica() {
             .status,
         200
     );
-    let other = crate::support::gateway::Gateway::start(&env.etcd, &env.consul).await;
+    let other = testkit::gateway::Gateway::start(&env.etcd, &env.consul).await;
     let mut etcd = env.etcd.client().await;
     etcd.delete("/services/payments/pay-1", None).await.unwrap();
     let r = other.client("payments").put(&hb("payments", "pay-1")).await;

@@ -12,10 +12,10 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use twinreg::certs::ClientNames;
 
-use crate::support::client::tls_config;
-use crate::support::gateway::{Gateway, Options};
-use crate::support::{eventually, metric};
 use crate::{Env, body, path};
+use testkit::client::tls_config;
+use testkit::gateway::{Gateway, Options};
+use testkit::{eventually, metric};
 
 fn limits(toml: &str) -> Options {
     Options {
@@ -172,7 +172,7 @@ async fn a_flooding_identity_gets_429_with_retry_after_and_others_do_not() {
     assert_eq!(flooder.get("/v1/services").await.status, 200);
 
     // gRPC: RESOURCE_EXHAUSTED for the same identity.
-    let mut grpc = crate::support::grpc::registry(gw, "billing").await;
+    let mut grpc = testkit::grpc::registry(gw, "billing").await;
     let mut exhausted = None;
     for _ in 0..30 {
         match grpc

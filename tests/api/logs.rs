@@ -1,18 +1,17 @@
 //! The request log of the real `twinreg serve` binary: one JSON line per request with its request
 //! ID, identity, service, instance and each registry's outcome, and no secret anywhere.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 use twinreg::certs::{CertAuthority, ClientNames};
 
-use crate::support::client::{TestClient, tls_config};
-use crate::support::consul::Consul;
-use crate::support::etcd::Etcd;
-use crate::support::{eventually, free_port};
 use crate::{body, path};
+use testkit::client::{TestClient, tls_config};
+use testkit::consul::Consul;
+use testkit::etcd::Etcd;
+use testkit::serve::Serve;
+use testkit::{eventually, free_port};
 
 const TOKEN: &str = "s3cret-consul-token-5f1b";
 
@@ -38,26 +37,8 @@ async fn each_request_is_one_json_line_with_its_id_identity_target_and_outcomes(
         consul.address()
     );
     std::fs::write(p("twinreg.toml"), config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_twinreg"))
-        .args(["serve", "--log-json", "--config"])
-        .arg(p("twinreg.toml"))
-        .env("TWINREG_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting twinreg");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    for out in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-    }
+    let env = [("TWINREG_LOG".to_string(), "debug".to_string())];
+    let tw = Serve::start(&p("twinreg.toml"), &["--log-json"], &env, (port, admin));
 
     let id = ca.client(&ClientNames::cn("payments")).unwrap();
     let c = TestClient::new(
@@ -97,12 +78,9 @@ async fn each_request_is_one_json_line_with_its_id_identity_target_and_outcomes(
         .await;
     assert_ne!(r.headers["x-request-id"], forged.as_str());
 
-    let mut lines = Vec::new();
     let line = eventually(Duration::from_secs(10), "the request's log line", || {
-        while let Ok(l) = rx.try_recv() {
-            lines.push(l);
-        }
-        let found = lines
+        let found = tw
+            .lines()
             .iter()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .find(|v| v["fields"]["request_id"] == "req-42.a");
@@ -121,11 +99,7 @@ async fn each_request_is_one_json_line_with_its_id_identity_target_and_outcomes(
         "{registries}"
     );
     assert_eq!(line["level"], "INFO");
-    let _ = child.kill();
-    let _ = child.wait();
-    while let Ok(l) = rx.try_recv() {
-        lines.push(l);
-    }
+    let (lines, _) = tw.stop();
     assert!(
         lines
             .iter()

@@ -1,7 +1,5 @@
 //! twinreg end to end, against a real etcd and Consul (or mini-consul) on loopback.
 
-mod support;
-
 mod admin;
 mod antientropy;
 mod authz;
@@ -26,9 +24,9 @@ mod validation;
 mod watch;
 
 use serde_json::{Value, json};
-use support::consul::Consul;
-use support::etcd::Etcd;
-use support::gateway::{Gateway, Options};
+use testkit::consul::Consul;
+use testkit::etcd::Etcd;
+use testkit::gateway::{Gateway, Options};
 
 /// One scenario's servers.
 pub struct Env {

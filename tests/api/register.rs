@@ -4,8 +4,8 @@ use serde_json::json;
 
 use std::time::Duration;
 
-use crate::support::eventually;
 use crate::{Env, body, path};
+use testkit::eventually;
 
 #[tokio::test]
 async fn register_lands_in_both_registries() {

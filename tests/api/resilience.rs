@@ -1,4 +1,4 @@
-//! Resilience against real faults (DESIGN.md "Behaviour that users rely on", items 1–5): processes
+//! Resilience against real faults (docs/resilience.md, "What users rely on", items 1–5): processes
 //! killed, wiped, frozen; links delayed, cut and blackholed through a loopback proxy; an etcd
 //! cluster losing its leader and its quorum; both registries down; two replicas racing; shutdown
 //! under load.
@@ -8,27 +8,28 @@
 //! the fault every instance still heartbeating must be in BOTH registries and every deregistered
 //! one in neither, read directly from etcd and Consul ([`Truth`]), within a bounded time.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::client::{Resp, TestClient};
-use crate::support::cluster::Cluster;
-use crate::support::consul::Consul;
-use crate::support::etcd::Etcd;
-use crate::support::eventually;
-use crate::support::gateway::{Gateway, Options};
-use crate::support::proxy::{Mode, Proxy};
 use crate::{Env, path};
+use testkit::client::{Resp, TestClient};
+use testkit::cluster::Cluster;
+use testkit::consul::Consul;
+use testkit::etcd::Etcd;
+use testkit::eventually;
+use testkit::fleet::{Expect, Fleet, Plan};
+use testkit::gateway::{Gateway, Options};
+use testkit::proxy::{Mode, Proxy};
+use testkit::truth::{CONVERGE, Expected, Truth};
 
 /// Each registry's deadline in twinreg (`timeout_ms`).
 const DEADLINE_MS: u64 = 1500;
@@ -40,10 +41,6 @@ const TTL: u32 = 12;
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// How long each fault is held while the fleet heartbeats through it.
 const FAULT_FOR: Duration = Duration::from_secs(3);
-/// Bound for both registries to hold every live instance again after a fault.
-const CONVERGE: Duration = Duration::from_secs(60);
-/// Once converged, the state must still be right this much later (nothing comes back).
-const HOLD: Duration = Duration::from_secs(2);
 const SERVICE: &str = "payments";
 
 fn opts() -> Options {
@@ -81,32 +78,35 @@ impl fmt::Display for Side {
     }
 }
 
-/// Instances numbered from here on are the ones a test deregisters. They get a long TTL, so that
-/// only the deregistration itself (never a lapsed lease or TTL check) can make them go away, and
-/// anything that brings one back stays visible.
+/// Instances numbered from here on are the ones a test deregisters (long TTL: see [`Plan`]).
 const VICTIM: u32 = 100;
 const VICTIM_TTL: u32 = 600;
 
-fn instance_body(n: u32) -> Value {
-    json!({
-        "address": address(n),
-        "port": 8000 + n,
-        "tags": ["resilience"],
-        "meta": {"n": n.to_string()},
-        "ttl_seconds": if n >= VICTIM { VICTIM_TTL } else { TTL },
-    })
-}
-
-fn address(n: u32) -> String {
-    format!("10.9.{}.{}", n / 200, n % 200 + 1)
-}
+/// The fleet of every scenario here.
+const PLAN: Plan = Plan {
+    service: SERVICE,
+    ttl: TTL,
+    victim_from: VICTIM,
+    victim_ttl: VICTIM_TTL,
+    bound: BOUND,
+    heartbeat_every: HEARTBEAT_EVERY,
+};
 
 fn id(n: u32) -> String {
-    format!("i-{n}")
+    Plan::id(n)
 }
 
 fn hb_path(id: &str) -> String {
     format!("{}/heartbeat", path(SERVICE, id))
+}
+
+fn new_fleet(client: TestClient) -> Fleet {
+    Fleet::new(client, PLAN)
+}
+
+/// What one scenario's registries hold of the service.
+fn truth(env: &Env) -> Truth<'_> {
+    Truth::new(&env.etcd, &env.consul, SERVICE)
 }
 
 /// A register or deregister answered 200 within the bound, with `down` failing and the other
@@ -166,592 +166,6 @@ async fn wait_registry_up(gw: &Gateway, side: Side) {
         },
     )
     .await;
-}
-
-// ------------------------------------------------------------------------------------------------
-// What the registries hold, read directly.
-
-/// One registry's view of the service: id → (the record's address, lease or check status).
-#[derive(Debug, Default)]
-struct Snapshot {
-    /// id → (value, lease)
-    etcd: BTreeMap<String, (Value, i64)>,
-    /// id → (Address, status of the instance's TTL check, "" when it has none)
-    consul: BTreeMap<String, (String, String)>,
-}
-
-/// What must hold after a fault: every live instance in both registries (at its address, with a
-/// lease / a passing check), every deregistered one in neither.
-#[derive(Debug, Default, Clone)]
-struct Expected {
-    live: BTreeMap<String, String>,
-    gone: BTreeSet<String>,
-}
-
-impl Snapshot {
-    fn problems(&self, e: &Expected) -> Vec<String> {
-        let mut p = Vec::new();
-        for (id, addr) in &e.live {
-            match self.etcd.get(id) {
-                None => p.push(format!("{id}: missing in etcd")),
-                Some((v, lease)) => {
-                    if v["address"] != addr.as_str() {
-                        p.push(format!(
-                            "{id}: etcd holds address {}, not {addr}",
-                            v["address"]
-                        ));
-                    }
-                    if *lease == 0 {
-                        p.push(format!("{id}: etcd key has no lease"));
-                    }
-                }
-            }
-            match self.consul.get(id) {
-                None => p.push(format!("{id}: missing in consul")),
-                Some((a, status)) => {
-                    if a != addr {
-                        p.push(format!("{id}: consul holds address {a}, not {addr}"));
-                    }
-                    if status != "passing" {
-                        p.push(format!("{id}: consul check is '{status}', not passing"));
-                    }
-                }
-            }
-        }
-        for id in &e.gone {
-            if let Some((v, _)) = self.etcd.get(id) {
-                p.push(format!("{id}: deregistered, but etcd holds it: {v}"));
-            }
-            if let Some((a, status)) = self.consul.get(id) {
-                p.push(format!(
-                    "{id}: deregistered, but consul holds it (address {a}, check '{status}')"
-                ));
-            }
-        }
-        p
-    }
-}
-
-enum EtcdSource<'a> {
-    One(&'a Etcd),
-    Cluster(&'a Cluster),
-}
-
-/// Reads etcd and Consul directly (never through twinreg).
-struct Truth<'a> {
-    etcd: EtcdSource<'a>,
-    consul: &'a Consul,
-}
-
-const READ_TIMEOUT: Duration = Duration::from_secs(3);
-
-impl<'a> Truth<'a> {
-    fn of(env: &'a Env) -> Self {
-        Self::new(&env.etcd, &env.consul)
-    }
-
-    fn new(etcd: &'a Etcd, consul: &'a Consul) -> Self {
-        Truth {
-            etcd: EtcdSource::One(etcd),
-            consul,
-        }
-    }
-
-    fn cluster(cluster: &'a Cluster, consul: &'a Consul) -> Self {
-        Truth {
-            etcd: EtcdSource::Cluster(cluster),
-            consul,
-        }
-    }
-
-    async fn read_etcd(&self) -> Result<BTreeMap<String, (Value, i64)>, String> {
-        let dir = format!("/services/{SERVICE}/");
-        let kvs = match self.etcd {
-            EtcdSource::One(e) => {
-                let ep = e.endpoint();
-                tokio::time::timeout(READ_TIMEOUT, async {
-                    let mut c = etcd_client::Client::connect([ep], None)
-                        .await
-                        .map_err(|e| format!("etcd connect: {e}"))?;
-                    let resp = c
-                        .get(
-                            dir.as_str(),
-                            Some(etcd_client::GetOptions::new().with_prefix()),
-                        )
-                        .await
-                        .map_err(|e| format!("etcd get: {e}"))?;
-                    Ok::<_, String>(
-                        resp.kvs()
-                            .iter()
-                            .map(|kv| {
-                                (
-                                    kv.key_str().unwrap_or_default().to_owned(),
-                                    serde_json::from_slice(kv.value()).unwrap_or(Value::Null),
-                                    kv.lease(),
-                                )
-                            })
-                            .collect::<Vec<_>>(),
-                    )
-                })
-                .await
-                .map_err(|_| "etcd read timed out".to_string())??
-            }
-            EtcdSource::Cluster(c) => c
-                .dump(&dir)
-                .await
-                .ok_or("the etcd cluster could not be read")?,
-        };
-        Ok(kvs
-            .into_iter()
-            .filter_map(|(k, v, lease)| Some((k.strip_prefix(&dir)?.to_owned(), (v, lease))))
-            .collect())
-    }
-
-    async fn read_consul(&self) -> Result<BTreeMap<String, (String, String)>, String> {
-        let get = |p: &'static str| async move {
-            let (status, body) =
-                tokio::time::timeout(READ_TIMEOUT, self.consul.request("GET", p, None))
-                    .await
-                    .map_err(|_| format!("consul {p} timed out"))??;
-            if status != 200 {
-                return Err(format!("consul {p}: {status} {body}"));
-            }
-            match serde_json::from_str(&body) {
-                Ok(Value::Object(m)) => Ok(m),
-                _ => Err(format!("consul {p}: not an object: {body}")),
-            }
-        };
-        let services = get("/v1/agent/services").await?;
-        let checks = get("/v1/agent/checks").await?;
-        let prefix = format!("{SERVICE}.");
-        Ok(services
-            .into_iter()
-            .filter_map(|(sid, svc)| {
-                let id = sid.strip_prefix(&prefix)?.to_owned();
-                let status = checks
-                    .get(&format!("service:{sid}"))
-                    .and_then(|c| c["Status"].as_str())
-                    .unwrap_or("")
-                    .to_owned();
-                let addr = svc["Address"].as_str().unwrap_or("").to_owned();
-                Some((id, (addr, status)))
-            })
-            .collect())
-    }
-
-    async fn read(&self) -> Result<Snapshot, String> {
-        Ok(Snapshot {
-            etcd: self.read_etcd().await?,
-            consul: self.read_consul().await?,
-        })
-    }
-
-    /// Waits (at most [`CONVERGE`]) until both registries hold exactly what `expected` says, and
-    /// still do [`HOLD`] later; panics with what is still wrong otherwise.
-    async fn converge(&self, what: &str, expected: &Expected) -> Snapshot {
-        self.settle(what, expected, CONVERGE).await
-    }
-
-    async fn settle(&self, what: &str, expected: &Expected, limit: Duration) -> Snapshot {
-        match self.try_settle(expected, limit).await {
-            Ok(s) => s,
-            Err(last) => panic!(
-                "{what}: the registries did not converge within {limit:?}:\n  {}",
-                last.join("\n  ")
-            ),
-        }
-    }
-
-    async fn try_settle(
-        &self,
-        expected: &Expected,
-        limit: Duration,
-    ) -> Result<Snapshot, Vec<String>> {
-        let start = Instant::now();
-        let mut last = vec!["never read".to_string()];
-        while start.elapsed() < limit {
-            match self.read().await {
-                Ok(s) => {
-                    let p = s.problems(expected);
-                    if p.is_empty() {
-                        tokio::time::sleep(HOLD).await;
-                        match self.read().await {
-                            Ok(again) => {
-                                let p = again.problems(expected);
-                                if p.is_empty() {
-                                    return Ok(again);
-                                }
-                                last = p.into_iter().map(|p| format!("{p} (came back)")).collect();
-                            }
-                            Err(e) => last = vec![e],
-                        }
-                    } else {
-                        last = p;
-                    }
-                }
-                Err(e) => last = vec![e],
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        Err(last)
-    }
-}
-
-// ------------------------------------------------------------------------------------------------
-// The fleet: instances heartbeating through twinreg while faults come and go.
-
-/// What the current phase allows a heartbeat to answer.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-enum Expect {
-    /// 200 `ok`, within [`BOUND`].
-    Ok,
-    /// 200 `ok` with `degraded: true`, within [`BOUND`].
-    Degraded,
-    /// 503 `unavailable` with Retry-After, within [`BOUND`].
-    Unavailable,
-    /// A transition (a fault being applied or lifted): anything; a 404 is answered by registering
-    /// again, as API.md tells clients to.
-    #[default]
-    Any,
-}
-
-#[derive(Debug, Default)]
-struct PhaseLog {
-    heartbeats: u32,
-    ok: u32,
-    degraded: u32,
-    unavailable: u32,
-    unknown: u32,
-    errors: u32,
-    restored_etcd: u32,
-    restored_consul: u32,
-}
-
-#[derive(Default)]
-struct Shared {
-    /// id → register body of every instance that is registered and heartbeating.
-    live: BTreeMap<String, Value>,
-    /// Heartbeats (and re-registers) in flight, so a deregister can wait them out.
-    in_flight: BTreeSet<String>,
-    phase: (String, Expect),
-    phases: Vec<(String, Expect, PhaseLog)>,
-    violations: Vec<String>,
-}
-
-impl Shared {
-    fn log(&mut self, phase: &str) -> &mut PhaseLog {
-        let i = self
-            .phases
-            .iter()
-            .position(|(n, _, _)| n == phase)
-            .expect("phase registered");
-        &mut self.phases[i].2
-    }
-}
-
-struct Fleet {
-    client: Arc<TestClient>,
-    shared: Arc<Mutex<Shared>>,
-    gone: BTreeSet<String>,
-    started: Instant,
-    stop: CancellationToken,
-    task: Option<JoinHandle<()>>,
-}
-
-impl Fleet {
-    fn new(client: TestClient) -> Fleet {
-        let fleet = Fleet {
-            client: Arc::new(client),
-            shared: Arc::default(),
-            gone: BTreeSet::new(),
-            started: Instant::now(),
-            stop: CancellationToken::new(),
-            task: None,
-        };
-        fleet.phase("setup", Expect::Ok);
-        fleet
-    }
-
-    /// Registers instance `n`; on 200 it joins the heartbeating fleet.
-    async fn register(&self, n: u32) -> (Resp, Duration) {
-        let body = instance_body(n);
-        let start = Instant::now();
-        let r = self.client.put_json(&path(SERVICE, &id(n)), &body).await;
-        let took = start.elapsed();
-        if r.status == 200 {
-            self.shared.lock().unwrap().live.insert(id(n), body);
-        }
-        (r, took)
-    }
-
-    /// Registers instance `n` while both registries are up: 200, not degraded.
-    async fn register_ok(&self, n: u32) {
-        let (r, _) = self.register(n).await;
-        assert_eq!(r.status, 200, "registering {}: {}", id(n), r.text);
-        assert_eq!(
-            r.json["degraded"],
-            false,
-            "registering {}: {}",
-            id(n),
-            r.text
-        );
-    }
-
-    /// Stops heartbeating the instance (waiting out a heartbeat in flight, so it cannot race the
-    /// delete), then deregisters it; on 200 it must stay gone from both registries.
-    async fn deregister(&mut self, id: &str) -> (Resp, Duration) {
-        let body = self.shared.lock().unwrap().live.remove(id);
-        assert!(body.is_some(), "{id} is not a live instance");
-        eventually(
-            Duration::from_secs(20),
-            "the heartbeat in flight to end",
-            || async { (!self.shared.lock().unwrap().in_flight.contains(id)).then_some(()) },
-        )
-        .await;
-        let start = Instant::now();
-        let r = self.client.delete(&path(SERVICE, id)).await;
-        let took = start.elapsed();
-        if r.status == 200 {
-            self.gone.insert(id.to_owned());
-        }
-        (r, took)
-    }
-
-    async fn deregister_ok(&mut self, id: &str) {
-        let (r, took) = self.deregister(id).await;
-        assert_eq!(r.status, 200, "deregistering {id}: {}", r.text);
-        assert!(took <= BOUND, "deregistering {id}: answered after {took:?}");
-    }
-
-    /// Heartbeats an instance registered by other means from now on.
-    fn adopt(&self, id: &str, body: Value) {
-        self.shared.lock().unwrap().live.insert(id.to_owned(), body);
-    }
-
-    fn live_ids(&self) -> Vec<String> {
-        self.shared.lock().unwrap().live.keys().cloned().collect()
-    }
-
-    fn expected(&self) -> Expected {
-        Expected {
-            live: self
-                .shared
-                .lock()
-                .unwrap()
-                .live
-                .iter()
-                .map(|(id, b)| (id.clone(), b["address"].as_str().unwrap().to_owned()))
-                .collect(),
-            gone: self.gone.clone(),
-        }
-    }
-
-    /// Starts a new phase: heartbeats from now on are judged by `expect`.
-    fn phase(&self, name: &str, expect: Expect) {
-        let mut sh = self.shared.lock().unwrap();
-        if !sh.phases.iter().any(|(n, _, _)| n == name) {
-            sh.phases
-                .push((name.to_owned(), expect, PhaseLog::default()));
-        }
-        sh.phase = (name.to_owned(), expect);
-    }
-
-    /// Starts heartbeating every live instance every [`HEARTBEAT_EVERY`], in phase `name`.
-    fn start(&mut self, name: &str, expect: Expect) {
-        self.phase(name, expect);
-        let client = self.client.clone();
-        let shared = self.shared.clone();
-        let stop = self.stop.clone();
-        let started = self.started;
-        self.task = Some(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                let round: Vec<(String, Value)> = {
-                    let mut sh = shared.lock().unwrap();
-                    let round: Vec<_> = sh.live.clone().into_iter().collect();
-                    for (id, _) in &round {
-                        sh.in_flight.insert(id.clone());
-                    }
-                    round
-                };
-                join_all(
-                    round
-                        .into_iter()
-                        .map(|(id, body)| beat(&client, &shared, started, id, body)),
-                )
-                .await;
-            }
-        }));
-    }
-
-    /// Every heartbeat answer of `phase` so far.
-    fn log<R>(&self, phase: &str, f: impl FnOnce(&PhaseLog) -> R) -> R {
-        let mut sh = self.shared.lock().unwrap();
-        f(sh.log(phase))
-    }
-
-    /// Waits until `rounds` more heartbeats were answered in the current phase.
-    async fn wait_heartbeats(&self, rounds: u32) {
-        let phase = self.shared.lock().unwrap().phase.0.clone();
-        let before = self.log(&phase, |l| l.heartbeats);
-        eventually(
-            Duration::from_secs(30),
-            &format!("{rounds} heartbeats in phase '{phase}'"),
-            || async { (self.log(&phase, |l| l.heartbeats) >= before + rounds).then_some(()) },
-        )
-        .await;
-    }
-
-    /// Stops heartbeating and fails the test with every heartbeat that broke its phase's rule,
-    /// or with a phase in which no heartbeat was answered (the fleet was not really running).
-    async fn finish(mut self) -> Vec<(String, Expect, PhaseLog)> {
-        self.stop.cancel();
-        if let Some(t) = self.task.take() {
-            t.await.expect("heartbeat task");
-        }
-        let mut sh = self.shared.lock().unwrap();
-        let mut problems = sh.violations.clone();
-        for (name, expect, log) in &sh.phases {
-            if *expect != Expect::Any && name != "setup" && log.heartbeats == 0 {
-                problems.push(format!("phase '{name}': no heartbeat was answered"));
-            }
-        }
-        let phases = std::mem::take(&mut sh.phases);
-        assert!(
-            problems.is_empty(),
-            "{} heartbeat problem(s):\n  {}\nper phase: {phases:#?}",
-            problems.len(),
-            problems
-                .iter()
-                .take(30)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("\n  "),
-        );
-        phases
-    }
-}
-
-/// One heartbeat of one instance, judged against the phase it started and ended in.
-async fn beat(
-    client: &TestClient,
-    shared: &Mutex<Shared>,
-    started: Instant,
-    id: String,
-    body: Value,
-) {
-    let (phase, expect) = shared.lock().unwrap().phase.clone();
-    let start = Instant::now();
-    let r = client.try_request("PUT", &hb_path(&id), None).await;
-    let took = start.elapsed();
-    let reregister = {
-        let mut sh = shared.lock().unwrap();
-        if !sh.live.contains_key(&id) {
-            // Deregistered meanwhile: its answer does not matter.
-            sh.in_flight.remove(&id);
-            return;
-        }
-        // A phase change while in flight: the answer may belong to either phase.
-        let expect = if sh.phase.0 == phase {
-            expect
-        } else {
-            Expect::Any
-        };
-        let log = sh.log(&phase);
-        log.heartbeats += 1;
-        match &r {
-            Ok(resp) => {
-                match resp.status {
-                    200 => log.ok += 1,
-                    503 => log.unavailable += 1,
-                    404 => log.unknown += 1,
-                    _ => log.errors += 1,
-                }
-                if resp.json["degraded"] == true {
-                    log.degraded += 1;
-                }
-                if resp.json["registries"]["etcd"]["restored"] == true {
-                    log.restored_etcd += 1;
-                }
-                if resp.json["registries"]["consul"]["restored"] == true {
-                    log.restored_consul += 1;
-                }
-            }
-            Err(_) => log.errors += 1,
-        }
-        if let Some(why) = judge(expect, &r, took) {
-            let at = start.duration_since(started);
-            sh.violations
-                .push(format!("[{phase}] heartbeat {id} at {at:.1?}: {why}"));
-        }
-        matches!(&r, Ok(resp) if resp.status == 404)
-    };
-    if reregister {
-        // API.md: 404 means no registry knows it; the client registers again.
-        let _ = client
-            .try_request(
-                "PUT",
-                &path(SERVICE, &id),
-                Some(serde_json::to_vec(&body).unwrap()),
-            )
-            .await;
-    }
-    shared.lock().unwrap().in_flight.remove(&id);
-}
-
-fn judge(expect: Expect, r: &Result<Resp, String>, took: Duration) -> Option<String> {
-    if expect == Expect::Any {
-        return None;
-    }
-    let resp = match r {
-        Err(e) => return Some(format!("no answer: {e}")),
-        Ok(resp) => resp,
-    };
-    if took > BOUND {
-        return Some(format!(
-            "answered {} after {took:?} (bound {BOUND:?}): {}",
-            resp.status, resp.text
-        ));
-    }
-    match expect {
-        Expect::Ok | Expect::Degraded => {
-            if resp.status != 200 || resp.json["ok"] != true {
-                return Some(format!(
-                    "expected 200 ok, got {}: {}",
-                    resp.status, resp.text
-                ));
-            }
-            if expect == Expect::Degraded && resp.json["degraded"] != true {
-                return Some(format!("expected degraded: {}", resp.text));
-            }
-        }
-        Expect::Unavailable => {
-            if resp.status != 503 || resp.json["error"] != "unavailable" {
-                return Some(format!(
-                    "expected 503 unavailable, got {}: {}",
-                    resp.status, resp.text
-                ));
-            }
-            let retry = resp
-                .headers
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            if retry.is_none_or(|s| s < 1) {
-                return Some(format!(
-                    "503 without a usable Retry-After: {:?}",
-                    resp.headers
-                ));
-            }
-        }
-        Expect::Any => {}
-    }
-    None
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -857,7 +271,7 @@ async fn the_fault_proxy_delays_cuts_and_blackholes_a_link() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_killed_then_restarted_with_its_data_loses_nothing() {
     let mut env = Env::start_with(opts()).await;
-    let mut fleet = Fleet::new(env.gw.client(SERVICE));
+    let mut fleet = new_fleet(env.gw.client(SERVICE));
     for n in 0..4 {
         fleet.register_ok(n).await;
     }
@@ -879,7 +293,7 @@ async fn etcd_killed_then_restarted_with_its_data_loses_nothing() {
 
     fleet.phase("etcd restarted", Expect::Ok);
     env.etcd.restart().await;
-    Truth::of(&env)
+    truth(&env)
         .converge("after etcd came back with its data", &fleet.expected())
         .await;
     fleet.finish().await;
@@ -890,19 +304,19 @@ async fn etcd_killed_then_restarted_with_its_data_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_wiped_heartbeats_restore_every_instance() {
     let mut env = Env::start_with(opts()).await;
-    let mut fleet = Fleet::new(env.gw.client(SERVICE));
+    let mut fleet = new_fleet(env.gw.client(SERVICE));
     for n in 0..5 {
         fleet.register_ok(n).await;
     }
     fleet.register_ok(VICTIM + 90).await;
     fleet.deregister_ok(&id(VICTIM + 90)).await;
-    let before = Truth::of(&env).read().await.unwrap();
+    let before = truth(&env).read().await.unwrap();
     fleet.start("steady", Expect::Ok);
     fleet.wait_heartbeats(5).await;
 
     fleet.phase("etcd wiped", Expect::Ok);
     env.etcd.restart_wiped().await;
-    let after = Truth::of(&env)
+    let after = truth(&env)
         .converge("after etcd lost every key", &fleet.expected())
         .await;
     // Every record sits on a new lease: restored into the new etcd, not left over.
@@ -936,7 +350,7 @@ async fn link_faults(side: Side) {
     gw.wait_both_up().await;
     let env = Env { etcd, consul, gw };
 
-    let mut fleet = Fleet::new(env.gw.client(SERVICE));
+    let mut fleet = new_fleet(env.gw.client(SERVICE));
     for n in (0..4).chain(VICTIM..VICTIM + 3) {
         fleet.register_ok(n).await;
     }
@@ -973,7 +387,7 @@ async fn link_faults(side: Side) {
 
         fleet.phase(&format!("{side} healed after {name}"), Expect::Ok);
         proxy.pass();
-        Truth::of(&env)
+        truth(&env)
             .converge(
                 &format!("after the {side} link was {name} and healed"),
                 &fleet.expected(),
@@ -1004,7 +418,7 @@ async fn etcd_cluster_losing_its_leader_then_its_quorum() {
     let (mut cluster, consul) = tokio::join!(Cluster::start(), Consul::start());
     let gw = Gateway::launch(cluster.endpoints(), consul.address(), opts()).await;
     gw.wait_both_up().await;
-    let mut fleet = Fleet::new(gw.client(SERVICE));
+    let mut fleet = new_fleet(gw.client(SERVICE));
     for n in 0..4 {
         fleet.register_ok(n).await;
     }
@@ -1063,7 +477,7 @@ async fn etcd_cluster_losing_its_leader_then_its_quorum() {
     cluster.restart(leader).await;
     cluster.wait_healthy().await;
     fleet.phase("three members again", Expect::Ok);
-    Truth::cluster(&cluster, &consul)
+    Truth::cluster(&cluster, &consul, SERVICE)
         .converge("after the old leader rejoined", &fleet.expected())
         .await;
 
@@ -1086,7 +500,7 @@ async fn etcd_cluster_losing_its_leader_then_its_quorum() {
     cluster.restart(leader).await;
     cluster.restart(other).await;
     cluster.wait_healthy().await;
-    Truth::cluster(&cluster, &consul)
+    Truth::cluster(&cluster, &consul, SERVICE)
         .converge("after the etcd quorum came back", &fleet.expected())
         .await;
     fleet.finish().await;
@@ -1097,7 +511,7 @@ async fn etcd_cluster_losing_its_leader_then_its_quorum() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consul_killed_and_restarted_empty_heartbeats_restore_every_instance() {
     let mut env = Env::start_with(opts()).await;
-    let mut fleet = Fleet::new(env.gw.client(SERVICE));
+    let mut fleet = new_fleet(env.gw.client(SERVICE));
     for n in 0..4 {
         fleet.register_ok(n).await;
     }
@@ -1119,7 +533,7 @@ async fn consul_killed_and_restarted_empty_heartbeats_restore_every_instance() {
 
     fleet.phase("consul restarted empty", Expect::Ok);
     env.consul.restart().await;
-    Truth::of(&env)
+    truth(&env)
         .converge("after consul came back empty", &fleet.expected())
         .await;
     let phases = fleet.finish().await;
@@ -1133,7 +547,7 @@ async fn consul_killed_and_restarted_empty_heartbeats_restore_every_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consul_frozen_then_thawed_loses_nothing() {
     let env = Env::start_with(opts()).await;
-    let mut fleet = Fleet::new(env.gw.client(SERVICE));
+    let mut fleet = new_fleet(env.gw.client(SERVICE));
     for n in 0..4 {
         fleet.register_ok(n).await;
     }
@@ -1153,7 +567,7 @@ async fn consul_frozen_then_thawed_loses_nothing() {
 
     fleet.phase("consul thawed", Expect::Ok);
     env.consul.thaw();
-    Truth::of(&env)
+    truth(&env)
         .converge("after consul was thawed", &fleet.expected())
         .await;
     fleet.finish().await;
@@ -1163,7 +577,7 @@ async fn consul_frozen_then_thawed_loses_nothing() {
 
 async fn both_down_then_back(first: Side) {
     let mut env = Env::start_with(opts()).await;
-    let mut fleet = Fleet::new(env.gw.client(SERVICE));
+    let mut fleet = new_fleet(env.gw.client(SERVICE));
     for n in 0..4 {
         fleet.register_ok(n).await;
     }
@@ -1213,7 +627,7 @@ async fn both_down_then_back(first: Side) {
     }
     wait_registry_up(&env.gw, second).await;
     fleet.phase("both back", Expect::Ok);
-    Truth::of(&env)
+    truth(&env)
         .converge(
             &format!("after both were down and {first} came back first"),
             &fleet.expected(),
@@ -1306,7 +720,7 @@ async fn a_late_deregister_never_undoes_a_newer_reregister() {
     let x = "racer";
     let first = b.put_json(&path(SERVICE, x), &race_body("10.7.0.1")).await;
     assert_eq!(first.status, 200, "{}", first.text);
-    let truth = Truth::new(&r.etcd, &r.consul);
+    let truth = Truth::new(&r.etcd, &r.consul, SERVICE);
     let mut expected = Expected::default();
     expected.live.insert(x.into(), "10.7.0.1".into());
     truth
@@ -1341,7 +755,7 @@ async fn a_late_deregister_never_undoes_a_newer_reregister() {
         .err();
 
     // And with the instance heartbeating, as a live one does.
-    let mut fleet = Fleet::new(r.fast.client(SERVICE));
+    let mut fleet = new_fleet(r.fast.client(SERVICE));
     fleet.adopt(x, race_body("10.7.0.2"));
     fleet.start("after the race", Expect::Ok);
     let healed = truth
@@ -1368,7 +782,7 @@ async fn a_late_reregister_never_undoes_a_newer_deregister() {
     let x = "racer";
     let first = b.put_json(&path(SERVICE, x), &race_body("10.7.0.1")).await;
     assert_eq!(first.status, 200, "{}", first.text);
-    let truth = Truth::new(&r.etcd, &r.consul);
+    let truth = Truth::new(&r.etcd, &r.consul, SERVICE);
     let mut expected = Expected::default();
     expected.live.insert(x.into(), "10.7.0.1".into());
     truth

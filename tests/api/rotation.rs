@@ -13,15 +13,15 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use twinreg::certs::{CertAuthority, ClientNames, Issued};
 
-use crate::support::client::h2_get;
-use crate::support::client::{TestClient, tls_config};
-use crate::support::consul::Consul;
-use crate::support::etcd::Etcd;
-use crate::support::gateway::{Gateway, Options};
-use crate::support::proxy::Proxy;
-use crate::support::replace_file;
-use crate::support::{eventually, metric};
 use crate::{Env, body, path};
+use testkit::client::h2_get;
+use testkit::client::{TestClient, tls_config};
+use testkit::consul::Consul;
+use testkit::etcd::Etcd;
+use testkit::gateway::{Gateway, Options};
+use testkit::proxy::Proxy;
+use testkit::replace_file;
+use testkit::{eventually, metric};
 
 fn fast_reload() -> Options {
     Options {
@@ -249,7 +249,7 @@ async fn sighup_reloads_the_server_certificate() {
         "no file checks"
     );
     // The gateway runs in this process: the signal goes to the test process.
-    crate::support::signal(std::process::id(), nix::sys::signal::Signal::SIGHUP);
+    testkit::signal(std::process::id(), nix::sys::signal::Signal::SIGHUP);
     eventually(Duration::from_secs(10), "SIGHUP to reload", || async {
         let served = handshake(gw, &gw.ca.cert_pem, &me).await.ok()?;
         (served == renewed.der).then_some(())
@@ -286,7 +286,7 @@ async fn registry_client_certificates_rotate_and_reconnects_use_them() {
     .await;
     gw.wait_both_up().await;
     let c = gw.client("payments");
-    let etcd_ok = |r: &crate::support::client::Resp| r.json["registries"]["etcd"]["ok"] == true;
+    let etcd_ok = |r: &testkit::client::Resp| r.json["registries"]["etcd"]["ok"] == true;
     let r = c
         .put_json(&path("payments", "a"), &body("10.0.0.1", 80))
         .await;

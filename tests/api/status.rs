@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::eventually;
-use crate::support::gateway::Options;
 use crate::{Env, body, path};
+use testkit::eventually;
+use testkit::gateway::Options;
 
 /// No anti-entropy sweep: it would copy the Consul-only instance into etcd and end the
 /// disagreement these tests look for.
@@ -294,8 +294,8 @@ async fn status_never_shows_the_consul_token() {
 
 /// Chromium from `CHROMIUM_BIN`, else `chromium` or `chromium-browser` on PATH.
 fn chromium() -> PathBuf {
-    crate::support::find_binary("CHROMIUM_BIN", "chromium")
-        .or_else(|| crate::support::find_binary("CHROMIUM_BIN", "chromium-browser"))
+    testkit::find_binary("CHROMIUM_BIN", "chromium")
+        .or_else(|| testkit::find_binary("CHROMIUM_BIN", "chromium-browser"))
         .unwrap_or_else(|| {
             panic!(
                 "headless Chromium is needed to test the status page and none was found \

@@ -2,10 +2,10 @@
 
 use twinreg::certs::CertAuthority;
 
-use crate::support::consul::Consul;
-use crate::support::etcd::Etcd;
-use crate::support::gateway::{Gateway, Options};
 use crate::{body, path};
+use testkit::consul::Consul;
+use testkit::etcd::Etcd;
+use testkit::gateway::{Gateway, Options};
 
 const TOKEN: &str = "3f6a1c2e-7d40-4b8e-9a11-5c0ffee0cafe";
 
@@ -87,7 +87,7 @@ async fn registers_through_tls_registries_with_client_certificates_and_an_acl_to
 async fn a_wrong_consul_token_is_reported_without_being_revealed() {
     let wrong = "0badc0de-0000-4000-8000-000000000000";
     let env = secure_env(wrong).await;
-    crate::support::eventually(std::time::Duration::from_secs(30), "etcd up", || async {
+    testkit::eventually(std::time::Duration::from_secs(30), "etcd up", || async {
         (env.gw.readyz().await.1["registries"]["etcd"]["state"] == "up").then_some(())
     })
     .await;

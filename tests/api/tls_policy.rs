@@ -25,11 +25,11 @@ use tokio_rustls::TlsConnector;
 use twinreg::certs::{ClientNames, Issued};
 
 use crate::Env;
-use crate::support::client::h2_get;
-use crate::support::client::tls_config;
-use crate::support::gateway::{Gateway, Options};
-use crate::support::replace_file;
-use crate::support::{eventually, find_binary};
+use testkit::client::h2_get;
+use testkit::client::tls_config;
+use testkit::gateway::{Gateway, Options};
+use testkit::replace_file;
+use testkit::{eventually, find_binary};
 
 const DAY: i64 = 86_400;
 

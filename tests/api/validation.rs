@@ -1,4 +1,4 @@
-//! Every rule of API.md's table: 400 naming the field (or 413), and nothing written anywhere.
+//! Every rule of docs/api.md's "Names and limits" table: 400 naming the field (or 413), and nothing written anywhere.
 
 use serde_json::{Value, json};
 

@@ -11,10 +11,10 @@ use twinreg::api::grpc::pb;
 use twinreg::api::grpc::pb::registry_client::RegistryClient;
 use twinreg::api::grpc::pb::watch_event::Type;
 
-use crate::support::gateway::{Gateway, Options};
-use crate::support::grpc::registry;
-use crate::support::{eventually, find_binary, metric};
 use crate::{Env, body, path};
+use testkit::gateway::{Gateway, Options};
+use testkit::grpc::registry;
+use testkit::{eventually, find_binary, metric};
 
 /// Watch settings for the tests: frequent PROGRESS frames.
 fn options() -> Options {

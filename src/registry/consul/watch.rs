@@ -1,5 +1,5 @@
 //! The Consul side of a service watch: a blocking-query loop on `/v1/health/service/{service}`,
-//! following Consul's rules for `X-Consul-Index` (`shared/CONSUL.md`, "Blocking queries"):
+//! following Consul's rules for `X-Consul-Index` (`docs/consul.md`, "Blocking queries"):
 //!
 //! - the first query (index 0) does not block and gives the starting set;
 //! - a return whose index did not move is not a change: the body is not even read, only

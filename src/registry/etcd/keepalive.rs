@@ -133,7 +133,7 @@ async fn read_answers(mut stream: etcd_client::LeaseKeepAliveStream, pending: Pe
                 }
             }
             Ok(None) => break "closed by etcd".to_owned(),
-            Err(e) => break super::describe(&e),
+            Err(e) => break super::errors::describe(&e),
         }
     };
     tracing::debug!(reason = %why, "etcd lease keepalive stream ended; the next heartbeat reopens it");

@@ -4,10 +4,9 @@ mod pki;
 
 pub use pki::{Pki, https_client, path_str};
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -16,13 +15,16 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
+use testkit::process::{Output, Process};
+
+pub use testkit::eventually;
 
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// A mini-consul process, killed on drop.
 pub struct Server {
-    child: Option<Child>,
+    process: Process,
     pub addr: SocketAddr,
     pub base: String,
     pub http: HttpClient,
@@ -82,40 +84,23 @@ pub fn binary() -> &'static str {
 }
 
 /// Spawns mini-consul with `args` (plus `--listen 127.0.0.1:0` unless `--listen` is given) and
-/// waits for its `mini-consul listening on ADDR` line.
-pub fn spawn(args: &[&str]) -> (Child, SocketAddr) {
+/// waits for its `mini-consul listening on ADDR` line. `MINI_CONSUL_TEST_LOG=1` makes it log at
+/// debug level (the lines end up in the panic message of a failing wait).
+pub fn spawn(args: &[&str]) -> (Process, SocketAddr) {
     let mut cmd = Command::new(binary());
     if !args.contains(&"--listen") {
         cmd.args(["--listen", "127.0.0.1:0"]);
     }
-    cmd.args(args)
-        .env_remove("MINI_CONSUL_ACL_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped());
+    cmd.args(args).env_remove("MINI_CONSUL_ACL_TOKEN");
     if std::env::var_os("MINI_CONSUL_TEST_LOG").is_some() {
-        cmd.env("RUST_LOG", "debug").stderr(Stdio::inherit());
-    } else {
-        cmd.stderr(Stdio::null());
+        cmd.env("RUST_LOG", "debug");
     }
-    let mut child = cmd.spawn().expect("starting mini-consul");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let _ = tx.send(lines.next());
-        for _ in lines {}
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("mini-consul printed its listening line in time")
-        .expect("mini-consul printed a line")
-        .expect("readable stdout");
-    let addr = line
-        .strip_prefix("mini-consul listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+    let process = Process::spawn("mini-consul", cmd, Output::Lines);
+    let addr = process
+        .wait_for_line("mini-consul listening on ", Duration::from_secs(20))
         .parse()
         .expect("a socket address");
-    (child, addr)
+    (process, addr)
 }
 
 pub fn http_client() -> HttpClient {
@@ -124,9 +109,9 @@ pub fn http_client() -> HttpClient {
 
 impl Server {
     pub async fn start(args: &[&str]) -> Server {
-        let (child, addr) = spawn(args);
+        let (process, addr) = spawn(args);
         Server {
-            child: Some(child),
+            process,
             addr,
             base: format!("http://{addr}"),
             http: http_client(),
@@ -142,24 +127,14 @@ impl Server {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        self.process.pid()
     }
 
     /// Waits (up to `limit`) for the process to exit.
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let child = self.child.as_mut().expect("running");
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = child.try_wait().expect("waiting") {
-                self.child = None;
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "mini-consul did not exit within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.process
+            .stop_within(None, limit)
+            .unwrap_or_else(|| panic!("mini-consul did not exit within {limit:?}"))
     }
 
     /// A request with explicit headers (the default token is not added).
@@ -223,15 +198,6 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 pub async fn send<C>(
     client: &Client<C, Full<Bytes>>,
     req: http::Request<Full<Bytes>>,
@@ -255,23 +221,4 @@ where
         body: String::from_utf8_lossy(&body).into_owned(),
         version,
     })
-}
-
-/// Polls `f` until it yields `Some`, for at most `limit`.
-pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

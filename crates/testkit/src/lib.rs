@@ -1,15 +1,33 @@
-//! Real servers for the integration tests: etcd, Consul (real when on PATH / `CONSUL_BIN`,
-//! otherwise mini-consul) and twinreg itself, each on free loopback ports, with certificates
-//! generated at test time.
-#![allow(dead_code)]
+//! What twinreg's end-to-end tests share: real servers on free loopback ports, with certificates
+//! generated at test time, and the helpers to drive and judge them.
+//!
+//! - [`process`]: the one way a test runs a server process (output kept, freeze, thaw, kill,
+//!   killed on drop); [`binaries`]: the workspace's own binaries, built and found through cargo.
+//! - [`etcd`], [`cluster`] (three members), [`consul`] (real when on PATH / `CONSUL_BIN`, else
+//!   mini-consul): the registries. [`gateway`]: twinreg in-process on port 0; [`serve`]: the
+//!   twinreg binary as a process.
+//! - [`client`] (REST over mutual TLS), [`grpc`] (the tonic client), [`proxy`] (a loopback fault
+//!   proxy that delays, cuts and blackholes a link).
+//! - [`fleet`] (instances heartbeating through faults, each answer judged) and [`truth`] (what
+//!   etcd and Consul really hold, read directly), for the resilience scenarios.
+//! - [`eventually`], [`metric`], [`free_port`], [`find_binary`].
 
+pub mod binaries;
 pub mod client;
 pub mod cluster;
 pub mod consul;
 pub mod etcd;
+pub mod etcd_auth;
+pub mod fleet;
 pub mod gateway;
 pub mod grpc;
+pub mod process;
 pub mod proxy;
+pub mod secrets;
+pub mod serve;
+pub mod truth;
+
+pub use process::signal;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -56,12 +74,6 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// Sends a signal to a child process.
-pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)
-        .expect("signalling a child");
 }
 
 /// The sum of every sample of metric `name` whose labels include all of `labels`, from

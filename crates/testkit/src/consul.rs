@@ -2,7 +2,7 @@
 //! otherwise mini-consul (this repository's Consul-API-compatible test server).
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,8 +14,9 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use twinreg::certs::{CertAuthority, ClientNames};
 
-use super::client::tls_config;
-use super::{eventually, find_binary, free_port};
+use crate::client::tls_config;
+use crate::process::{Output, Process};
+use crate::{find_binary, free_port};
 
 /// TLS with verified client certificates, and an ACL token, for the tests of those paths.
 pub struct Secure {
@@ -32,7 +33,9 @@ impl Secure {
 pub struct Consul {
     real: Option<PathBuf>,
     pub port: u16,
-    child: Option<Child>,
+    process: Option<Process>,
+    /// Answered once: later starts are restarts and keep the port.
+    started: bool,
     pub secure: Option<Secure>,
     http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
@@ -76,7 +79,8 @@ impl Consul {
         let mut c = Consul {
             real: find_binary("CONSUL_BIN", "consul"),
             port: free_port(),
-            child: None,
+            process: None,
+            started: false,
             secure,
             http: Client::builder(TokioExecutor::new()).build(https),
         };
@@ -151,7 +155,7 @@ acl {{
     }
 
     fn mini_command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mini-consul"));
+        let mut cmd = Command::new(crate::binaries::mini_consul());
         cmd.arg("--listen").arg(format!("127.0.0.1:{}", self.port));
         if let Some(s) = &self.secure {
             cmd.arg("--tls-cert")
@@ -166,43 +170,67 @@ acl {{
         cmd
     }
 
+    /// Starts the process and waits until it answers. On the first start a port lost to another
+    /// test between `free_port` and the bind (the process exits at once) means new ports, up to
+    /// three times; a restart keeps its port.
     async fn spawn(&mut self) {
-        let mut cmd = match &self.real {
-            Some(bin) => self.real_command(bin),
-            None => self.mini_command(),
-        };
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting consul");
-        self.child = Some(child);
-        eventually(Duration::from_secs(30), "consul to answer", || async {
-            let (status, body) = self.request("GET", "/v1/status/leader", None).await.ok()?;
-            (status == 200 && body.len() > 2).then_some(())
-        })
-        .await;
+        let first = self.process.is_none() && !self.started;
+        for attempt in 1..=3 {
+            let cmd = match &self.real {
+                Some(bin) => self.real_command(bin),
+                None => self.mini_command(),
+            };
+            self.process = Some(Process::spawn("consul", cmd, Output::Null));
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            let answered = loop {
+                if self.process.as_mut().expect("spawned").exited().is_some() {
+                    break false;
+                }
+                if let Ok((200, body)) = self.request("GET", "/v1/status/leader", None).await
+                    && body.len() > 2
+                {
+                    break true;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "consul did not answer on port {} within 30 s",
+                    self.port
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            if answered {
+                self.started = true;
+                return;
+            }
+            assert!(
+                first && attempt < 3,
+                "consul on port {} exited at start",
+                self.port
+            );
+            eprintln!(
+                "consul exited at start (port {} taken?); starting again on a new port",
+                self.port
+            );
+            self.port = free_port();
+        }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("consul running").id()
+        self.process.as_ref().expect("consul running").pid()
     }
 
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process = None;
     }
 
     /// SIGSTOP: Consul keeps its sockets but answers nothing.
     pub fn freeze(&self) {
-        super::signal(self.pid(), nix::sys::signal::Signal::SIGSTOP);
+        self.process.as_ref().expect("consul running").freeze();
     }
 
     /// SIGCONT after [`Consul::freeze`].
     pub fn thaw(&self) {
-        super::signal(self.pid(), nix::sys::signal::Signal::SIGCONT);
+        self.process.as_ref().expect("consul running").thaw();
     }
 
     /// Starts again on the same port; a dev agent (and mini-consul) starts empty.
@@ -280,11 +308,5 @@ acl {{
             Value::Object(m) => m,
             other => panic!("agent/checks is not an object: {other}"),
         }
-    }
-}
-
-impl Drop for Consul {
-    fn drop(&mut self) {
-        self.kill();
     }
 }

@@ -1,4 +1,4 @@
-//! Every error rule of CONSUL.md: strict decoding, validation texts, 404/405/500 shapes.
+//! Every error rule of docs/consul.md: strict decoding, validation texts, 404/405/500 shapes.
 
 use serde_json::json;
 

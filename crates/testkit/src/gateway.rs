@@ -9,10 +9,10 @@ use tokio::task::JoinHandle;
 use twinreg::certs::{CertAuthority, ClientNames, Issued};
 use twinreg::config::Config;
 
-use super::client::{TestClient, tls_config};
-use super::consul::Consul;
-use super::etcd::Etcd;
-use super::eventually;
+use crate::client::{TestClient, tls_config};
+use crate::consul::Consul;
+use crate::etcd::Etcd;
+use crate::eventually;
 
 pub struct Gateway {
     pub addr: SocketAddr,
@@ -172,7 +172,7 @@ coalesce = {coalesce}
     /// `twinreg_certificate_reloads_total{outcome}` now.
     pub async fn certificate_reloads(&self, outcome: &str) -> f64 {
         let (_, text) = self.admin_get("/metrics").await;
-        super::metric(
+        crate::metric(
             &text,
             "twinreg_certificate_reloads_total",
             &[("outcome", outcome)],

@@ -1,18 +1,18 @@
 //! A 3-member etcd cluster on loopback, for tests about losing members.
 //!
-//! Each member is a real `etcd` process (found like [`super::etcd`] finds it) with its own client
+//! Each member is a real `etcd` process (found like [`crate::etcd`] finds it) with its own client
 //! port, peer port and data directory. Members can be killed (SIGKILL, data kept) and restarted
 //! with their data, frozen (SIGSTOP) and thawed (SIGCONT); the leader is found by asking each
 //! member for its `status()`.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use etcd_client::{Client, GetOptions};
-use nix::sys::signal::Signal;
 
-use super::{eventually, find_binary, free_port, signal};
+use crate::process::{Output, Process};
+use crate::{eventually, find_binary, free_port};
 
 pub const MEMBERS: usize = 3;
 /// How long one status/get round trip to a member may take in the helpers here.
@@ -23,7 +23,7 @@ pub struct Member {
     pub client_port: u16,
     pub peer_port: u16,
     pub dir: tempfile::TempDir,
-    child: Option<Child>,
+    process: Option<Process>,
     frozen: bool,
 }
 
@@ -37,7 +37,7 @@ impl Member {
     }
 
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.process.is_some()
     }
 }
 
@@ -77,7 +77,7 @@ impl Cluster {
                 client_port: free_port(),
                 peer_port: free_port(),
                 dir: tempfile::tempdir().unwrap(),
-                child: None,
+                process: None,
                 frozen: false,
             })
             .collect::<Vec<_>>();
@@ -108,14 +108,14 @@ impl Cluster {
 
     fn spawn(&mut self, i: usize) {
         assert!(
-            self.members[i].child.is_none(),
+            self.members[i].process.is_none(),
             "member {i} is already running"
         );
         let initial = self.initial_cluster();
         let m = &self.members[i];
         // With an existing data directory etcd ignores the --initial-* flags and rejoins.
-        let child = Command::new(&self.bin)
-            .arg(format!("--name={}", m.name))
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg(format!("--name={}", m.name))
             .arg(format!(
                 "--data-dir={}",
                 m.dir.path().join("data").display()
@@ -127,13 +127,10 @@ impl Cluster {
             .arg(format!("--initial-cluster={initial}"))
             .arg("--initial-cluster-state=new")
             .arg(format!("--initial-cluster-token={}", self.token))
-            .arg("--log-level=error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting etcd member {i}: {e}"));
+            .arg("--log-level=error");
+        let process = Process::spawn(&format!("etcd member {i}"), cmd, Output::Null);
         let m = &mut self.members[i];
-        m.child = Some(child);
+        m.process = Some(process);
         m.frozen = false;
     }
 
@@ -153,10 +150,10 @@ impl Cluster {
 
     pub fn pid(&self, i: usize) -> u32 {
         self.members[i]
-            .child
+            .process
             .as_ref()
             .unwrap_or_else(|| panic!("member {i} is not running"))
-            .id()
+            .pid()
     }
 
     /// One member's `status()`: (its own member ID, the leader it knows of, 0 when none).
@@ -195,10 +192,7 @@ impl Cluster {
     /// SIGKILL, keeping the member's data directory.
     pub fn kill(&mut self, i: usize) {
         let m = &mut self.members[i];
-        if let Some(mut c) = m.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        m.process = None;
         m.frozen = false;
     }
 
@@ -218,15 +212,22 @@ impl Cluster {
         .await;
     }
 
+    fn member_process(&mut self, i: usize) -> &mut Process {
+        self.members[i]
+            .process
+            .as_mut()
+            .unwrap_or_else(|| panic!("member {i} is not running"))
+    }
+
     /// SIGSTOP: the member keeps its sockets but answers nothing.
     pub fn freeze(&mut self, i: usize) {
-        signal(self.pid(i), Signal::SIGSTOP);
+        self.member_process(i).freeze();
         self.members[i].frozen = true;
     }
 
     /// SIGCONT after [`Cluster::freeze`].
     pub fn thaw(&mut self, i: usize) {
-        signal(self.pid(i), Signal::SIGCONT);
+        self.member_process(i).thaw();
         self.members[i].frozen = false;
     }
 
@@ -290,13 +291,5 @@ impl Cluster {
                 })
                 .collect(),
         )
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for i in 0..self.members.len() {
-            self.kill(i);
-        }
     }
 }

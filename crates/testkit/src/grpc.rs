@@ -12,8 +12,8 @@ use tonic::transport::{Channel, Endpoint};
 use twinreg::api::grpc::pb::registry_client::RegistryClient;
 use twinreg::certs::{ClientNames, Issued};
 
-use super::client::tls_config;
-use super::gateway::Gateway;
+use crate::client::tls_config;
+use crate::gateway::Gateway;
 
 /// A gRPC channel to the gateway's public listener over mutual TLS, as the service `cn`.
 pub async fn channel(gw: &Gateway, cn: &str) -> Channel {

@@ -1,6 +1,6 @@
 //! mini-consul, the Consul-API-compatible test server, checked on its own: every test starts the
 //! real binary on `127.0.0.1:0` and talks to it over real HTTP(S), against the request/response
-//! examples of Consul's API documentation and the rules in `shared/CONSUL.md`, and against the
+//! examples of Consul's API documentation and the rules in `docs/consul.md`, and against the
 //! independent rs-consul client.
 
 mod acl;

@@ -1,6 +1,6 @@
 //! mini-consul: a Consul-API-compatible test server, used by twinreg's tests when no real
 //! `consul` binary is available. It reproduces, with Consul's documented semantics, the part of
-//! Consul's HTTP API twinreg uses (see `shared/CONSUL.md`): agent service register/deregister,
+//! Consul's HTTP API twinreg uses (see `docs/consul.md`): agent service register/deregister,
 //! TTL checks with expiry and DeregisterCriticalServiceAfter, `/v1/health/service` and
 //! `/v1/catalog/services` with blocking queries, ACL tokens, and TLS with verified client
 //! certificates. One process, all state in memory: a restart starts empty, like `consul agent -dev`.

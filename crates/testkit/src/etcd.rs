@@ -1,12 +1,13 @@
 //! A real etcd on free loopback ports, with its own data directory.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use etcd_client::{Client, GetOptions};
 
-use super::{find_binary, free_port};
+use crate::process::{Output, Process};
+use crate::{find_binary, free_port};
 
 /// TLS for an etcd that requires client certificates from the test CA.
 pub struct EtcdTls {
@@ -25,14 +26,14 @@ pub struct Etcd {
     pub dir: tempfile::TempDir,
     pub client_port: u16,
     peer_port: u16,
-    child: Option<Child>,
+    process: Option<Process>,
     /// More command-line flags (e.g. `--auth-token-ttl=1`).
     args: Vec<String>,
 }
 
 impl Etcd {
     pub async fn start() -> Etcd {
-        Self::start_on(free_port()).await
+        Self::start_inner(None, None, &[]).await
     }
 
     /// Starts on a given client port (for tests that point twinreg at it before it exists).
@@ -53,19 +54,22 @@ impl Etcd {
         ] {
             std::fs::write(dir.path().join(name), content).unwrap();
         }
-        Self::start_inner(free_port(), Some(EtcdTls { dir }), &[]).await
+        Self::start_inner(None, Some(EtcdTls { dir }), &[]).await
     }
 
     pub async fn start_on(client_port: u16) -> Etcd {
-        Self::start_inner(client_port, None, &[]).await
+        Self::start_inner(Some(client_port), None, &[]).await
     }
 
     /// Plain HTTP, with more command-line flags.
     pub async fn start_with_args(args: &[&str]) -> Etcd {
-        Self::start_inner(free_port(), None, args).await
+        Self::start_inner(None, None, args).await
     }
 
-    async fn start_inner(client_port: u16, tls: Option<EtcdTls>, args: &[&str]) -> Etcd {
+    /// Starts etcd on `client_port`, or on free ports. Free ports are bound and released before
+    /// etcd binds them, so another test may take one in between: then etcd is started again on
+    /// new ones (up to three times).
+    async fn start_inner(client_port: Option<u16>, tls: Option<EtcdTls>, args: &[&str]) -> Etcd {
         let bin = find_binary("ETCD_BIN", "etcd").unwrap_or_else(|| {
             panic!(
                 "etcd not found: these tests need a real etcd. Install it (apt-get install etcd-server) \
@@ -76,13 +80,29 @@ impl Etcd {
             bin,
             tls,
             dir: tempfile::tempdir().unwrap(),
-            client_port,
+            client_port: client_port.unwrap_or_else(free_port),
             peer_port: free_port(),
-            child: None,
+            process: None,
             args: args.iter().map(|a| a.to_string()).collect(),
         };
-        e.spawn().await;
-        e
+        for attempt in 1.. {
+            match e.try_spawn().await {
+                Ok(()) => return e,
+                Err(log)
+                    if client_port.is_none()
+                        && attempt < 3
+                        && log.contains("address already in use") =>
+                {
+                    eprintln!(
+                        "etcd lost a port to another test (attempt {attempt}); starting again on new ports"
+                    );
+                    e.client_port = free_port();
+                    e.peer_port = free_port();
+                }
+                Err(log) => panic!("etcd exited before answering on {}:\n{log}", e.endpoint()),
+            }
+        }
+        unreachable!("the loop returns or panics")
     }
 
     pub fn endpoint(&self) -> String {
@@ -106,6 +126,16 @@ impl Etcd {
     }
 
     async fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn().await {
+            panic!(
+                "etcd exited before answering on {}:\n{log}",
+                self.endpoint()
+            );
+        }
+    }
+
+    /// Starts the process and waits until it answers; its log when it exited first.
+    async fn try_spawn(&mut self) -> Result<(), String> {
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut cmd = Command::new(&self.bin);
         if let Some(t) = &self.tls {
@@ -114,8 +144,7 @@ impl Etcd {
                 .arg(format!("--trusted-ca-file={}", t.path("ca.pem").display()))
                 .arg("--client-cert-auth");
         }
-        let child = cmd
-            .arg("--name=t")
+        cmd.arg("--name=t")
             .arg(format!(
                 "--data-dir={}",
                 self.dir.path().join("data").display()
@@ -126,12 +155,9 @@ impl Etcd {
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster=t={peer}"))
             .arg("--log-level=error")
-            .args(&self.args)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.dir.path().join("etcd.log")).unwrap())
-            .spawn()
-            .expect("starting etcd");
-        self.child = Some(child);
+            .args(&self.args);
+        let log = Output::File(self.dir.path().join("etcd.log"));
+        self.process = Some(Process::spawn("etcd", cmd, log));
         let ep = self.endpoint();
         let opts = self.options();
         // Generous: many tests start servers at once on two cores.
@@ -141,16 +167,11 @@ impl Etcd {
             if let Some(c) = c.as_mut()
                 && c.status().await.is_ok()
             {
-                return;
+                return Ok(());
             }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                let log =
-                    std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
-                panic!("etcd exited ({status}) before answering on {ep}:\n{log}");
+            let process = self.process.as_mut().expect("just spawned");
+            if let Some(status) = process.exited() {
+                return Err(format!("({status}) {}", process.log()));
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -160,16 +181,17 @@ impl Etcd {
         }
     }
 
+    fn process(&self) -> &Process {
+        self.process.as_ref().expect("etcd running")
+    }
+
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("etcd running").id()
+        self.process().pid()
     }
 
     /// SIGKILL, leaving the data directory.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process = None;
     }
 
     /// Starts again on the same ports with the same data.
@@ -191,12 +213,12 @@ impl Etcd {
 
     /// SIGSTOP: etcd keeps its sockets but answers nothing.
     pub fn freeze(&self) {
-        super::signal(self.pid(), nix::sys::signal::Signal::SIGSTOP);
+        self.process().freeze();
     }
 
     /// SIGCONT after [`Etcd::freeze`].
     pub fn thaw(&self) {
-        super::signal(self.pid(), nix::sys::signal::Signal::SIGCONT);
+        self.process().thaw();
     }
 
     pub async fn client(&self) -> Client {
@@ -222,11 +244,5 @@ impl Etcd {
                 )
             })
             .collect()
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.kill();
     }
 }

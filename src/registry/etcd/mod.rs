@@ -1,0 +1,316 @@
+//! The etcd adapter (primary registry).
+//!
+//! An instance is the key `{prefix}/{service}/{id}` attached to a lease of `ttl_seconds`. The value
+//! is JSON holding the record's fields plus `Op`, `Addr` and `Metadata`, so etcd's own gRPC name
+//! resolver reads it as an endpoint of target `{prefix}/{service}`. A heartbeat renews the lease
+//! over the connection's long-lived keepalive stream ([`keepalive`]) while checking that the key
+//! is still there; the lease ID comes from this replica's memory or, on a miss, from the key (so
+//! any replica can serve any heartbeat).
+//!
+//! Connections: each pooled object is one HTTP/2 connection to one member (members are dealt out
+//! round-robin), dialed by [`super::transport`] so TLS handshakes are counted, DNS is resolved at
+//! every reconnect, and reconnects resume the TLS session.
+
+mod connect;
+mod errors;
+mod keepalive;
+mod leases;
+mod record;
+mod txn;
+mod watch;
+
+pub use connect::{EtcdConn, EtcdConnect};
+pub(crate) use record::{KeyRead, Record, decode_kv};
+pub use txn::TOMBSTONE_TTL;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{ConnectOptions, GetOptions};
+
+use crate::error::RegistryError;
+use crate::metrics::Handshakes;
+use crate::model::{Instance, InstanceId, InstanceKey, ServiceName};
+use crate::pool::WarmPool;
+use crate::registry::transport::Dialer;
+use crate::registry::{FeedSender, Liveness, Registry, RegistryKind};
+use crate::secret::Secret;
+use crate::tls::{Certs, registry_client_config};
+use connect::probe;
+use errors::to_err;
+use leases::LeaseHints;
+use record::decode_dir;
+use txn::TOMBSTONE_DIR;
+
+const KIND: RegistryKind = RegistryKind::Etcd;
+/// HTTP/2 PING interval and timeout on etcd channels: a dead or blackholed member is noticed in
+/// seconds, and idle connections are kept open through NATs and load balancers.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub const DEFAULT_PREFIX: &str = "/services";
+
+/// `[etcd]`, validated.
+#[derive(Debug, Clone)]
+pub struct EtcdSettings {
+    /// `http://` or `https://` URLs of the members.
+    pub endpoints: Vec<String>,
+    /// Keys are `{prefix}/{service}/{id}`.
+    pub prefix: String,
+    /// Deadline of each etcd call.
+    pub timeout: Duration,
+    /// Warm HTTP/2 channels (at least one per member).
+    pub pool_size: usize,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+}
+
+/// The etcd adapter: its key layout, its warm pool, and what it remembers of leases.
+pub struct Etcd {
+    prefix: String,
+    /// Attempts per operation: one per endpoint, at least two.
+    attempts: usize,
+    /// The lease of this replica's sweeper leadership, while it holds it.
+    leadership: std::sync::Mutex<Option<i64>>,
+    pool: Arc<WarmPool<EtcdConnect>>,
+    leases: LeaseHints,
+}
+
+impl Etcd {
+    pub fn new(
+        cfg: &EtcdSettings,
+        handshakes: Handshakes,
+        certs: &Certs,
+    ) -> Result<(Self, Arc<WarmPool<EtcdConnect>>), String> {
+        let mut options = ConnectOptions::new();
+        if let (Some(user), Some(pass)) = (&cfg.username, &cfg.password) {
+            // etcd forgets a simple auth token unused for `--auth-token-ttl`, and a JWT lapses at
+            // its TTL: authenticate again and retry, instead of failing every call on this
+            // connection with "invalid auth token" until twinreg restarts.
+            options = options
+                .with_user(user.clone(), pass.expose().to_owned())
+                .with_auto_token_refresh(true);
+        }
+        let tls = if cfg.endpoints.iter().any(|e| e.starts_with("https://")) {
+            let cert_key = cfg.cert.as_deref().zip(cfg.key.as_deref());
+            let counted = (handshakes.clone(), KIND);
+            let mut tls =
+                registry_client_config("etcd", cfg.ca.as_deref(), cert_key, counted, certs)
+                    .map_err(|e| e.to_string())?;
+            tls.alpn_protocols = vec![b"h2".to_vec()];
+            Some(Arc::new(tls))
+        } else {
+            None
+        };
+        let members = cfg
+            .endpoints
+            .iter()
+            .map(|e| Dialer::new(KIND, e, tls.clone(), CONNECT_TIMEOUT, handshakes.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        // At least one connection per member, so fail-over always has somewhere to go.
+        let size = cfg.pool_size.max(members.len());
+        let connect = EtcdConnect {
+            members,
+            next: AtomicUsize::new(0),
+            options,
+            probe_key: format!("{}/", cfg.prefix),
+        };
+        let pool = WarmPool::new(KIND, connect, size);
+        Ok((
+            Self {
+                prefix: cfg.prefix.clone(),
+                attempts: cfg.endpoints.len().max(2),
+                leadership: std::sync::Mutex::new(None),
+                pool: pool.clone(),
+                leases: LeaseHints::default(),
+            },
+            pool,
+        ))
+    }
+
+    /// Runs `op` again, up to once per configured endpoint, while it fails to reach a member.
+    /// Each retry goes to a connection to another member than the one that failed.
+    async fn failover<T, F, Fut>(&self, op: F) -> Result<T, RegistryError>
+    where
+        F: Fn(EtcdConn) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RegistryError>>,
+    {
+        let mut attempt = 1;
+        let mut avoid = None;
+        loop {
+            let conn = self
+                .pool
+                .client_where(|c: &EtcdConn| Some(c.member) != avoid)
+                .await?;
+            let member = conn.member;
+            match op(conn).await {
+                Err(e) if e.unreachable && attempt < self.attempts => {
+                    tracing::debug!(attempt, error = %e, "etcd member unreachable; trying another");
+                    attempt += 1;
+                    avoid = Some(member);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn key(&self, key: &InstanceKey) -> String {
+        format!("{}/{}/{}", self.prefix, key.service, key.id)
+    }
+
+    fn tombstone_key(&self, key: &InstanceKey) -> String {
+        format!("{}/{TOMBSTONE_DIR}/{}/{}", self.prefix, key.service, key.id)
+    }
+
+    /// Deregistrations remembered for `service`: id → generation.
+    async fn tombstones_in(
+        &self,
+        conn: EtcdConn,
+        service: &ServiceName,
+    ) -> Result<BTreeMap<InstanceId, u64>, RegistryError> {
+        let mut client = conn.client.clone();
+        let dir = format!("{}/{TOMBSTONE_DIR}/{service}/", self.prefix);
+        let resp = client
+            .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(to_err)?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let id = std::str::from_utf8(kv.key().strip_prefix(dir.as_bytes())?).ok()?;
+                let g = std::str::from_utf8(kv.value()).ok()?.trim().parse().ok()?;
+                Some((InstanceId::parse(id).ok()?, g))
+            })
+            .collect())
+    }
+}
+
+/// The reads, each one attempt; [`Registry`] wraps them with fail-over.
+impl Etcd {
+    async fn get_once(
+        &self,
+        conn: EtcdConn,
+        key: &InstanceKey,
+    ) -> Result<Option<Instance>, RegistryError> {
+        let mut client = conn.client.clone();
+        let resp = client.get(self.key(key), None).await.map_err(to_err)?;
+        Ok(resp
+            .kvs()
+            .first()
+            .and_then(|kv| Record::decode(key, kv.value())))
+    }
+
+    async fn list_once(
+        &self,
+        conn: EtcdConn,
+        service: &ServiceName,
+    ) -> Result<Vec<Instance>, RegistryError> {
+        let mut client = conn.client.clone();
+        let dir = format!("{}/{}/", self.prefix, service);
+        let resp = client
+            .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(to_err)?;
+        Ok(decode_dir(&dir, service, resp.kvs()))
+    }
+
+    async fn services_once(&self, conn: EtcdConn) -> Result<BTreeSet<ServiceName>, RegistryError> {
+        let mut client = conn.client.clone();
+        let root = format!("{}/", self.prefix);
+        let resp = client
+            .get(
+                root.as_str(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await
+            .map_err(to_err)?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let rest = kv.key().strip_prefix(root.as_bytes())?;
+                let name = std::str::from_utf8(rest).ok()?.split('/').next()?;
+                ServiceName::parse(name).ok()
+            })
+            .collect())
+    }
+
+    async fn probe_once(&self, conn: EtcdConn) -> Result<(), RegistryError> {
+        self.leases.sweep();
+        let mut client = conn.client.clone();
+        probe(&mut client, &format!("{}/", self.prefix))
+            .await
+            .map_err(to_err)
+    }
+
+    async fn tombstones_once(
+        &self,
+        conn: EtcdConn,
+        service: &ServiceName,
+    ) -> Result<BTreeMap<InstanceId, u64>, RegistryError> {
+        self.tombstones_in(conn, service).await
+    }
+}
+
+/// Every operation is retried on another etcd member when it failed to reach one (a dead member
+/// of a multi-endpoint cluster keeps being offered by the balancer until its reconnects fail),
+/// within the coordinator's deadline. Writes are compare-and-swap guarded, so a retry of a write
+/// whose first attempt did land is harmless.
+#[async_trait]
+impl Registry for Etcd {
+    fn kind(&self) -> RegistryKind {
+        KIND
+    }
+
+    async fn register(&self, instance: &Instance) -> Result<(), RegistryError> {
+        self.failover(|c| self.register_once(c, instance)).await
+    }
+
+    async fn heartbeat(&self, key: &InstanceKey) -> Result<Liveness, RegistryError> {
+        self.failover(|c| self.heartbeat_once(c, key)).await
+    }
+
+    async fn deregister(&self, key: &InstanceKey, generation: u64) -> Result<bool, RegistryError> {
+        self.failover(|c| self.deregister_once(c, key, generation))
+            .await
+    }
+
+    async fn get(&self, key: &InstanceKey) -> Result<Option<Instance>, RegistryError> {
+        self.failover(|c| self.get_once(c, key)).await
+    }
+
+    async fn list(&self, service: &ServiceName) -> Result<Vec<Instance>, RegistryError> {
+        self.failover(|c| self.list_once(c, service)).await
+    }
+
+    async fn services(&self) -> Result<BTreeSet<ServiceName>, RegistryError> {
+        self.failover(|c| self.services_once(c)).await
+    }
+
+    async fn probe(&self) -> Result<(), RegistryError> {
+        self.failover(|c| self.probe_once(c)).await
+    }
+
+    async fn tombstones(
+        &self,
+        service: &ServiceName,
+    ) -> Result<BTreeMap<InstanceId, u64>, RegistryError> {
+        self.failover(|c| self.tombstones_once(c, service)).await
+    }
+
+    async fn lead(&self, holder: &str, ttl: Duration) -> Result<bool, RegistryError> {
+        self.failover(|c| self.lead_once(c, holder, ttl)).await
+    }
+
+    fn watch(self: Arc<Self>, service: ServiceName, every: Duration, out: FeedSender) {
+        tokio::spawn(self.watch_loop(service, every, out));
+    }
+}
