@@ -123,19 +123,62 @@ fn dn(cn: &str) -> DistinguishedName {
     dn
 }
 
+/// Why certificates could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum CertsError {
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("issuing {what}: {source}")]
+    Issue { what: String, source: rcgen::Error },
+    #[error("client name '{0}' cannot be used as a file name")]
+    BadClientName(String),
+    #[error(
+        "{} exists but {} {} missing; run again with --force to issue a new CA and every \
+         certificate",
+        ca.display(),
+        missing.join(", "),
+        if missing.len() == 1 { "is" } else { "are" }
+    )]
+    Incomplete { ca: PathBuf, missing: Vec<String> },
+}
+
+fn issuing(what: &str) -> impl FnOnce(rcgen::Error) -> CertsError + '_ {
+    move |source| CertsError::Issue {
+        what: what.to_owned(),
+        source,
+    }
+}
+
+fn write_checked(path: &Path, content: &str, private: bool) -> Result<(), CertsError> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|source| CertsError::Io {
+            action: "creating",
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    write_file(path, content, private).map_err(|source| CertsError::Io {
+        action: "writing",
+        path: path.to_owned(),
+        source,
+    })
+}
+
 /// Writes `ca.pem`, `server.pem`, `server-key.pem` and `NAME.pem`/`NAME-key.pem` per client into
 /// `out`. Private keys are written with mode 0600. Returns the files written.
-pub fn write_dev(out: &Path, clients: &[String]) -> Result<Vec<PathBuf>, String> {
-    fs::create_dir_all(out).map_err(|e| format!("creating {}: {e}", out.display()))?;
-    let ca = CertAuthority::new("twinreg dev CA").map_err(|e| e.to_string())?;
+pub fn write_dev(out: &Path, clients: &[String]) -> Result<Vec<PathBuf>, CertsError> {
+    let ca = CertAuthority::new("twinreg dev CA").map_err(issuing("the dev CA"))?;
     let server = ca
         .server(&["localhost", "127.0.0.1", "::1"])
-        .map_err(|e| e.to_string())?;
+        .map_err(issuing("the server certificate"))?;
     let mut written = Vec::new();
-    let mut write = |name: &str, content: &str, private: bool| -> Result<(), String> {
+    let mut write = |name: &str, content: &str, private: bool| -> Result<(), CertsError> {
         let path = out.join(name);
-        write_file(&path, content, private)
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        write_checked(&path, content, private)?;
         written.push(path);
         Ok(())
     };
@@ -144,13 +187,9 @@ pub fn write_dev(out: &Path, clients: &[String]) -> Result<Vec<PathBuf>, String>
     write("server-key.pem", &server.key_pem, true)?;
     for name in clients {
         if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
-            return Err(format!(
-                "client name '{name}' cannot be used as a file name"
-            ));
+            return Err(CertsError::BadClientName(name.clone()));
         }
-        let c = ca
-            .client(&ClientNames::cn(name))
-            .map_err(|e| e.to_string())?;
+        let c = ca.client(&ClientNames::cn(name)).map_err(issuing(name))?;
         write(&format!("{name}.pem"), &c.cert_pem, false)?;
         write(&format!("{name}-key.pem"), &c.key_pem, true)?;
     }
@@ -314,7 +353,7 @@ pub enum ComposeOutcome {
 /// [`compose`] for the layout). Keeps an existing set (its `ca.pem` is there) unless `force`;
 /// a set with a CA but missing files is an error, since the CA's key is not kept to complete it.
 /// Private keys are written with mode 0600. Key contents are never printed or returned.
-pub fn write_compose(out: &Path, force: bool) -> Result<ComposeOutcome, String> {
+pub fn write_compose(out: &Path, force: bool) -> Result<ComposeOutcome, CertsError> {
     let ca_path = out.join(compose::CA);
     if !force && ca_path.exists() {
         let missing: Vec<String> = compose_files()
@@ -325,23 +364,16 @@ pub fn write_compose(out: &Path, force: bool) -> Result<ComposeOutcome, String> 
         if missing.is_empty() {
             return Ok(ComposeOutcome::Kept);
         }
-        return Err(format!(
-            "{} exists but {} {} missing; run again with --force to issue a new CA and \
-             every certificate",
-            ca_path.display(),
-            missing.join(", "),
-            if missing.len() == 1 { "is" } else { "are" },
-        ));
+        return Err(CertsError::Incomplete {
+            ca: ca_path,
+            missing,
+        });
     }
-    let ca = CertAuthority::new("twinreg compose CA").map_err(|e| e.to_string())?;
+    let ca = CertAuthority::new("twinreg compose CA").map_err(issuing("the compose CA"))?;
     let mut written = Vec::new();
-    let mut write = |rel: &str, content: &str, private: bool| -> Result<(), String> {
+    let mut write = |rel: &str, content: &str, private: bool| -> Result<(), CertsError> {
         let path = out.join(rel);
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        }
-        write_file(&path, content, private)
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        write_checked(&path, content, private)?;
         written.push(path);
         Ok(())
     };
@@ -353,7 +385,7 @@ pub fn write_compose(out: &Path, force: bool) -> Result<ComposeOutcome, String> 
             }
             PlannedKind::Client(cn) => ca.client(&ClientNames::cn(cn)),
         }
-        .map_err(|e| format!("issuing {}: {e}", p.cert))?;
+        .map_err(issuing(&p.cert))?;
         write(&p.cert, &issued.cert_pem, false)?;
         write(&p.key(), &issued.key_pem, true)?;
     }

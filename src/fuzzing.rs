@@ -10,8 +10,8 @@
 use serde_json::{Map, Value};
 
 use crate::api::grpc::{self, pb};
-use crate::error::RegistryError;
 use crate::model::{Instance, InstanceId, ServiceName};
+use crate::registry::RegistryError;
 use crate::registry::{consul, etcd};
 
 /// A gRPC `RegisterRequest` as the JSON object the shared validation

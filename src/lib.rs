@@ -24,21 +24,21 @@
 //!
 //! Beside the request path: [`antientropy`] (the periodic sweep that makes the registries
 //! agree), [`config`] (TOML + environment, validated at start-up), [`metrics`]
-//! (Prometheus), [`certs`] (development certificates), [`error`] (the one mapping of errors to
-//! HTTP status), [`shutdown`] (signals and draining).
+//! (Prometheus), [`certs`] (development certificates), [`shutdown`] (signals and draining).
 #![forbid(unsafe_code)]
 
 pub mod antientropy;
 pub mod api;
 pub mod authz;
+pub mod backoff;
 pub mod breaker;
 pub mod cache;
 pub mod certs;
 pub mod config;
-pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod limits;
+pub mod merge;
 pub mod metrics;
 pub mod model;
 pub mod pool;

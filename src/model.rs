@@ -1,6 +1,7 @@
 //! Validated request types. Everything a client sends is parsed here exactly once; a value of
 //! these types is valid by construction and nothing downstream checks it again.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
@@ -10,7 +11,22 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::error::ValidationError;
+/// A client sent something the API's rules do not allow.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    pub field: Cow<'static, str>,
+    pub message: String,
+}
+
+impl ValidationError {
+    pub fn new(field: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
 
 pub const DEFAULT_TTL_SECONDS: u32 = 30;
 pub const MIN_TTL_SECONDS: u32 = 5;

@@ -15,29 +15,39 @@ use std::time::Duration;
 use deadpool::managed::{self, Manager, Pool, QueueMode, RecycleResult};
 use tokio::sync::watch;
 
-use crate::error::RegistryError;
+use crate::backoff::{Backoff, Jitter};
+use crate::registry::RegistryError;
 use crate::registry::RegistryKind;
 
-const WARM_RETRY_MIN: Duration = Duration::from_millis(200);
-const WARM_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Retries of a pool that cannot fill yet: 200 ms doubling to 5 s, half of it random, so the
+/// replicas of a fleet do not all knock on a registry that is coming back at the same instant.
+const WARM_RETRY: Backoff = Backoff::new(
+    Duration::from_millis(200),
+    Duration::from_secs(5),
+    Jitter::Half,
+);
 
 /// Creates one registry client and proves it with a round trip.
 pub trait Connect: Send + Sync + 'static {
     type Client: Clone + Send + Sync + 'static;
-    fn connect(&self) -> impl Future<Output = Result<Self::Client, String>> + Send;
+    fn connect(&self) -> impl Future<Output = Result<Self::Client, RegistryError>> + Send;
 }
 
 struct ConnectManager<C>(C);
 
 impl<C: Connect> Manager for ConnectManager<C> {
     type Type = C::Client;
-    type Error = String;
+    type Error = RegistryError;
 
-    async fn create(&self) -> Result<C::Client, String> {
+    async fn create(&self) -> Result<C::Client, RegistryError> {
         self.0.connect().await
     }
 
-    async fn recycle(&self, _: &mut C::Client, _: &managed::Metrics) -> RecycleResult<String> {
+    async fn recycle(
+        &self,
+        _: &mut C::Client,
+        _: &managed::Metrics,
+    ) -> RecycleResult<RegistryError> {
         // The clients reconnect by themselves; a recycle round trip would tax every request.
         Ok(())
     }
@@ -70,10 +80,10 @@ impl<C: Connect> WarmPool<C> {
     /// Returns when the pool is warm or `shutdown` fires.
     pub async fn warm_up(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let size = self.pool.status().max_size;
-        let mut delay = WARM_RETRY_MIN;
+        let mut failures = 0;
         loop {
-            let attempt = futures::future::try_join_all((0..size).map(|_| self.pool.get())).await;
-            match attempt {
+            let filled = futures::future::try_join_all((0..size).map(|_| self.pool.get())).await;
+            let delay = match filled {
                 Ok(objects) => {
                     drop(objects);
                     self.warm.store(true, Ordering::Release);
@@ -82,18 +92,20 @@ impl<C: Connect> WarmPool<C> {
                 }
                 Err(e) => {
                     let msg = match e {
-                        managed::PoolError::Backend(m) => m,
+                        managed::PoolError::Backend(e) => e.message,
                         other => other.to_string(),
                     };
+                    let delay = WARM_RETRY.delay(failures);
+                    failures += 1;
                     tracing::warn!(registry = %self.kind, error = %msg, retry_in_ms = delay.as_millis() as u64, "registry not reachable yet");
                     *self.last_error.lock().expect("not poisoned") = msg;
+                    delay
                 }
-            }
+            };
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.changed() => return,
             }
-            delay = (delay * 2).min(WARM_RETRY_MAX);
         }
     }
 

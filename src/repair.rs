@@ -13,17 +13,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backoff::{Backoff, Jitter};
 use crate::cache::RecordCache;
 use crate::metrics::{Metrics, RegistryLabels};
 use crate::model::{Instance, InstanceKey};
 use crate::registry::{Registry, RegistryKind};
 
-pub const BACKOFF_BASE: Duration = Duration::from_millis(200);
-pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// Retries of one missed write: 200 ms doubling to 30 s, full jitter.
+pub const BACKOFF: Backoff = Backoff::new(
+    Duration::from_millis(200),
+    Duration::from_secs(30),
+    Jitter::Full,
+);
 /// Default cap on repair writes per second to one registry, so that thousands of instances
 /// re-driven after an outage do not stampede a registry that just came back.
 pub const DEFAULT_MAX_WRITES_PER_SECOND: u32 = 200;
@@ -50,14 +54,6 @@ impl RepairOp {
             Self::Deregister(k, _) => k,
         }
     }
-}
-
-/// Full jitter: a uniformly random delay in `[0, min(cap, base * 2^attempt)]`.
-pub fn full_jitter(attempt: u32) -> Duration {
-    let ceiling = BACKOFF_BASE
-        .saturating_mul(2u32.saturating_pow(attempt.min(20)))
-        .min(BACKOFF_CAP);
-    Duration::from_micros(rand::rng().random_range(0..=ceiling.as_micros() as u64))
 }
 
 /// A registry the repairer writes to: its deadline and its write-rate limit.
@@ -196,7 +192,7 @@ impl Repairer {
         let key = op.key().clone();
         let mut attempt = 0u32;
         loop {
-            let delay = full_jitter(attempt);
+            let delay = BACKOFF.delay(attempt);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = self.cancel.cancelled() => return,
@@ -266,24 +262,5 @@ impl Repairer {
         }
         self.cancel.cancel();
         self.tracker.wait().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn full_jitter_stays_under_the_ceiling() {
-        for attempt in 0..40 {
-            let ceiling = BACKOFF_BASE
-                .saturating_mul(2u32.saturating_pow(attempt.min(20)))
-                .min(BACKOFF_CAP);
-            for _ in 0..50 {
-                assert!(full_jitter(attempt) <= ceiling);
-            }
-        }
-        let spread: std::collections::HashSet<_> = (0..50).map(|_| full_jitter(10)).collect();
-        assert!(spread.len() > 10, "delays must differ, got {spread:?}");
     }
 }

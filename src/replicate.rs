@@ -5,7 +5,7 @@
 //! registry that missed a write is handed to the [`Repairer`]. The outcome of each registry is
 //! reported back so the client can see what happened where.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +17,11 @@ use tokio::time::Instant;
 
 use crate::breaker::{Admit, Breaker, Caller};
 use crate::cache::RecordCache;
-use crate::error::{RegistryError, RegistryErrorKind};
+use crate::merge::{Sourced, merge};
 use crate::metrics::Metrics;
-use crate::model::{Instance, InstanceId, InstanceKey, ServiceName, next_generation};
+use crate::model::{Instance, InstanceKey, ServiceName, next_generation};
 use crate::registry::{Health, Liveness, Registry, RegistryKind, RegistryState};
+use crate::registry::{RegistryError, RegistryErrorKind};
 use crate::repair::{RepairOp, Repairer};
 
 /// `[heartbeat]`, validated: `Some(fraction)` of an instance's TTL within which a copy this
@@ -157,7 +158,7 @@ pub struct WriteReport {
 /// The merged view of one service.
 #[derive(Debug)]
 pub struct ServiceView {
-    pub instances: Vec<(Instance, Vec<RegistryKind>)>,
+    pub instances: Vec<Sourced>,
     pub outcomes: Outcomes,
 }
 
@@ -635,61 +636,6 @@ impl Coordinator {
             .iter()
             .any(|m| m.health.get() == RegistryState::Up)
     }
-}
-
-/// One instance of a merged view and the registries holding it (primary first).
-pub type Sourced = (Instance, Vec<RegistryKind>);
-
-/// The union of the registries' sets, one entry per id: the first registry's record wins where
-/// they differ (pass the primary first), and each entry lists every registry holding it. The
-/// list answer and the watch view are both built here, so they agree.
-pub fn merge<I>(sets: impl IntoIterator<Item = (RegistryKind, I)>) -> BTreeMap<InstanceId, Sourced>
-where
-    I: IntoIterator<Item = Instance>,
-{
-    let mut merged: BTreeMap<InstanceId, Sourced> = BTreeMap::new();
-    for (kind, set) in sets {
-        for inst in set {
-            merged
-                .entry(inst.key.id.clone())
-                .and_modify(|(_, sources)| sources.push(kind))
-                .or_insert_with(|| (inst, vec![kind]));
-        }
-    }
-    merged
-}
-
-/// A content index for a service's instance set: equal sets give equal indexes on every replica,
-/// any change gives a different one. Never 0, and below 2^53 so JSON clients read it exactly.
-/// Entries must come in id order (as [`merge`] gives them).
-pub fn view_index<'a>(view: impl IntoIterator<Item = &'a Sourced>) -> u64 {
-    // FNV-1a over a canonical rendering: stable across processes and releases.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    };
-    for (i, sources) in view {
-        eat(i.key.id.as_str().as_bytes());
-        eat(i.address.as_bytes());
-        eat(&i.port.to_be_bytes());
-        eat(&i.ttl_seconds.to_be_bytes());
-        for t in &i.tags {
-            eat(t.as_bytes());
-        }
-        for (k, v) in &i.meta {
-            eat(k.as_bytes());
-            eat(v.as_bytes());
-        }
-        for s in sources {
-            eat(s.as_str().as_bytes());
-        }
-    }
-    (h & ((1 << 53) - 1)).max(1)
 }
 
 #[cfg(test)]

@@ -83,7 +83,7 @@ pub enum RunError {
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error("{0}")]
-    Registry(String),
+    Registry(#[from] crate::registry::SetupError),
     #[error("admin listener: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -99,10 +99,8 @@ pub async fn run(
     let metrics = Metrics::new();
     let certs = Certs::new(metrics.clone());
     let tls = ServerTls::load(&settings.tls, &certs)?;
-    let (etcd, etcd_pool) = Etcd::new(&settings.etcd, metrics.handshakes.clone(), &certs)
-        .map_err(RunError::Registry)?;
-    let (consul, consul_pool) = Consul::new(&settings.consul, metrics.handshakes.clone(), &certs)
-        .map_err(RunError::Registry)?;
+    let (etcd, etcd_pool) = Etcd::new(&settings.etcd, metrics.handshakes.clone(), &certs)?;
+    let (consul, consul_pool) = Consul::new(&settings.consul, metrics.handshakes.clone(), &certs)?;
     let members = vec![
         member(Arc::new(etcd), settings.etcd.timeout, settings.breaker),
         member(Arc::new(consul), settings.consul.timeout, settings.breaker),

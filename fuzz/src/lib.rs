@@ -26,11 +26,12 @@ use prost::Message;
 use serde_json::{Value, json};
 use twinreg::api::grpc::pb;
 use twinreg::authz::Peer;
-use twinreg::error::{RegistryErrorKind, ValidationError};
 use twinreg::fuzzing;
+use twinreg::model::ValidationError;
 use twinreg::model::{
     Instance, InstanceId, InstanceKey, ServiceName, parse_register_body, register_from_fields,
 };
+use twinreg::registry::RegistryErrorKind;
 use twinreg::registry::RegistryKind;
 
 /// A target's check of one input.

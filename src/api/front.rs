@@ -3,13 +3,11 @@
 
 use std::sync::Arc;
 
-use rand::Rng;
-
 use super::AppState;
+use super::error::retry_after;
+use crate::api::error::{ApiError, ErrorCode};
 use crate::authz::Peer;
-use crate::error::{ApiError, ErrorCode};
 use crate::model::{InstanceKey, ServiceName};
-use crate::replicate::Failure;
 
 /// 429 with Retry-After when the caller's identity is over its rate.
 pub fn rate_limit(st: &AppState, peer: Option<&Peer>) -> Result<(), ApiError> {
@@ -57,7 +55,7 @@ pub async fn guarded(
 /// Each registry's outcome, as a handler attached it to the answer (empty when none did).
 pub fn outcomes_logged(resp: &axum::response::Response) -> &str {
     resp.extensions()
-        .get::<crate::error::OutcomesLog>()
+        .get::<crate::api::error::OutcomesLog>()
         .map_or("", |o| o.0.as_str())
 }
 
@@ -133,41 +131,4 @@ pub fn readable_service(
     let service = ServiceName::parse(service)?;
     authorize_read(st, peer, &service)?;
     Ok(service)
-}
-
-/// Seconds a client should wait before retrying an unavailable answer, jittered so clients
-/// spread out.
-pub fn retry_after() -> u64 {
-    rand::rng().random_range(1..=4)
-}
-
-/// A coordinator failure as the client sees it, with every registry's outcome attached.
-pub fn failure(f: Failure) -> ApiError {
-    let (code, message, outcomes) = match f {
-        Failure::Unavailable(o) => (
-            ErrorCode::Unavailable,
-            "no registry accepted the request; retry after the Retry-After delay",
-            o,
-        ),
-        Failure::UnknownInstance(o) => (
-            ErrorCode::UnknownInstance,
-            "no registry knows this instance; register it again",
-            o,
-        ),
-    };
-    let mut details = serde_json::Map::new();
-    details.insert(
-        "registries".into(),
-        serde_json::to_value(&outcomes).unwrap_or_default(),
-    );
-    let mut err = ApiError::new(code, message).with_details(details);
-    err.outcomes_log = Some(outcomes.log_line().into());
-    if code == ErrorCode::Unavailable {
-        ApiError {
-            retry_after_secs: Some(retry_after()),
-            ..err
-        }
-    } else {
-        err
-    }
 }

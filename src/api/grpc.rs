@@ -17,17 +17,18 @@ use axum::response::Response as HttpResponse;
 use futures::Stream;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
-use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Response, Status};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use super::AppState;
-use super::front::{self, failure};
+use super::error::failure;
+use super::front;
+use crate::api::error::{ApiError, ErrorCode, OutcomesLog, into_status};
 use crate::authz::Peer;
-use crate::error::{ApiError, ErrorCode, OutcomesLog};
+use crate::merge::view_index;
 use crate::model::{Instance, MAX_BODY_BYTES, register_from_fields};
-use crate::replicate::{Coordinator, Outcomes, view_index};
+use crate::replicate::{Coordinator, Outcomes};
 use crate::watch::{Event, EventKind};
 
 /// Code generated from `proto/twinreg/v1/registry.proto` (server and client), and its file
@@ -117,42 +118,6 @@ async fn set_health(reporter: &HealthReporter, serving: bool) {
     }
 }
 
-/// An [`ApiError`] as a gRPC status. The message is the REST `message` (for invalid input
-/// `"<field>: <rule>"`), followed by each registry's outcome for a coordinator failure. Metadata
-/// repeats the REST fields: `twinreg-error` (the REST error code), `twinreg-field`, and
-/// `retry-after` (seconds) on UNAVAILABLE.
-pub fn status(e: ApiError) -> Status {
-    let code = match e.code {
-        ErrorCode::InvalidRequest | ErrorCode::PayloadTooLarge => Code::InvalidArgument,
-        ErrorCode::Forbidden => Code::PermissionDenied,
-        ErrorCode::UnknownInstance | ErrorCode::NotFound => Code::NotFound,
-        ErrorCode::Unavailable => Code::Unavailable,
-        ErrorCode::RateLimited => Code::ResourceExhausted,
-        ErrorCode::RequestTimeout => Code::DeadlineExceeded,
-    };
-    let mut message = e.message;
-    if let Some(registries) = e.details.as_ref().and_then(|d| d.get("registries")) {
-        message.push_str("; registries: ");
-        message.push_str(&registries.to_string());
-    }
-    let mut status = Status::new(code, message);
-    let md = status.metadata_mut();
-    if let Some(Value::String(c)) = serde_json::to_value(e.code).ok()
-        && let Ok(v) = MetadataValue::try_from(c.as_str())
-    {
-        md.insert("twinreg-error", v);
-    }
-    if let Some(field) = e.field
-        && let Ok(v) = MetadataValue::try_from(field.as_ref())
-    {
-        md.insert("twinreg-field", v);
-    }
-    if let Some(secs) = e.retry_after_secs {
-        md.insert("retry-after", MetadataValue::from(secs));
-    }
-    status
-}
-
 fn registries(o: &Outcomes) -> HashMap<String, pb::RegistryOutcome> {
     o.0.iter()
         .map(|o| {
@@ -218,7 +183,10 @@ fn watch_event(service: &str, e: Event) -> pb::WatchEvent {
     pb::WatchEvent {
         r#type: kind as i32,
         service: service.to_owned(),
-        instance: e.instance.as_ref().map(|(i, sources)| instance(i, sources)),
+        instance: e
+            .instance
+            .as_ref()
+            .map(|s| instance(&s.instance, &s.sources)),
         index: e.index,
         snapshot: e.snapshot,
         registries: e.registries.iter().map(|r| r.as_str().to_owned()).collect(),
@@ -227,7 +195,7 @@ fn watch_event(service: &str, e: Event) -> pb::WatchEvent {
 
 /// The caller, from the identity `server.rs` attached to the connection's requests.
 fn caller<T>(req: &Request<T>) -> Result<Arc<Peer>, Status> {
-    front::peer(req.extensions().get::<Arc<Peer>>()).map_err(status)
+    front::peer(req.extensions().get::<Arc<Peer>>()).map_err(into_status)
 }
 
 /// `twinreg.v1.Registry`.
@@ -243,17 +211,17 @@ impl Registry for Grpc {
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let peer = caller(&req)?;
         let mut r = req.into_inner();
-        let key = front::writable_key(&self.st, &peer, &r.service, &r.id).map_err(status)?;
+        let key = front::writable_key(&self.st, &peer, &r.service, &r.id).map_err(into_status)?;
         let (service, id) = (std::mem::take(&mut r.service), std::mem::take(&mut r.id));
         let instance =
-            register_from_fields(key, register_fields(r)).map_err(|e| status(e.into()))?;
+            register_from_fields(key, register_fields(r)).map_err(|e| into_status(e.into()))?;
         let ttl_seconds = instance.ttl_seconds;
         let report = self
             .st
             .coordinator
             .register(instance)
             .await
-            .map_err(|f| status(failure(f)))?;
+            .map_err(|f| into_status(failure(f)))?;
         let message = pb::RegisterResponse {
             registered: true,
             service,
@@ -272,13 +240,13 @@ impl Registry for Grpc {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let peer = caller(&req)?;
         let r = req.get_ref();
-        let key = front::writable_key(&self.st, &peer, &r.service, &r.id).map_err(status)?;
+        let key = front::writable_key(&self.st, &peer, &r.service, &r.id).map_err(into_status)?;
         let report = self
             .st
             .coordinator
             .heartbeat(&key)
             .await
-            .map_err(|f| status(failure(f)))?;
+            .map_err(|f| into_status(failure(f)))?;
         let message = pb::HeartbeatResponse {
             ok: true,
             degraded: report.outcomes.degraded(),
@@ -298,13 +266,13 @@ impl Registry for Grpc {
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
         let peer = caller(&req)?;
         let r = req.get_ref();
-        let key = front::writable_key(&self.st, &peer, &r.service, &r.id).map_err(status)?;
+        let key = front::writable_key(&self.st, &peer, &r.service, &r.id).map_err(into_status)?;
         let report = self
             .st
             .coordinator
             .deregister(&key)
             .await
-            .map_err(|f| status(failure(f)))?;
+            .map_err(|f| into_status(failure(f)))?;
         let message = pb::DeregisterResponse {
             deregistered: true,
             existed: report.existed,
@@ -324,21 +292,21 @@ impl Registry for Grpc {
         req: Request<pb::ListInstancesRequest>,
     ) -> Result<Response<pb::ListInstancesResponse>, Status> {
         let peer = caller(&req)?;
-        let service =
-            front::readable_service(&self.st, &peer, &req.get_ref().service).map_err(status)?;
+        let service = front::readable_service(&self.st, &peer, &req.get_ref().service)
+            .map_err(into_status)?;
         let view = self
             .st
             .coordinator
             .list(&service)
             .await
-            .map_err(|f| status(failure(f)))?;
+            .map_err(|f| into_status(failure(f)))?;
         Ok(Response::new(pb::ListInstancesResponse {
             service: service.as_str().to_owned(),
             index: view_index(&view.instances),
             instances: view
                 .instances
                 .iter()
-                .map(|(i, sources)| instance(i, sources))
+                .map(|s| instance(&s.instance, &s.sources))
                 .collect(),
             registries: registries(&view.outcomes),
         }))
@@ -355,13 +323,13 @@ impl Registry for Grpc {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let peer = caller(&req)?;
         let r = req.into_inner();
-        let service = front::readable_service(&self.st, &peer, &r.service).map_err(status)?;
+        let service = front::readable_service(&self.st, &peer, &r.service).map_err(into_status)?;
         let sub = self
             .st
             .watches
             .subscribe(&service, r.resume_index)
             .await
-            .map_err(status)?;
+            .map_err(|e| into_status(e.into()))?;
         let name = service.as_str().to_owned();
         let events = futures::stream::unfold(Some(sub), move |sub| {
             let name = name.clone();
@@ -369,7 +337,7 @@ impl Registry for Grpc {
                 let mut sub = sub?;
                 match sub.next().await {
                     Ok(e) => Some((Ok(watch_event(&name, e)), Some(sub))),
-                    Err(e) => Some((Err(status(e)), None)),
+                    Err(e) => Some((Err(into_status(e.into())), None)),
                 }
             }
         });
@@ -410,7 +378,7 @@ async fn observe(State(st): State<AppState>, req: HttpRequest, next: Next) -> Ht
     );
     let mut resp = front::guarded(&st, peer.as_deref(), streaming, next.run(req))
         .await
-        .unwrap_or_else(|e| status(e).into_http());
+        .unwrap_or_else(|e| into_status(e).into_http());
     let mut code = resp
         .headers()
         .get("grpc-status")
@@ -420,7 +388,7 @@ async fn observe(State(st): State<AppState>, req: HttpRequest, next: Next) -> Ht
             ErrorCode::PayloadTooLarge,
             format!("request message exceeds {} KiB", MAX_BODY_BYTES / 1024),
         );
-        resp = status(too_large).into_http();
+        resp = into_status(too_large).into_http();
         code = Code::InvalidArgument;
     }
     st.metrics.observe_request(route, &method, code as u16);

@@ -16,12 +16,13 @@ use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::front::failure;
+use super::error::failure;
 use super::{AppState, front};
+use crate::api::error::{ApiError, ErrorCode, OutcomesLog};
 use crate::authz::Peer;
-use crate::error::{ApiError, ErrorCode, OutcomesLog, ValidationError};
+use crate::merge::{Sourced, view_index};
+use crate::model::ValidationError;
 use crate::model::{InstanceKey, MAX_BODY_BYTES, ServiceName, parse_register_body};
-use crate::replicate::{Sourced, view_index};
 use crate::watch::view::View;
 
 /// Longest a long poll may wait, and its default when `index` is given without `wait`.
@@ -326,17 +327,22 @@ fn render<'a>(
 ) -> Response {
     let instances: Vec<Value> = instances
         .into_iter()
-        .map(|(i, sources)| {
-            json!({
-                "id": i.key.id,
-                "address": i.address,
-                "port": i.port,
-                "tags": i.tags,
-                "meta": i.meta,
-                "ttl_seconds": i.ttl_seconds,
-                "sources": sources,
-            })
-        })
+        .map(
+            |Sourced {
+                 instance: i,
+                 sources,
+             }| {
+                json!({
+                    "id": i.key.id,
+                    "address": i.address,
+                    "port": i.port,
+                    "tags": i.tags,
+                    "meta": i.meta,
+                    "ttl_seconds": i.ttl_seconds,
+                    "sources": sources,
+                })
+            },
+        )
         .collect();
     let mut resp = Json(json!({
         "service": service,

@@ -14,6 +14,7 @@ use crate::tls::Certs;
 use crate::watch::Watches;
 
 pub mod admin;
+pub mod error;
 pub mod front;
 pub mod grpc;
 pub mod http;

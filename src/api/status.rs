@@ -34,10 +34,10 @@ use tokio::time::Instant;
 
 use super::AppState;
 use crate::breaker::BreakerState;
-use crate::error::RegistryError;
+use crate::merge::{Sourced, merge};
 use crate::model::{Instance, ServiceName};
+use crate::registry::RegistryError;
 use crate::registry::{Registry, RegistryKind, RegistryState};
-use crate::replicate::merge;
 
 /// The probe made per registry while rendering gives up after this long.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -384,16 +384,21 @@ async fn probe(registry: Arc<dyn Registry>) -> Probe {
     }
 }
 
+/// Why a registry's part of the table could not be read, as the page shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct Unread(pub String);
+
 /// Runs one read within [`READ_TIMEOUT`] and what is left of the table's budget.
 async fn read<T>(
     deadline: Instant,
     f: impl Future<Output = Result<T, RegistryError>>,
-) -> Result<T, String> {
+) -> Result<T, Unread> {
     let budget = || {
-        format!(
+        Unread(format!(
             "not read: the table's {} s budget ran out",
             TABLE_BUDGET.as_secs()
-        )
+        ))
     };
     let now = Instant::now();
     if now >= deadline {
@@ -402,9 +407,12 @@ async fn read<T>(
     let until = deadline.min(now + READ_TIMEOUT);
     match tokio::time::timeout_at(until, f).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Err(e)) => Err(Unread(e.to_string())),
         Err(_) if until == deadline => Err(budget()),
-        Err(_) => Err(format!("timed out after {} ms", READ_TIMEOUT.as_millis())),
+        Err(_) => Err(Unread(format!(
+            "timed out after {} ms",
+            READ_TIMEOUT.as_millis()
+        ))),
     }
 }
 
@@ -423,7 +431,7 @@ pub async fn compute(registries: &[Arc<dyn Registry>], limit: usize) -> Table {
                 readable.push(true);
             }
             Err(e) => {
-                unreadable.0.push((r.kind(), e));
+                unreadable.0.push((r.kind(), e.0));
                 readable.push(false);
             }
         }
@@ -451,7 +459,7 @@ pub async fn compute(registries: &[Arc<dyn Registry>], limit: usize) -> Table {
 
 /// One registry's live instances of a service, why they could not be read, or `None` when its
 /// service names could not be read (it is not asked again per service).
-type Lists = Option<Result<Vec<Instance>, String>>;
+type Lists = Option<Result<Vec<Instance>, Unread>>;
 
 /// One service's row; `None` when no registry holds a live instance of it and none failed.
 async fn row(
@@ -474,7 +482,7 @@ async fn row(
     let errors = PerRegistry(
         sets.iter()
             .filter_map(|(k, s)| match s {
-                Some(Err(e)) => Some((*k, e.clone())),
+                Some(Err(e)) => Some((*k, e.0.clone())),
                 _ => None,
             })
             .collect(),
@@ -493,19 +501,16 @@ async fn row(
         .iter()
         .map(|r| {
             let k = r.kind();
-            let n = read.contains(&k).then(|| {
-                merged
-                    .values()
-                    .filter(|(_, sources)| sources.contains(&k))
-                    .count()
-            });
+            let n = read
+                .contains(&k)
+                .then(|| merged.values().filter(|s| s.sources.contains(&k)).count());
             (k, n)
         })
         .collect();
     // Where every registry was read, an id some registry lacks is "only in" those holding it.
     let mut only_in: PerRegistry<OnlyIn> = PerRegistry::default();
     if complete {
-        for (id, (_, sources)) in &merged {
+        for (id, Sourced { sources, .. }) in &merged {
             if sources.len() == read.len() {
                 continue;
             }

@@ -20,14 +20,14 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::error::RegistryError;
 use crate::metrics::Handshakes;
 use crate::model::{
     DEFAULT_TTL_SECONDS, Instance, InstanceId, InstanceKey, MAX_TTL_SECONDS, MIN_TTL_SECONDS,
     ServiceName,
 };
 use crate::pool::{Connect, WarmPool};
-use crate::registry::{FeedSender, Liveness, Registry, RegistryKind, transport};
+use crate::registry::RegistryError;
+use crate::registry::{FeedSender, Liveness, Registry, RegistryKind, SetupError, transport};
 use crate::secret::Secret;
 use crate::tls::{Certs, registry_client_config};
 
@@ -73,7 +73,7 @@ pub struct ConsulConnect {
 impl Connect for ConsulConnect {
     type Client = rs_consul::HttpsClient;
 
-    async fn connect(&self) -> Result<rs_consul::HttpsClient, String> {
+    async fn connect(&self) -> Result<rs_consul::HttpsClient, RegistryError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_keepalive(Some(transport::TCP_KEEPALIVE));
@@ -105,15 +105,8 @@ impl Connect for ConsulConnect {
             "/v1/status/leader",
             None,
         )
-        .await
-        .map_err(|e| e.message)?;
-        if status != StatusCode::OK {
-            return Err(format!(
-                "consul: status/leader answered {status}: {}{}",
-                text(&body),
-                token_hint(status)
-            ));
-        }
+        .await?;
+        expect_ok(status, &body, "status/leader")?;
         Ok(client)
     }
 }
@@ -130,11 +123,10 @@ impl Consul {
         cfg: &ConsulSettings,
         handshakes: Handshakes,
         certs: &Certs,
-    ) -> Result<(Self, Arc<WarmPool<ConsulConnect>>), String> {
+    ) -> Result<(Self, Arc<WarmPool<ConsulConnect>>), SetupError> {
         let cert_key = cfg.cert.as_deref().zip(cfg.key.as_deref());
         let counted = (handshakes, KIND);
-        let tls = registry_client_config("consul", cfg.ca.as_deref(), cert_key, counted, certs)
-            .map_err(|e| e.to_string())?;
+        let tls = registry_client_config("consul", cfg.ca.as_deref(), cert_key, counted, certs)?;
         let token = cfg.token.as_ref().map(|t| t.expose().to_owned());
         let connect = ConsulConnect {
             address: cfg.address.clone(),

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 
-use crate::error::RegistryError;
 use crate::model::{Instance, InstanceKey, ServiceName};
+use crate::registry::RegistryError;
 use crate::registry::{Liveness, Registry, RegistryKind};
 
 /// How the registry behaves on the next calls.

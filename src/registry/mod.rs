@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::error::RegistryError;
 use crate::model::{Instance, InstanceId, InstanceKey, ServiceName};
+pub use error::{RegistryError, RegistryErrorKind};
 
 pub mod consul;
+pub mod error;
 pub mod etcd;
 pub mod memory;
 pub mod transport;
@@ -20,6 +21,16 @@ pub mod transport;
 pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
 /// Warm connections per registry when the configuration does not say (`pool_size`).
 pub const DEFAULT_POOL_SIZE: usize = 2;
+
+/// Why a registry adapter could not be built at start-up: its TLS files, or an endpoint it
+/// cannot use.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    Registry(#[from] RegistryError),
+}
 
 /// Which registry. The primary is etcd: its record wins where the two disagree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -106,15 +117,15 @@ impl FeedSender {
 /// back off (at most) between reconnects.
 pub const WATCH_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The pause before a watch's next reconnect: exponential from 100 ms to [`WATCH_RETRY_MAX`],
-/// half of it random so many watches do not reconnect in step.
+/// The pause before a watch's next reconnect: 100 ms doubling to [`WATCH_RETRY_MAX`], half of it
+/// random so many watches do not reconnect in step.
 pub fn watch_backoff(attempt: u32) -> std::time::Duration {
-    use rand::Rng;
-    let ceiling = std::time::Duration::from_millis(100)
-        .saturating_mul(2u32.saturating_pow(attempt.min(10)))
-        .min(WATCH_RETRY_MAX);
-    let half = ceiling / 2;
-    half + half.mul_f64(rand::rng().random::<f64>())
+    const BACKOFF: crate::backoff::Backoff = crate::backoff::Backoff::new(
+        std::time::Duration::from_millis(100),
+        WATCH_RETRY_MAX,
+        crate::backoff::Jitter::Half,
+    );
+    BACKOFF.delay(attempt)
 }
 
 /// Everything twinreg needs from a registry.

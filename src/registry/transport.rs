@@ -18,6 +18,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
 
 use crate::metrics::Handshakes;
+use crate::registry::RegistryError;
 use crate::registry::RegistryKind;
 
 /// TCP keepalive on registry connections: first probe after this much idle time. Well below the
@@ -48,22 +49,23 @@ impl Dialer {
         tls: Option<Arc<ClientConfig>>,
         connect_timeout: Duration,
         handshakes: Handshakes,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, RegistryError> {
+        let bad = |why: String| RegistryError::rejected(registry, why);
         let uri: Uri = endpoint
             .parse()
-            .map_err(|e| format!("{registry} endpoint '{endpoint}': {e}"))?;
+            .map_err(|e| bad(format!("{registry} endpoint '{endpoint}': {e}")))?;
         let secure = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
             _ => {
-                return Err(format!(
+                return Err(bad(format!(
                     "{registry} endpoint '{endpoint}' must start with http:// or https://"
-                ));
+                )));
             }
         };
         let host = uri
             .host()
-            .ok_or_else(|| format!("{registry} endpoint '{endpoint}' has no host"))?
+            .ok_or_else(|| bad(format!("{registry} endpoint '{endpoint}' has no host")))?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
@@ -71,13 +73,14 @@ impl Dialer {
         let tls = match (secure, tls) {
             (false, _) => None,
             (true, None) => {
-                return Err(format!(
+                return Err(bad(format!(
                     "{registry} endpoint '{endpoint}' is https:// but no TLS client config was built"
-                ));
+                )));
             }
             (true, Some(cfg)) => {
-                let name = ServerName::try_from(host.clone())
-                    .map_err(|e| format!("{registry} endpoint '{endpoint}': host name: {e}"))?;
+                let name = ServerName::try_from(host.clone()).map_err(|e| {
+                    bad(format!("{registry} endpoint '{endpoint}': host name: {e}"))
+                })?;
                 Some((TlsConnector::from(cfg), name))
             }
         };

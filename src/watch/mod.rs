@@ -8,7 +8,7 @@
 //!
 //! Each watcher turns the views it sees into events: `ADDED`, `MODIFIED`, `DELETED` per instance,
 //! `EMPTY` when the last one goes, and a `PROGRESS` frame every `watch.progress_interval`. Views
-//! are content-indexed ([`crate::replicate::view_index`], the REST `index`), and the hub keeps
+//! are content-indexed ([`crate::merge::view_index`], the REST `index`), and the hub keeps
 //! recent ones ([`view::History`]), so a watcher that gives the index it last saw gets only what
 //! changed since — or a snapshot when that set is unknown here.
 //!
@@ -30,11 +30,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::ApiError;
+use crate::merge::{Sourced, view_index};
 use crate::metrics::Metrics;
 use crate::model::ServiceName;
 use crate::registry::{FeedSender, Registry, RegistryKind};
-use crate::replicate::{Sourced, view_index};
 use view::{Change, History, Merger, Set, View, diff};
 
 pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
@@ -130,8 +129,16 @@ impl Drop for HubRef {
     }
 }
 
-fn unavailable(message: impl Into<String>) -> ApiError {
-    ApiError::unavailable(message, crate::api::front::retry_after())
+/// Why a watch or long poll cannot be served.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WatchError {
+    /// No registry feeds the view (or it went stale): the caller should retry later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+fn unavailable(message: impl Into<String>) -> WatchError {
+    WatchError::Unavailable(message.into())
 }
 
 impl Watches {
@@ -184,7 +191,7 @@ impl Watches {
     /// The hub's first view, once it has one; UNAVAILABLE when no registry answered.
     async fn first_view(
         hub: &Hub,
-    ) -> Result<(watch::Receiver<Option<Arc<View>>>, Arc<View>), ApiError> {
+    ) -> Result<(watch::Receiver<Option<Arc<View>>>, Arc<View>), WatchError> {
         let mut rx = hub.view.subscribe();
         let first = tokio::select! {
             first = tokio::time::timeout(FIRST_SYNC * 2, rx.wait_for(|v| v.is_some())) => first
@@ -211,7 +218,7 @@ impl Watches {
         self: &Arc<Self>,
         service: &ServiceName,
         resume: u64,
-    ) -> Result<Subscription, ApiError> {
+    ) -> Result<Subscription, WatchError> {
         let hub = self.hub(service);
         let (rx, view) = Self::first_view(&hub.hub).await?;
         let mut pending = VecDeque::new();
@@ -250,7 +257,7 @@ impl Watches {
         index: u64,
         deadline: Instant,
         shutdown: &CancellationToken,
-    ) -> Result<Arc<View>, ApiError> {
+    ) -> Result<Arc<View>, WatchError> {
         let hub = self.hub(service);
         let (mut rx, mut view) = Self::first_view(&hub.hub).await?;
         while view.index == index {
@@ -333,9 +340,9 @@ fn transition(old: &Arc<Set>, view: &View, hub: &Hub, out: &mut VecDeque<Event>)
             _ if last => view.index,
             Some(set) => {
                 match change {
-                    Change::Deleted => set.remove(&entry.0.key.id),
+                    Change::Deleted => set.remove(&entry.instance.key.id),
                     Change::Added | Change::Modified => {
-                        set.insert(entry.0.key.id.clone(), entry.clone())
+                        set.insert(entry.instance.key.id.clone(), entry.clone())
                     }
                 };
                 let index = view_index(set.values());
@@ -383,7 +390,7 @@ pub struct Subscription {
 impl Subscription {
     /// The next event; an error ends the stream (the replica is shutting down, or no registry
     /// has fed the view for [`STALE_LIMIT`]).
-    pub async fn next(&mut self) -> Result<Event, ApiError> {
+    pub async fn next(&mut self) -> Result<Event, WatchError> {
         loop {
             if let Some(e) = self.pending.pop_front() {
                 return Ok(e);

@@ -78,7 +78,9 @@ async fn change(sub: &mut Subscription) -> Event {
 }
 
 fn id(e: &Event) -> &str {
-    e.instance.as_ref().map_or("", |(i, _)| i.key.id.as_str())
+    e.instance
+        .as_ref()
+        .map_or("", |s| s.instance.key.id.as_str())
 }
 
 #[tokio::test(start_paused = true)]
@@ -109,14 +111,14 @@ async fn a_fresh_watch_gets_a_snapshot_then_per_instance_changes_and_empty() {
         (EventKind::Progress, false, second.index)
     );
     assert_eq!(
-        second.instance.as_ref().unwrap().1,
+        second.instance.as_ref().unwrap().sources,
         vec![RegistryKind::Etcd, RegistryKind::Consul]
     );
 
     f.put(&instance("a", 81)).await;
     let modified = change(&mut sub).await;
     assert_eq!((modified.kind, id(&modified)), (EventKind::Modified, "a"));
-    assert_eq!(modified.instance.as_ref().unwrap().0.port, 81);
+    assert_eq!(modified.instance.as_ref().unwrap().instance.port, 81);
 
     f.delete("b").await;
     let deleted = change(&mut sub).await;
@@ -248,7 +250,10 @@ async fn one_registry_down_the_view_goes_on_from_the_other() {
     // After the grace, the instance is held by etcd alone: MODIFIED, never DELETED.
     let e = change(&mut sub).await;
     assert_eq!((e.kind, id(&e)), (EventKind::Modified, "a"));
-    assert_eq!(e.instance.as_ref().unwrap().1, vec![RegistryKind::Etcd]);
+    assert_eq!(
+        e.instance.as_ref().unwrap().sources,
+        vec![RegistryKind::Etcd]
+    );
     assert_eq!(e.registries, vec![RegistryKind::Etcd]);
 
     f.etcd.register(&instance("b", 80)).await.unwrap();
@@ -287,12 +292,8 @@ async fn both_registries_down_keep_the_view_then_end_the_stream() {
             Err(err) => break err,
         }
     };
-    assert_eq!(err.code, crate::error::ErrorCode::Unavailable);
-    assert!(
-        err.message.contains("no registry has answered"),
-        "{}",
-        err.message
-    );
+    let WatchError::Unavailable(message) = err;
+    assert!(message.contains("no registry has answered"), "{message}");
     assert!(start.elapsed() >= STALE_LIMIT);
     // A new watch is refused at once rather than served a stale view.
     let err = f
@@ -300,7 +301,7 @@ async fn both_registries_down_keep_the_view_then_end_the_stream() {
         .subscribe(&ServiceName::parse("orders").unwrap(), 0)
         .await
         .err();
-    assert!(err.is_some_and(|e| e.message.contains("no registry answered")));
+    assert!(err.is_some_and(|WatchError::Unavailable(m)| m.contains("no registry answered")));
 }
 
 #[tokio::test(start_paused = true)]

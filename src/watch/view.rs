@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::merge::{Sourced, merge, view_index};
 use crate::model::{Instance, InstanceId};
 use crate::registry::{Feed, RegistryKind};
-use crate::replicate::{Sourced, merge, view_index};
 
 /// A merged set: one entry per instance id, in id order.
 pub type Set = BTreeMap<InstanceId, Sourced>;
@@ -162,11 +162,17 @@ impl Merger {
         });
         if !tombs.is_empty() {
             let mut set = Set::clone(&view.instances);
-            set.retain(|id, (i, sources)| {
-                !tombs.get(id).is_some_and(|t| {
-                    i.generation <= t.generation && sources.iter().all(|s| t.absent.contains(s))
-                })
-            });
+            set.retain(
+                |id,
+                 Sourced {
+                     instance: i,
+                     sources,
+                 }| {
+                    !tombs.get(id).is_some_and(|t| {
+                        i.generation <= t.generation && sources.iter().all(|s| t.absent.contains(s))
+                    })
+                },
+            );
             if set.len() != view.instances.len() {
                 view.index = view_index(set.values());
                 view.instances = Arc::new(set);
@@ -180,7 +186,7 @@ impl Merger {
                 .map(|f| f.kind)
                 .collect();
             if !absent.is_empty() {
-                for (id, (i, _)) in prev.instances.iter() {
+                for (id, Sourced { instance: i, .. }) in prev.instances.iter() {
                     if !view.instances.contains_key(id) {
                         tombs.insert(
                             id.clone(),
@@ -249,7 +255,7 @@ pub enum Change {
 }
 
 fn same(a: &Sourced, b: &Sourced) -> bool {
-    a.0.same_record(&b.0) && a.1 == b.1
+    a.instance.same_record(&b.instance) && a.sources == b.sources
 }
 
 /// The per-instance changes that turn `old` into `new`, in id order. Each names the instance's
@@ -268,7 +274,7 @@ pub fn diff(old: &Set, new: &Set) -> Vec<(Change, Sourced)> {
             out.push((Change::Deleted, entry.clone()));
         }
     }
-    out.sort_by(|a, b| a.1.0.key.id.cmp(&b.1.0.key.id));
+    out.sort_by(|a, b| a.1.instance.key.id.cmp(&b.1.instance.key.id));
     out
 }
 

@@ -19,8 +19,8 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 
 use super::{Consul, KIND, expect_ok, parse_health, send_full};
-use crate::error::RegistryError;
 use crate::model::ServiceName;
+use crate::registry::RegistryError;
 use crate::registry::{Feed, FeedSender};
 
 /// Extra time granted beyond `wait`: Consul adds up to wait/16 of jitter, plus the round trip.

@@ -7,10 +7,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use etcd_client::{Client, ConnectOptions, GetOptions};
 
-use super::errors::describe;
+use super::KIND;
+use super::errors::to_err;
 use super::keepalive::KeepAliveMux;
 use super::{CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
 use crate::pool::Connect;
+use crate::registry::RegistryError;
 use crate::registry::transport::Dialer;
 
 /// One pooled connection: an HTTP/2 channel to one member, and its keepalive stream.
@@ -34,13 +36,13 @@ pub struct EtcdConnect {
 impl Connect for EtcdConnect {
     type Client = EtcdConn;
 
-    async fn connect(&self) -> Result<EtcdConn, String> {
+    async fn connect(&self) -> Result<EtcdConn, RegistryError> {
         let member = self.next.fetch_add(1, Ordering::Relaxed) % self.members.len();
         let dialer = self.members[member].clone();
         let authority = dialer.authority();
         // The dialer does TLS itself (to count handshakes), so tonic sees a plain http:// URI.
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{authority}"))
-            .map_err(|e| format!("etcd endpoint {authority}: {e}"))?
+            .map_err(|e| RegistryError::rejected(KIND, format!("etcd endpoint {authority}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
@@ -52,10 +54,10 @@ impl Connect for EtcdConnect {
             Some(self.options.clone()),
         )
         .await
-        .map_err(|e| format!("{authority}: {}", describe(&e)))?;
+        .map_err(|e| in_context(&authority, e))?;
         probe(&mut client, &self.probe_key)
             .await
-            .map_err(|e| format!("{authority}: {}", describe(&e)))?;
+            .map_err(|e| in_context(&authority, e))?;
         Ok(EtcdConn {
             client,
             keepalive: Arc::default(),
@@ -77,4 +79,11 @@ pub(super) async fn probe(client: &mut Client, probe_key: &str) -> Result<(), et
         )
         .await
         .map(drop)
+}
+
+/// An etcd error of connecting to `authority`, naming it.
+fn in_context(authority: &str, e: etcd_client::Error) -> RegistryError {
+    let mut err = to_err(e);
+    err.message = format!("{authority}: {}", err.message);
+    err
 }

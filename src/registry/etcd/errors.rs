@@ -1,7 +1,7 @@
 //! etcd's errors as twinreg reports them: which registry, whether another member or a retry can
 //! help, and for a refused credential or permission what to check; never the credentials.
 
-use crate::error::RegistryError;
+use crate::registry::RegistryError;
 
 use super::KIND;
 

@@ -15,7 +15,7 @@ use etcd_client::Client;
 use etcd_client::proto::PbLeaseKeepAliveRequest;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::RegistryError;
+use crate::registry::RegistryError;
 use crate::registry::RegistryKind;
 
 const KIND: RegistryKind = RegistryKind::Etcd;

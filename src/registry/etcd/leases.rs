@@ -11,9 +11,9 @@ use super::Etcd;
 use super::connect::EtcdConn;
 use super::errors::to_err;
 use super::txn::revoke_quietly;
-use crate::error::RegistryError;
 use crate::model::{InstanceKey, MAX_TTL_SECONDS};
 use crate::registry::Liveness;
+use crate::registry::RegistryError;
 
 /// The lease each instance's key was last seen on, so a heartbeat renews it without first reading
 /// the key. Only a hint: every heartbeat checks it against the key. An entry unused for longer

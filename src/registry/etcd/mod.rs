@@ -32,12 +32,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use etcd_client::{ConnectOptions, GetOptions};
 
-use crate::error::RegistryError;
 use crate::metrics::Handshakes;
 use crate::model::{Instance, InstanceId, InstanceKey, ServiceName};
 use crate::pool::WarmPool;
+use crate::registry::RegistryError;
 use crate::registry::transport::Dialer;
-use crate::registry::{FeedSender, Liveness, Registry, RegistryKind};
+use crate::registry::{FeedSender, Liveness, Registry, RegistryKind, SetupError};
 use crate::secret::Secret;
 use crate::tls::{Certs, registry_client_config};
 use connect::probe;
@@ -88,7 +88,7 @@ impl Etcd {
         cfg: &EtcdSettings,
         handshakes: Handshakes,
         certs: &Certs,
-    ) -> Result<(Self, Arc<WarmPool<EtcdConnect>>), String> {
+    ) -> Result<(Self, Arc<WarmPool<EtcdConnect>>), SetupError> {
         let mut options = ConnectOptions::new();
         if let (Some(user), Some(pass)) = (&cfg.username, &cfg.password) {
             // etcd forgets a simple auth token unused for `--auth-token-ttl`, and a JWT lapses at
@@ -102,8 +102,7 @@ impl Etcd {
             let cert_key = cfg.cert.as_deref().zip(cfg.key.as_deref());
             let counted = (handshakes.clone(), KIND);
             let mut tls =
-                registry_client_config("etcd", cfg.ca.as_deref(), cert_key, counted, certs)
-                    .map_err(|e| e.to_string())?;
+                registry_client_config("etcd", cfg.ca.as_deref(), cert_key, counted, certs)?;
             tls.alpn_protocols = vec![b"h2".to_vec()];
             Some(Arc::new(tls))
         } else {

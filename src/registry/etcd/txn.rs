@@ -10,8 +10,8 @@ use super::connect::EtcdConn;
 use super::errors::{describe, to_err};
 use super::record::Record;
 use super::{Etcd, KIND};
-use crate::error::RegistryError;
 use crate::model::{Instance, InstanceKey};
+use crate::registry::RegistryError;
 
 /// Tombstones live beside the instances, under a name no service can have (it starts with '.').
 pub(super) const TOMBSTONE_DIR: &str = ".tombstones";

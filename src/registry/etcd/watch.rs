@@ -18,8 +18,8 @@ use etcd_client::{EventType, GetOptions, WatchOptions};
 use tokio::time::Instant;
 
 use super::{Etcd, KIND, KeyRead, decode_dir, decode_kv, to_err};
-use crate::error::RegistryError;
 use crate::model::ServiceName;
+use crate::registry::RegistryError;
 use crate::registry::{Feed, FeedSender};
 
 /// Progress requests that may go unanswered before the stream counts as dead.

@@ -1,111 +1,23 @@
-//! Errors, and the one place they are mapped to what a client sees.
-//!
-//! Registry errors carry which registry and whether a retry can help; the coordinator reads that.
-//! [`ApiError`] is the edge type: one code, one HTTP status, one JSON shape.
+//! The one place errors become answers: every error a request can meet (invalid input, a refusal,
+//! a coordinator failure, a watch that lost its registries) becomes an [`ApiError`], which renders
+//! as the REST JSON shape with its HTTP status ([`IntoResponse`]) and as a gRPC status with its code
+//! ([`into_status`]). Domain and registry layers return their own errors; nothing below `api`
+//! builds an answer.
 
 use std::borrow::Cow;
-use std::fmt;
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use rand::Rng;
 use serde::Serialize;
+use serde_json::Value;
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
 
-use crate::registry::RegistryKind;
-
-/// A client sent something the API's rules do not allow.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct ValidationError {
-    pub field: Cow<'static, str>,
-    pub message: String,
-}
-
-impl ValidationError {
-    pub fn new(field: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
-/// Why a registry operation failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RegistryErrorKind {
-    /// Could not reach it, or it is not connected yet: a retry later can help.
-    Unavailable,
-    /// It did not answer within the deadline: a retry later can help.
-    Timeout,
-    /// Not tried: its circuit breaker is open after repeated failures.
-    CircuitOpen,
-    /// It answered and refused (bad credentials, a permission, a value it will not store): a retry
-    /// with the same input will not help until an operator acts.
-    Rejected,
-}
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub struct RegistryError {
-    pub registry: RegistryKind,
-    pub kind: RegistryErrorKind,
-    pub message: String,
-    /// The request could not reach the registry (connection refused or reset, member down):
-    /// another member of the same registry may do.
-    pub unreachable: bool,
-}
-
-impl fmt::Display for RegistryError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl RegistryError {
-    pub fn unavailable(registry: RegistryKind, message: impl Into<String>) -> Self {
-        Self {
-            registry,
-            kind: RegistryErrorKind::Unavailable,
-            message: message.into(),
-            unreachable: false,
-        }
-    }
-
-    pub fn circuit_open(registry: RegistryKind, message: impl Into<String>) -> Self {
-        Self {
-            kind: RegistryErrorKind::CircuitOpen,
-            ..Self::unavailable(registry, message)
-        }
-    }
-
-    pub fn unreachable(registry: RegistryKind, message: impl Into<String>) -> Self {
-        Self {
-            unreachable: true,
-            ..Self::unavailable(registry, message)
-        }
-    }
-
-    pub fn rejected(registry: RegistryKind, message: impl Into<String>) -> Self {
-        Self {
-            registry,
-            kind: RegistryErrorKind::Rejected,
-            message: message.into(),
-            unreachable: false,
-        }
-    }
-
-    pub fn timeout(registry: RegistryKind, after: std::time::Duration) -> Self {
-        Self {
-            registry,
-            kind: RegistryErrorKind::Timeout,
-            message: format!("timed out after {} ms", after.as_millis()),
-            unreachable: false,
-        }
-    }
-
-    pub fn retryable(&self) -> bool {
-        self.kind != RegistryErrorKind::Rejected
-    }
-}
+use crate::model::ValidationError;
+use crate::replicate::Failure;
+use crate::watch::WatchError;
 
 /// The error codes of the API contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -221,3 +133,84 @@ impl IntoResponse for ApiError {
 /// attached to the response for the request log line.
 #[derive(Debug, Clone)]
 pub struct OutcomesLog(pub String);
+
+impl From<WatchError> for ApiError {
+    fn from(e: WatchError) -> Self {
+        match e {
+            WatchError::Unavailable(message) => ApiError::unavailable(message, retry_after()),
+        }
+    }
+}
+
+/// An [`ApiError`] as a gRPC status. The message is the REST `message` (for invalid input
+/// `"<field>: <rule>"`), followed by each registry's outcome for a coordinator failure. Metadata
+/// repeats the REST fields: `twinreg-error` (the REST error code), `twinreg-field`, and
+/// `retry-after` (seconds) on UNAVAILABLE.
+pub fn into_status(e: ApiError) -> Status {
+    let code = match e.code {
+        ErrorCode::InvalidRequest | ErrorCode::PayloadTooLarge => Code::InvalidArgument,
+        ErrorCode::Forbidden => Code::PermissionDenied,
+        ErrorCode::UnknownInstance | ErrorCode::NotFound => Code::NotFound,
+        ErrorCode::Unavailable => Code::Unavailable,
+        ErrorCode::RateLimited => Code::ResourceExhausted,
+        ErrorCode::RequestTimeout => Code::DeadlineExceeded,
+    };
+    let mut message = e.message;
+    if let Some(registries) = e.details.as_ref().and_then(|d| d.get("registries")) {
+        message.push_str("; registries: ");
+        message.push_str(&registries.to_string());
+    }
+    let mut status = Status::new(code, message);
+    let md = status.metadata_mut();
+    if let Some(Value::String(c)) = serde_json::to_value(e.code).ok()
+        && let Ok(v) = MetadataValue::try_from(c.as_str())
+    {
+        md.insert("twinreg-error", v);
+    }
+    if let Some(field) = e.field
+        && let Ok(v) = MetadataValue::try_from(field.as_ref())
+    {
+        md.insert("twinreg-field", v);
+    }
+    if let Some(secs) = e.retry_after_secs {
+        md.insert("retry-after", MetadataValue::from(secs));
+    }
+    status
+}
+
+/// Seconds a client should wait before retrying an unavailable answer, jittered so clients
+/// spread out.
+pub fn retry_after() -> u64 {
+    rand::rng().random_range(1..=4)
+}
+
+/// A coordinator failure as the client sees it, with every registry's outcome attached.
+pub fn failure(f: Failure) -> ApiError {
+    let (code, message, outcomes) = match f {
+        Failure::Unavailable(o) => (
+            ErrorCode::Unavailable,
+            "no registry accepted the request; retry after the Retry-After delay",
+            o,
+        ),
+        Failure::UnknownInstance(o) => (
+            ErrorCode::UnknownInstance,
+            "no registry knows this instance; register it again",
+            o,
+        ),
+    };
+    let mut details = serde_json::Map::new();
+    details.insert(
+        "registries".into(),
+        serde_json::to_value(&outcomes).unwrap_or_default(),
+    );
+    let mut err = ApiError::new(code, message).with_details(details);
+    err.outcomes_log = Some(outcomes.log_line().into());
+    if code == ErrorCode::Unavailable {
+        ApiError {
+            retry_after_secs: Some(retry_after()),
+            ..err
+        }
+    } else {
+        err
+    }
+}
