@@ -1,0 +1,332 @@
+//! The status page as HTML: a banner, then registries, services and certificates. maud escapes
+//! every dynamic string (names, error messages, ids) as it writes it; the stylesheet is
+//! `style.css`, inlined (the page loads nothing from anywhere).
+
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+
+use super::collect::{Row, Status, Table};
+use super::{CERT_WARN_DAYS, REFRESH_SECONDS, SHOWN_IDS};
+use crate::breaker::BreakerState;
+use crate::registry::{RegistryKind, RegistryState};
+
+const CSS: &str = include_str!("style.css");
+
+/// The page.
+pub fn render(s: &Status) -> String {
+    let state = s.state.as_str();
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                meta http-equiv="refresh" content=(REFRESH_SECONDS);
+                title { "twinreg: " (state) }
+                style { (PreEscaped(CSS)) }
+            }
+            body {
+                header class=(state) id="banner" {
+                    h1 { (state) }
+                    p { (s.summary) }
+                    p class="meta" {
+                        "twinreg " (env!("CARGO_PKG_VERSION")) " · generated " (s.generated_at)
+                        " · refreshes every " (REFRESH_SECONDS) " s"
+                    }
+                }
+                main {
+                    (registries(s))
+                    (services(s))
+                    (certificates(s))
+                }
+                footer {
+                    "Also: " a href="/status.json" { "/status.json" } " (this page as JSON) · "
+                    a href="/readyz" { "/readyz" } " · " a href="/metrics" { "/metrics" }
+                }
+            }
+        }
+    }
+    .into_string()
+}
+
+fn pill(class: &str, text: &str) -> Markup {
+    html! { span class={ "pill " (class) } { (text) } }
+}
+
+fn count(n: usize, one: &str, many: &str) -> String {
+    match n {
+        1 => format!("1 {one}"),
+        n => format!("{n} {many}"),
+    }
+}
+
+fn registries(s: &Status) -> Markup {
+    let backlog = match s.repairs_pending {
+        0 => "no repair pending".to_owned(),
+        n => count(n, "repair pending", "repairs pending"),
+    };
+    html! {
+        section id="registries" {
+            h2 { "Registries " small { (backlog) } }
+            table {
+                thead { tr {
+                    th { "Registry" } th { "State" } th { "Breaker" } th { "Probe now" }
+                    th class="n" { "Repairs pending" }
+                } }
+                tbody {
+                    @for r in &s.registries {
+                        tr id={ "registry-" (r.name) } {
+                            td { strong { (r.name) } " " span class="muted" { (r.role) } }
+                            td { (match r.state {
+                                RegistryState::Up => pill("good", "up"),
+                                RegistryState::Connecting => pill("warn", "connecting"),
+                                RegistryState::Down => pill("bad", "down"),
+                            }) }
+                            td { (match r.breaker {
+                                BreakerState::Closed => pill("good", "closed"),
+                                BreakerState::HalfOpen => pill("warn", "half-open"),
+                                BreakerState::Open => pill("bad", "open"),
+                            }) }
+                            td {
+                                @if let Some(ms) = r.probe.latency_ms {
+                                    (format!("{ms:.1} ms"))
+                                } @else if let Some(e) = &r.probe.error {
+                                    (pill("bad", "failed")) " " span class="err" { (e) }
+                                }
+                            }
+                            @if r.repairs_pending > 0 {
+                                td class="n bad-n" { (r.repairs_pending) }
+                            } @else {
+                                td class="n" { "0" }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// "2 services, 1 disagree", "no live instance anywhere", ...
+fn headline(t: &Table) -> String {
+    let unknown = t.rows.iter().filter(|r| !r.complete).count();
+    if t.rows.is_empty() {
+        return "no live instance anywhere".to_owned();
+    }
+    let mut parts = vec![count(t.rows.len(), "service", "services")];
+    if t.disagreements > 0 {
+        parts.push(format!("{} disagree", t.disagreements));
+    }
+    if unknown > 0 {
+        parts.push(format!("{unknown} not read from every registry"));
+    }
+    if t.disagreements == 0 && unknown == 0 {
+        parts.push("all agree".to_owned());
+    }
+    parts.join(", ")
+}
+
+/// The first [`SHOWN_IDS`] of `names` as code, and how many more there are.
+fn some_of<'a>(names: impl IntoIterator<Item = &'a str>, total: usize) -> Markup {
+    let names: Vec<&str> = names.into_iter().take(SHOWN_IDS).collect();
+    let more = total.saturating_sub(names.len());
+    html! {
+        @for (i, n) in names.iter().enumerate() {
+            @if i > 0 { ", " }
+            code { (n) }
+        }
+        @if more > 0 { " and " (more) " more" }
+    }
+}
+
+fn services(s: &Status) -> Markup {
+    let t = &s.services;
+    let kinds: Vec<RegistryKind> = s.registries.iter().map(|r| r.name).collect();
+    let disagreeing: Vec<&str> = t
+        .rows
+        .iter()
+        .filter(|r| r.disagree)
+        .map(|r| r.service.as_str())
+        .collect();
+    html! {
+        section id="services" {
+            h2 { "Services " small { (headline(t)) } }
+            p class="muted" {
+                "Live instances in each registry, computed " (t.computed_at)
+                " (reused for " (t.cached_for_seconds) " s)."
+            }
+            @for (kind, e) in &t.unreadable.0 {
+                p class="note" {
+                    (kind) " could not be read: " span class="err" { (e) } ". Its counts show as ?."
+                }
+            }
+            @if t.truncated {
+                p class="note" {
+                    "Showing the first " (t.limit) " of " (t.services_seen) " service names (by name)."
+                }
+            }
+            @if !disagreeing.is_empty() {
+                p class="note" {
+                    "Registries disagree on " (some_of(disagreeing.iter().copied(), disagreeing.len()))
+                    ". Differences are normal for a moment while writes are repaired; lasting ones \
+                     are fixed by the anti-entropy sweep or the instance's next heartbeat."
+                }
+            }
+            @if !t.rows.is_empty() {
+                table {
+                    thead { tr {
+                        th { "Service" }
+                        @for k in &kinds { th class="n" { (k) } }
+                        th class="n" { "merged" } th { "Agreement" }
+                    } }
+                    tbody {
+                        @for r in &t.rows { (service_row(r, &kinds, t)) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn service_row(r: &Row, kinds: &[RegistryKind], t: &Table) -> Markup {
+    html! {
+        tr class=[r.disagree.then_some("disagree")] id={ "service-" (r.service) } {
+            td { strong { (r.service) } }
+            @for k in kinds {
+                @match r.counts.get(*k).copied().flatten() {
+                    Some(n) => td class="n" { (n) },
+                    None => td class="n bad-n" { "?" },
+                }
+            }
+            td class="n" { (r.merged) }
+            td {
+                @if r.disagree {
+                    (pill("bad", "DISAGREE"))
+                    @for (i, (k, only)) in r.only_in.0.iter().enumerate() {
+                        @if i > 0 { ";" }
+                        " only in " (k) ": " (some_of(only.ids.iter().map(String::as_str), only.count))
+                    }
+                } @else if r.complete {
+                    (pill("good", "agree"))
+                } @else {
+                    (pill("warn", "unknown"))
+                    @for (k, e) in &r.errors.0 {
+                        " " (k) " not read: " span class="err" { (e) }
+                    }
+                    @for (k, _) in &t.unreadable.0 {
+                        " " (k) " not read"
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn certificates(s: &Status) -> Markup {
+    html! {
+        section id="certificates" {
+            h2 { "Certificates " small { "red when fewer than " (CERT_WARN_DAYS) " days are left" } }
+            @if s.certificates.is_empty() {
+                p class="muted" { "No certificate loaded." }
+            } @else {
+                table {
+                    thead { tr {
+                        th { "Certificate" } th { "Expires (UTC)" } th class="n" { "Days left" }
+                    } }
+                    tbody {
+                        @for c in &s.certificates {
+                            tr {
+                                td { code { (c.label) } }
+                                td { (c.expires) }
+                                td class="n" {
+                                    @if c.days_left < 0 {
+                                        (pill("bad", "EXPIRED"))
+                                    } @else if c.warning {
+                                        (pill("bad", &format!("{} days", c.days_left)))
+                                    } @else {
+                                        (c.days_left) " days"
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::api::status::collect::{
+        CertStatus, OnlyIn, Overall, PerRegistry, Probe, RegistryStatus,
+    };
+
+    /// Every string a registry or a client can put on the page, hostile.
+    #[test]
+    fn every_dynamic_string_is_escaped() {
+        let evil = r#"<script src="x">a & 'b'</script>"#;
+        let escaped = "&lt;script src=&quot;x&quot;&gt;a &amp; 'b'&lt;/script&gt;";
+        let row = Row {
+            service: evil.into(),
+            counts: PerRegistry(vec![
+                (RegistryKind::Etcd, Some(1)),
+                (RegistryKind::Consul, None),
+            ]),
+            merged: 1,
+            complete: false,
+            disagree: true,
+            only_in: PerRegistry(vec![(
+                RegistryKind::Etcd,
+                OnlyIn {
+                    count: 1,
+                    ids: vec![evil.into()],
+                },
+            )]),
+            errors: PerRegistry(vec![(RegistryKind::Consul, evil.into())]),
+        };
+        let status = Status {
+            state: Overall::Degraded,
+            summary: evil.into(),
+            generated_at: evil.into(),
+            registries: vec![RegistryStatus {
+                name: RegistryKind::Consul,
+                role: "backup",
+                state: RegistryState::Down,
+                breaker: BreakerState::Open,
+                probe: Probe {
+                    ok: false,
+                    latency_ms: None,
+                    error: Some(evil.into()),
+                },
+                repairs_pending: 1,
+            }],
+            repairs_pending: 1,
+            services: Arc::new(Table::for_test(
+                evil,
+                vec![row],
+                PerRegistry(vec![(RegistryKind::Consul, evil.into())]),
+            )),
+            certificates: vec![CertStatus {
+                label: "server",
+                not_after: 0,
+                expires: evil.into(),
+                days_left: -1,
+                warning: true,
+            }],
+        };
+        let page = render(&status);
+        assert!(!page.contains("<script"), "markup got through:\n{page}");
+        assert!(page.matches(escaped).count() >= 7, "{page}");
+        assert!(
+            page.contains(r#"<header class="degraded" id="banner">"#),
+            "{page}"
+        );
+        assert!(
+            page.contains(r#"<span class="pill bad">EXPIRED</span>"#),
+            "{page}"
+        );
+    }
+}
