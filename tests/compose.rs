@@ -15,6 +15,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_norway::Value;
+use testkit::compose::{
+    Compose, HaSection, Service, haproxy_sections, haproxy_time, hcl_values, param, paths_under,
+    sans, url,
+};
 use twinreg::certs::compose as names;
 use twinreg::config::Config;
 
@@ -109,301 +113,6 @@ impl Problems {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Reading docker-compose.yml
-
-struct Compose(Value);
-
-struct Mount {
-    source: String,
-    target: String,
-    read_only: bool,
-}
-
-impl Mount {
-    fn is_bind(&self) -> bool {
-        self.source.starts_with('.') || self.source.starts_with('/')
-    }
-}
-
-struct Port {
-    host_ip: Option<String>,
-    host: u16,
-    container: u16,
-}
-
-impl Compose {
-    fn services(&self) -> BTreeMap<String, Service<'_>> {
-        self.0
-            .get("services")
-            .and_then(Value::as_mapping)
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), Service(v))))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    fn service(&self, name: &str) -> Result<Service<'_>, String> {
-        self.0
-            .get("services")
-            .and_then(|s| s.get(name))
-            .map(Service)
-            .ok_or_else(|| format!("{COMPOSE} has no service {name}"))
-    }
-
-    fn named_volumes(&self) -> BTreeSet<String> {
-        self.0
-            .get("volumes")
-            .and_then(Value::as_mapping)
-            .map(|m| {
-                m.keys()
-                    .filter_map(|k| k.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-#[derive(Clone, Copy)]
-struct Service<'a>(&'a Value);
-
-impl Service<'_> {
-    fn str(&self, key: &str) -> Option<String> {
-        self.0.get(key).and_then(Value::as_str).map(String::from)
-    }
-
-    /// `command` or `entrypoint` as a list of arguments.
-    fn args(&self, key: &str) -> Vec<String> {
-        match self.0.get(key) {
-            Some(Value::Sequence(s)) => s
-                .iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect(),
-            Some(Value::String(s)) => s.split_whitespace().map(String::from).collect(),
-            _ => Vec::new(),
-        }
-    }
-
-    /// The value after `--flag=` or `--flag` in `command`.
-    fn flag(&self, flag: &str) -> Option<String> {
-        let args = self.args("command");
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            if let Some(v) = a.strip_prefix(&format!("{flag}=")) {
-                return Some(v.to_owned());
-            }
-            if a == flag {
-                return it.next().cloned();
-            }
-        }
-        None
-    }
-
-    fn has_arg(&self, arg: &str) -> bool {
-        self.args("command").iter().any(|a| a == arg)
-    }
-
-    fn env(&self) -> BTreeMap<String, String> {
-        match self.0.get("environment") {
-            Some(Value::Mapping(m)) => m
-                .iter()
-                .filter_map(|(k, v)| {
-                    let v = match v {
-                        Value::String(s) => s.clone(),
-                        Value::Number(n) => n.to_string(),
-                        Value::Bool(b) => b.to_string(),
-                        _ => String::new(),
-                    };
-                    Some((k.as_str()?.to_owned(), v))
-                })
-                .collect(),
-            Some(Value::Sequence(s)) => s
-                .iter()
-                .filter_map(|v| {
-                    let (k, v) = v.as_str()?.split_once('=')?;
-                    Some((k.to_owned(), v.to_owned()))
-                })
-                .collect(),
-            _ => BTreeMap::new(),
-        }
-    }
-
-    fn mounts(&self) -> Vec<Mount> {
-        let Some(list) = self.0.get("volumes").and_then(Value::as_sequence) else {
-            return Vec::new();
-        };
-        list.iter()
-            .filter_map(|v| match v {
-                Value::String(s) => {
-                    let parts: Vec<&str> = s.split(':').collect();
-                    Some(Mount {
-                        source: parts.first()?.to_string(),
-                        target: parts.get(1)?.to_string(),
-                        read_only: parts
-                            .get(2)
-                            .is_some_and(|m| m.split(',').any(|o| o == "ro")),
-                    })
-                }
-                Value::Mapping(_) => Some(Mount {
-                    source: v.get("source")?.as_str()?.to_owned(),
-                    target: v.get("target")?.as_str()?.to_owned(),
-                    read_only: v.get("read_only").and_then(Value::as_bool).unwrap_or(false),
-                }),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// Where this service mounts the certificates volume.
-    fn certs_mount(&self) -> Option<Mount> {
-        self.mounts().into_iter().find(|m| m.source == CERTS_VOLUME)
-    }
-
-    fn ports(&self) -> Vec<Port> {
-        let Some(list) = self.0.get("ports").and_then(Value::as_sequence) else {
-            return Vec::new();
-        };
-        list.iter()
-            .filter_map(|v| {
-                let s = match v {
-                    Value::String(s) => s.clone(),
-                    Value::Number(n) => n.to_string(),
-                    _ => return None,
-                };
-                let s = s.trim_end_matches("/tcp");
-                let parts: Vec<&str> = s.split(':').collect();
-                let (ip, host, container) = match parts.as_slice() {
-                    [c] => (None, *c, *c),
-                    [h, c] => (None, *h, *c),
-                    [ip, h, c] => (Some(ip.to_string()), *h, *c),
-                    _ => return None,
-                };
-                Some(Port {
-                    host_ip: ip,
-                    host: host.parse().ok()?,
-                    container: container.parse().ok()?,
-                })
-            })
-            .collect()
-    }
-
-    fn depends_on(&self) -> BTreeMap<String, String> {
-        match self.0.get("depends_on") {
-            Some(Value::Mapping(m)) => m
-                .iter()
-                .filter_map(|(k, v)| {
-                    let cond = v
-                        .get("condition")
-                        .and_then(Value::as_str)
-                        .unwrap_or("service_started");
-                    Some((k.as_str()?.to_owned(), cond.to_owned()))
-                })
-                .collect(),
-            Some(Value::Sequence(s)) => s
-                .iter()
-                .filter_map(|v| Some((v.as_str()?.to_owned(), "service_started".to_owned())))
-                .collect(),
-            _ => BTreeMap::new(),
-        }
-    }
-
-    /// `build` as (context, Dockerfile path relative to the context).
-    fn build(&self) -> Option<(String, String)> {
-        match self.0.get("build")? {
-            Value::String(c) => Some((c.clone(), "Dockerfile".into())),
-            m @ Value::Mapping(_) => Some((
-                m.get("context")?.as_str()?.to_owned(),
-                m.get("dockerfile")
-                    .and_then(Value::as_str)
-                    .unwrap_or("Dockerfile")
-                    .to_owned(),
-            )),
-            _ => None,
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Reading haproxy.cfg and consul.hcl
-
-struct HaSection {
-    kind: String,
-    name: String,
-    lines: Vec<Vec<String>>,
-}
-
-fn haproxy_sections(text: &str) -> Vec<HaSection> {
-    let mut out: Vec<HaSection> = Vec::new();
-    for raw in text.lines() {
-        let line = raw.split('#').next().unwrap_or("");
-        let tokens: Vec<String> = line.split_whitespace().map(String::from).collect();
-        if tokens.is_empty() {
-            continue;
-        }
-        if !line.starts_with(char::is_whitespace) {
-            out.push(HaSection {
-                kind: tokens[0].clone(),
-                name: tokens.get(1).cloned().unwrap_or_default(),
-                lines: Vec::new(),
-            });
-        } else if let Some(s) = out.last_mut() {
-            s.lines.push(tokens);
-        }
-    }
-    out
-}
-
-impl HaSection {
-    fn directive(&self, name: &str) -> Option<&Vec<String>> {
-        self.lines.iter().find(|l| l[0] == name)
-    }
-    fn all(&self, name: &str) -> impl Iterator<Item = &Vec<String>> {
-        self.lines.iter().filter(move |l| l[0] == name)
-    }
-}
-
-/// The value after `key` among a server line's parameters.
-fn param<'a>(tokens: &'a [String], key: &str) -> Option<&'a str> {
-    tokens
-        .iter()
-        .position(|t| t == key)
-        .and_then(|i| tokens.get(i + 1))
-        .map(String::as_str)
-}
-
-/// An HAProxy time: a number of milliseconds, or with a unit (`1s`, `500ms`).
-fn haproxy_time(v: &str) -> Option<Duration> {
-    if v.chars().all(|c| c.is_ascii_digit()) {
-        return v.parse().ok().map(Duration::from_millis);
-    }
-    humantime::parse_duration(v).ok()
-}
-
-/// `key = value` pairs of an HCL file, keyed by their block path (`tls.defaults.ca_file`).
-fn hcl_values(text: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut blocks: Vec<String> = Vec::new();
-    for raw in text.lines() {
-        let line = raw.split('#').next().unwrap_or("").trim();
-        if let Some(name) = line.strip_suffix('{') {
-            blocks.push(name.trim().to_owned());
-        } else if line == "}" {
-            blocks.pop();
-        } else if let Some((k, v)) = line.split_once('=') {
-            let key = blocks
-                .iter()
-                .map(String::as_str)
-                .chain([k.trim()])
-                .collect::<Vec<_>>()
-                .join(".");
-            out.insert(key, v.trim().trim_matches('"').to_owned());
-        }
-    }
-    out
-}
-
-// ---------------------------------------------------------------------------------------------
 // Helpers shared by the checks
 
 fn replicas(c: &Compose) -> Result<Vec<(&'static str, Service<'_>)>, String> {
@@ -438,48 +147,6 @@ fn replica_config_file(name: &str, s: Service<'_>) -> Result<String, String> {
 fn socket(key: &str, v: &str) -> Result<SocketAddr, String> {
     v.parse()
         .map_err(|_| format!("{TWINREG_TOML}: {key} '{v}' is not IP:port"))
-}
-
-/// (scheme, host, port) of a URL.
-fn url(v: &str) -> Option<(String, String, u16)> {
-    let u: http::Uri = v.parse().ok()?;
-    Some((
-        u.scheme_str()?.to_owned(),
-        u.host()?.to_owned(),
-        u.port_u16()?,
-    ))
-}
-
-/// Every path under `mount` that a string names (`--cert-file=/certs/x.pem`, `/certs/dir`, ...).
-fn paths_under(s: &str, mount: &str) -> Vec<String> {
-    s.split(|c: char| c.is_whitespace() || matches!(c, '=' | ',' | '"' | '\''))
-        .filter(|t| *t == mount || t.starts_with(&format!("{mount}/")))
-        .map(String::from)
-        .collect()
-}
-
-fn sans(pem_path: &Path) -> Result<BTreeSet<String>, String> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let der = CertificateDer::from_pem_file(pem_path)
-        .map_err(|e| format!("{}: {e}", pem_path.display()))?;
-    let (_, x) = x509_parser::parse_x509_certificate(&der).map_err(|e| e.to_string())?;
-    let mut out = BTreeSet::new();
-    if let Some(san) = x.subject_alternative_name().map_err(|e| e.to_string())? {
-        for n in &san.value.general_names {
-            match n {
-                x509_parser::extensions::GeneralName::DNSName(d) => {
-                    out.insert(d.to_string());
-                }
-                x509_parser::extensions::GeneralName::IPAddress(b) if b.len() == 4 => {
-                    let ip: [u8; 4] = (*b).try_into().unwrap();
-                    out.insert(std::net::IpAddr::from(ip).to_string());
-                }
-                _ => {}
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// The certificate set `twinreg certs compose` writes, generated now.
@@ -925,7 +592,7 @@ fn check_certificate_paths(d: &Deployment) -> Check {
     let dir = generated();
     let mut p = Problems::default();
     let certs = c.service(names::CERTS)?;
-    let Some(out) = certs.certs_mount() else {
+    let Some(out) = certs.volume_mount(CERTS_VOLUME) else {
         return Err(format!(
             "{COMPOSE}: certs does not mount the {CERTS_VOLUME} volume"
         ));
@@ -964,7 +631,7 @@ fn check_certificate_paths(d: &Deployment) -> Check {
     };
 
     for (name, s) in c.services() {
-        let Some(m) = s.certs_mount() else {
+        let Some(m) = s.volume_mount(CERTS_VOLUME) else {
             continue;
         };
         if name != names::CERTS {
@@ -990,7 +657,7 @@ fn check_certificate_paths(d: &Deployment) -> Check {
     // Each etcd member serves and peers with its own certificate, which names it.
     for member in names::ETCD_MEMBERS {
         let s = c.service(member)?;
-        let Some(m) = s.certs_mount() else {
+        let Some(m) = s.volume_mount(CERTS_VOLUME) else {
             p.add(format!(
                 "{member}: does not mount the {CERTS_VOLUME} volume"
             ));
@@ -1021,7 +688,7 @@ fn check_certificate_paths(d: &Deployment) -> Check {
 
     // Consul: consul.hcl's files, and the names twinreg and Consul itself dial.
     let consul = c.service(names::CONSUL)?;
-    match consul.certs_mount() {
+    match consul.volume_mount(CERTS_VOLUME) {
         None => p.add(format!("consul: does not mount the {CERTS_VOLUME} volume")),
         Some(m) => {
             let hcl = hcl_values(&d.text(CONSUL_HCL)?);
@@ -1067,7 +734,7 @@ fn check_certificate_paths(d: &Deployment) -> Check {
     // twinreg: every file of its config comes from the volume, as each replica mounts it.
     let cfg = d.twinreg_config(TWINREG_TOML)?;
     for (name, s) in replicas(&c)? {
-        let Some(m) = s.certs_mount() else {
+        let Some(m) = s.volume_mount(CERTS_VOLUME) else {
             p.add(format!("{name}: does not mount the {CERTS_VOLUME} volume"));
             continue;
         };
@@ -1104,7 +771,7 @@ fn check_certificate_paths(d: &Deployment) -> Check {
     if p.0.is_empty() {
         let mount = c
             .service(names::REPLICAS[0])?
-            .certs_mount()
+            .volume_mount(CERTS_VOLUME)
             .map(|m| m.target)
             .unwrap_or_default();
         let map = |path: &Path| dir.path().join(path.strip_prefix(&mount).unwrap_or(path));
@@ -1136,7 +803,10 @@ fn check_key_ownership(d: &Deployment) -> Check {
     let c = d.compose()?;
     let mut p = Problems::default();
     let certs = c.service(names::CERTS)?;
-    let mount = certs.certs_mount().map(|m| m.target).unwrap_or_default();
+    let mount = certs
+        .volume_mount(CERTS_VOLUME)
+        .map(|m| m.target)
+        .unwrap_or_default();
     let script = certs.args("command").join("\n");
     let mut owners = BTreeMap::new();
     for line in script.lines() {
@@ -1271,7 +941,7 @@ fn check_start_order(d: &Deployment) -> Check {
     let c = d.compose()?;
     let mut p = Problems::default();
     for (name, s) in c.services() {
-        if name == names::CERTS || s.certs_mount().is_none() {
+        if name == names::CERTS || s.volume_mount(CERTS_VOLUME).is_none() {
             continue;
         }
         let cond = s.depends_on().get(names::CERTS).cloned();

@@ -10,11 +10,13 @@
 //!   proxy that delays, cuts and blackholes a link).
 //! - [`fleet`] (instances heartbeating through faults, each answer judged) and [`truth`] (what
 //!   etcd and Consul really hold, read directly), for the resilience scenarios.
+//! - [`compose`]: readers of the deployment files (docker-compose.yml, HAProxy, HCL, certificates).
 //! - [`eventually`], [`metric`], [`free_port`], [`find_binary`].
 
 pub mod binaries;
 pub mod client;
 pub mod cluster;
+pub mod compose;
 pub mod consul;
 pub mod etcd;
 pub mod etcd_auth;
