@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use super::AppState;
-use super::error::retry_after;
 use crate::api::error::{ApiError, ErrorCode};
 use crate::authz::Peer;
 use crate::model::{InstanceKey, ServiceName};
@@ -27,61 +26,11 @@ pub fn rate_limit(st: &AppState, peer: Option<&Peer>) -> Result<(), ApiError> {
     })
 }
 
-/// Runs a request under the caller's rate limit and, unless it waits by design (a long poll, a
-/// watch stream), within `limits.request_timeout`. The error is the answer to send instead.
-pub async fn guarded(
-    st: &AppState,
-    peer: Option<&Peer>,
-    waits: bool,
-    run: impl std::future::Future<Output = axum::response::Response>,
-) -> Result<axum::response::Response, ApiError> {
-    rate_limit(st, peer)?;
-    if waits {
-        return Ok(run.await);
-    }
-    tokio::time::timeout(st.limits.request_timeout, run)
-        .await
-        .map_err(|_| {
-            ApiError::unavailable(
-                format!(
-                    "not answered within {} ms; retry after the Retry-After delay",
-                    st.limits.request_timeout.as_millis()
-                ),
-                retry_after(),
-            )
-        })
-}
-
 /// Each registry's outcome, as a handler attached it to the answer (empty when none did).
 pub fn outcomes_logged(resp: &axum::response::Response) -> &str {
     resp.extensions()
         .get::<crate::api::error::OutcomesLog>()
         .map_or("", |o| o.0.as_str())
-}
-
-/// Sends the request's ID back on the answer.
-pub fn echo_request_id(resp: &mut axum::response::Response, request_id: &str) {
-    if let Ok(v) = http::HeaderValue::from_str(request_id) {
-        resp.headers_mut().insert(REQUEST_ID, v);
-    }
-}
-
-/// The header carrying a request's ID, both ways.
-pub const REQUEST_ID: &str = "x-request-id";
-
-/// The caller's `X-Request-Id` when it is a sane token (at most 64 of `[A-Za-z0-9._:-]`, so logs
-/// cannot be forged or flooded through it), else a new random one. Sent back on the answer.
-pub fn request_id(headers: &http::HeaderMap) -> String {
-    headers
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 64
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
-        })
-        .map_or_else(|| format!("{:016x}", rand::random::<u64>()), str::to_owned)
 }
 
 /// The caller's identity, read from its client certificate when the connection was accepted.

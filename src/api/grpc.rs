@@ -24,6 +24,7 @@ use tonic_health::server::HealthReporter;
 use super::AppState;
 use super::error::failure;
 use super::front;
+use super::layers::{Bounded, request_id, with_request_id};
 use crate::api::error::{ApiError, ErrorCode, OutcomesLog, into_status};
 use crate::authz::Peer;
 use crate::merge::view_index;
@@ -77,8 +78,13 @@ pub async fn router(state: AppState) -> (axum::Router, HealthReporter) {
         .prepare();
     let router = routes
         .into_axum_router()
+        .layer(Bounded {
+            timeout: state.limits.request_timeout,
+            waits: is_stream,
+            on_timeout: timed_out,
+        })
         .layer(middleware::from_fn_with_state(state, observe));
-    (router, reporter)
+    (with_request_id(router), reporter)
 }
 
 /// Keeps the health statuses of "" and `twinreg.v1.Registry` at SERVING while the coordinator is
@@ -370,15 +376,12 @@ async fn observe(State(st): State<AppState>, req: HttpRequest, next: Next) -> Ht
     let method = req.method().clone();
     let peer = req.extensions().get::<Arc<Peer>>().cloned();
     let uri = req.uri().clone();
-    let request_id = front::request_id(req.headers());
+    let request_id = request_id(&req);
     let start = Instant::now();
-    let streaming = matches!(
-        route,
-        "grpc.Watch" | "grpc.health.Watch" | "grpc.reflection"
-    );
-    let mut resp = front::guarded(&st, peer.as_deref(), streaming, next.run(req))
-        .await
-        .unwrap_or_else(|e| into_status(e).into_http());
+    let mut resp = match front::rate_limit(&st, peer.as_deref()) {
+        Ok(()) => next.run(req).await,
+        Err(e) => into_status(e).into_http(),
+    };
     let mut code = resp
         .headers()
         .get("grpc-status")
@@ -408,8 +411,23 @@ async fn observe(State(st): State<AppState>, req: HttpRequest, next: Next) -> Ht
         took_ms = start.elapsed().as_millis() as u64,
         "grpc request"
     );
-    front::echo_request_id(&mut resp, &request_id);
     resp
+}
+
+/// Streams wait by design; unary calls are answered within the request timeout.
+fn is_stream(req: &HttpRequest) -> bool {
+    matches!(
+        route_label(req.uri().path()),
+        "grpc.Watch" | "grpc.health.Watch" | "grpc.reflection"
+    )
+}
+
+fn timed_out(limit: std::time::Duration) -> HttpResponse {
+    into_status(ApiError::unavailable(
+        format!("not answered within {} ms; retry", limit.as_millis()),
+        super::error::retry_after(),
+    ))
+    .into_http()
 }
 
 /// The service and instance a call acted on, attached to its response for the request log.

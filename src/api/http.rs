@@ -16,7 +16,8 @@ use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::error::failure;
+use super::error::{failure, retry_after};
+use super::layers::{Bounded, request_id, with_request_id};
 use super::{AppState, front};
 use crate::api::error::{ApiError, ErrorCode, OutcomesLog};
 use crate::authz::Peer;
@@ -29,7 +30,7 @@ use crate::watch::view::View;
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route(
             "/v1/services/{service}/instances/{id}",
             put(register).delete(deregister),
@@ -42,8 +43,33 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/services/{service}/instances", get(list))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(Bounded {
+            timeout: state.limits.request_timeout,
+            waits: is_long_poll,
+            on_timeout: timed_out,
+        })
         .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .with_state(state)
+        .with_state(state);
+    with_request_id(router)
+}
+
+/// A long poll waits by design; everything else is answered within the request timeout.
+fn is_long_poll(req: &Request) -> bool {
+    req.extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|p| p.as_str() == "/v1/services/{service}/instances")
+        && req.uri().query().is_some_and(|q| q.contains("index="))
+}
+
+fn timed_out(limit: Duration) -> Response {
+    ApiError::unavailable(
+        format!(
+            "not answered within {} ms; retry after the Retry-After delay",
+            limit.as_millis()
+        ),
+        retry_after(),
+    )
+    .into_response()
 }
 
 /// Counts every answer by route and status, and logs it.
@@ -63,13 +89,12 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
     // Cheap to keep: an Arc and a shared-bytes URI, no copy per request.
     let peer = req.extensions().get::<Arc<Peer>>().cloned();
     let uri = req.uri().clone();
-    let request_id = front::request_id(req.headers());
+    let request_id = request_id(&req);
     let start = Instant::now();
-    // A long poll waits by design; everything else is answered within the request timeout.
-    let long_poll = route == "instances" && uri.query().is_some_and(|q| q.contains("index="));
-    let mut resp = front::guarded(&st, peer.as_deref(), long_poll, next.run(req))
-        .await
-        .unwrap_or_else(IntoResponse::into_response);
+    let resp = match front::rate_limit(&st, peer.as_deref()) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    };
     let status = resp.status().as_u16();
     st.metrics.observe_request(route, &method, status);
     let identity = peer.as_deref().map_or("", |p| p.identity.as_str());
@@ -91,7 +116,6 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
         took_ms = start.elapsed().as_millis() as u64,
         "request"
     );
-    front::echo_request_id(&mut resp, &request_id);
     resp
 }
 

@@ -18,6 +18,7 @@ pub mod error;
 pub mod front;
 pub mod grpc;
 pub mod http;
+pub mod layers;
 pub mod status;
 
 /// What every handler needs.
