@@ -2,7 +2,9 @@
 #   docker build -t twinreg .
 #   docker run twinreg serve --config /etc/twinreg/twinreg.toml   (mount the file and certificates)
 #
-# Stage 1 builds the `twinreg` binary (protoc is needed by the gRPC code generation in build.rs);
+# Stage 1 builds the `twinreg` binary (protoc and its well-known types, from libprotobuf-dev, are
+# needed by the gRPC code generation of build.rs and etcd-client); the workspace's other members
+# (crates/) come along only so the workspace manifest resolves;
 # stage 2 is a slim Debian of the same release (same glibc) with only that binary, running as an
 # unprivileged user.
 
@@ -10,12 +12,13 @@ ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-bookworm AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends protobuf-compiler \
+ && apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY Cargo.toml Cargo.lock build.rs ./
+COPY Cargo.toml Cargo.lock build.rs rust-toolchain.toml ./
 COPY proto proto
 COPY src src
+COPY crates crates
 RUN cargo build --release --locked --bin twinreg \
  && install -m 0755 target/release/twinreg /usr/local/bin/twinreg
 

@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 IDLE=${1:-600}
 ETCD=${ETCD_BIN:-etcd}
 command -v "$ETCD" >/dev/null 2>&1 || scripts/setup.sh
-cargo build --release --bins
+cargo build --release --locked --workspace --bins
 BIN=target/release
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/twinreg-idle.XXXXXX")
 pids=()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a new machine: installs what is missing (scripts/setup.sh --test),
-# validates docker-compose.yml, checks formatting and lints, builds every test, then runs the test
+# validates docker-compose.yml, checks formatting and lints, checks dependencies with cargo deny
+# (licenses, advisories, duplicate versions, sources; deny.toml), builds every test, then runs the test
 # suites side by side (each finds its own free loopback ports), then fuzzes each target for 20 s;
 # the fuzz targets build in the background from the start. Prints each suite's output whole once it has finished, and how long
 # each step took.
@@ -32,8 +33,16 @@ mkdir -p "$logs"
 export FUZZ_TARGET_DIR=${FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/twinreg/fuzz-target}
 setsid scripts/fuzz.sh --build-only >"$logs/fuzz-build.log" 2>&1 &
 fuzz_build=$!
-# Its own process group: whatever ends this script early ends the whole build with it.
-trap 'kill -- -"$fuzz_build" 2>/dev/null || true' EXIT
+# cargo-deny (licenses, advisories, duplicate versions, sources: deny.toml), installed beside it
+# when missing.
+CARGO_DENY_VERSION=0.20.2
+deny_install=""
+if ! cargo deny --version 2>/dev/null | grep -q "$CARGO_DENY_VERSION"; then
+  setsid cargo install cargo-deny --version "$CARGO_DENY_VERSION" --locked --quiet >"$logs/deny-install.log" 2>&1 &
+  deny_install=$!
+fi
+# Their own process groups: whatever ends this script early ends them with it.
+trap 'kill -- -"$fuzz_build" 2>/dev/null || true; [ -z "$deny_install" ] || kill -- -"$deny_install" 2>/dev/null || true' EXIT
 
 # The compose file: schema, interpolation and references, without a Docker engine. Its paths, host
 # names and ports are checked against the repository by tests/compose.rs.
@@ -43,6 +52,25 @@ echo "docker-compose.yml: valid"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 lap "compose, fmt, clippy"
+
+if [ -n "$deny_install" ] && ! wait "$deny_install"; then
+  cat "$logs/deny-install.log" >&2
+  echo "test: installing cargo-deny $CARGO_DENY_VERSION failed" >&2
+  exit 1
+fi
+cargo deny --offline check licenses bans sources
+# Advisories need the RustSec database, a git repository on github.com: fetched when that is
+# reachable, else the copy already on this machine is used. Without either it cannot be checked,
+# and this says so loudly rather than passing in silence.
+cargo deny fetch >/dev/null 2>&1 || true
+if ls "${CARGO_HOME:-$HOME/.cargo}"/advisory-dbs/advisory-db-*/crates >/dev/null 2>&1; then
+  cargo deny --offline check advisories
+else
+  echo "test: ADVISORIES NOT CHECKED: the RustSec advisory database could not be fetched from" \
+    "github.com and there is no copy under ${CARGO_HOME:-$HOME/.cargo}/advisory-dbs/; run" \
+    "\`cargo deny fetch\` where github.com is reachable" >&2
+fi
+lap "cargo deny"
 
 cargo test --workspace --all-targets --locked --no-run
 lap "build the tests"

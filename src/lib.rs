@@ -7,25 +7,28 @@
 //! - [`tls`] terminates mutual TLS on the one public listener; [`server`] accepts connections,
 //!   reads the caller's identity from its certificate once per connection and hands each request
 //!   to the router.
-//! - [`api`] is the front: [`api::http`] (REST with axum) and [`api::grpc`] (gRPC with tonic,
-//!   the same operations through the same [`api::front`] code) turn requests into validated
-//!   [`model`] types (parse, don't validate twice), [`authz`] decides whether the caller may act on
-//!   the service, and [`api::admin`] serves `/healthz`, `/readyz`, `/metrics` and the status
-//!   page ([`api::status`]).
+//! - [`api`] is the front: [`api::layers`] gives every request an ID and a timeout (tower-http);
+//!   [`api::http`] (REST with axum) and [`api::grpc`] (gRPC with tonic, the same operations
+//!   through the same [`api::front`] code) turn requests into validated [`model`] types (parse,
+//!   don't validate twice), [`authz`] decides whether the caller may act on the service, and
+//!   [`api::error`] is the one place errors become HTTP and gRPC answers; [`api::admin`] serves
+//!   `/healthz`, `/readyz`, `/metrics` and the status page ([`api::status`]).
 //! - [`replicate`] is the coordinator: the one place that fans a write out to both registries
 //!   concurrently, bounds each by its own deadline, consults each registry's [`breaker`], merges
-//!   the outcomes and hands a registry that missed a write to [`repair`].
+//!   the outcomes and hands a registry that missed a write to [`repair`]; [`merge`] builds the
+//!   merged view of a service and its index, for lists and watches alike.
 //! - [`watch`] serves reads that wait: one merged, resumable view per watched service, fed by one
 //!   upstream watch per registry ([`registry::Registry::watch`]) and shared by every gRPC `Watch`
 //!   and REST long poll of that service.
-//! - [`registry`] holds the trait every registry implements and one adapter per registry:
-//!   [`registry::etcd`] (primary) and [`registry::consul`] (backup); [`pool`] keeps their
-//!   connections open and warm.
+//! - [`registry`] holds the trait every registry implements, its error type, and one adapter per
+//!   registry: [`registry::etcd`] (primary) and [`registry::consul`] (backup); [`pool`] keeps
+//!   their connections open and warm.
 //!
 //! Beside the request path: [`antientropy`] (the periodic sweep that makes the registries
-//! agree), [`config`] (TOML + environment, validated at start-up), [`metrics`]
-//! (Prometheus), [`certs`] (development certificates), [`shutdown`] (signals and draining).
-#![forbid(unsafe_code)]
+//! agree), [`backoff`] (the one retry backoff), [`config`] (TOML + environment, validated at
+//! start-up, composing each module's own settings type), [`secret`] (values never shown),
+//! [`metrics`] (Prometheus), [`certs`] (development certificates), [`shutdown`] (signals and
+//! draining).
 
 pub mod antientropy;
 pub mod api;

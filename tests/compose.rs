@@ -349,7 +349,7 @@ fn check_registry_endpoints(d: &Deployment) -> Check {
         format!("{TWINREG_TOML}: etcd.cert/key are required: the members use --client-cert-auth")
     });
 
-    // Consul: the service name and the HTTPS port of consul.hcl.
+    // Consul: the service name and the HTTPS port of config/compose/consul.hcl.
     let hcl = hcl_values(&d.text(CONSUL_HCL)?);
     let a = &cfg.consul.address;
     match url(a) {
@@ -390,7 +390,7 @@ fn check_registry_endpoints(d: &Deployment) -> Check {
             format!("{COMPOSE}: consul CONSUL_HTTP_ADDR={addr}, but {CONSUL_HCL} has ports.https = {:?}", hcl.get("ports.https"))
         });
     }
-    // consul.hcl is read from the image's config directory.
+    // config/compose/consul.hcl is read from the image's config directory.
     let hcl_mounted = consul.mounts().into_iter().any(|m| {
         m.source.trim_start_matches("./") == CONSUL_HCL
             && Path::new(&m.target).parent() == Some(Path::new(CONSUL_IMAGE_CONFIG_DIR))
@@ -585,7 +585,7 @@ fn check_load_balancer(d: &Deployment) -> Check {
 }
 
 /// Every path under the certificates volume, in any service's command or environment, in the
-/// twinreg config and in consul.hcl, is a file or directory `twinreg certs compose` writes; the
+/// twinreg config and in config/compose/consul.hcl, is a file or directory `twinreg certs compose` writes; the
 /// server certificates each party presents carry the names it is dialed at.
 fn check_certificate_paths(d: &Deployment) -> Check {
     let c = d.compose()?;
@@ -686,7 +686,7 @@ fn check_certificate_paths(d: &Deployment) -> Check {
         }
     }
 
-    // Consul: consul.hcl's files, and the names twinreg and Consul itself dial.
+    // Consul: config/compose/consul.hcl's files, and the names twinreg and Consul itself dial.
     let consul = c.service(names::CONSUL)?;
     match consul.volume_mount(CERTS_VOLUME) {
         None => p.add(format!("consul: does not mount the {CERTS_VOLUME} volume")),

@@ -226,7 +226,7 @@ impl Service<'_> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Reading haproxy.cfg and consul.hcl
+// Reading config/compose/haproxy.cfg and config/compose/consul.hcl
 
 pub struct HaSection {
     pub kind: String,

@@ -1,5 +1,6 @@
-//! `twinreg-bench`: the load generator behind `scripts/bench.sh`.
+//! `twinreg-bench`: the load generator and the benchmark suite behind `scripts/bench.sh`.
 //!
+//! - `suite` starts the servers, runs every measurement of BENCHMARKS.md and prints the report;
 //! - `run` drives twinreg's REST API (or the echo server) over mutual TLS;
 //! - `echo` is a do-nothing mTLS server, the ceiling of any front on this machine;
 //! - `baseline` does the same registrations straight against etcd.
@@ -14,6 +15,7 @@ mod driver;
 mod echo;
 mod run;
 mod stats;
+mod suite;
 mod workload;
 
 use std::net::SocketAddr;
@@ -43,6 +45,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start etcd, Consul (or mini-consul), an echo server and twinreg replicas, run every
+    /// measurement and print the report (what scripts/bench.sh runs).
+    Suite(suite::SuiteArgs),
     /// Drive twinreg's REST API (or the echo server) over mutual TLS.
     Run(RunArgs),
     /// Serve a minimal mTLS HTTP server that answers every request at once.
@@ -312,10 +317,20 @@ fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Suite(args) = cli.command {
+        return match suite::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("twinreg-bench suite: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let threads = match &cli.command {
         Command::Run(a) => Some(a.load.threads),
         Command::Baseline(a) => Some(a.load.threads),
         Command::Echo(a) => a.threads,
+        Command::Suite(_) => unreachable!("handled above"),
     };
     if let Command::Run(RunArgs { load, .. }) | Command::Baseline(BaselineArgs { load, .. }) =
         &cli.command
@@ -338,6 +353,7 @@ fn main() -> ExitCode {
             Command::Echo(args) => {
                 echo::serve(args.listen, &args.cert, &args.key, &args.client_ca).await
             }
+            Command::Suite(_) => unreachable!("handled above"),
         }
     });
     match result {
