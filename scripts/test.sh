@@ -58,6 +58,9 @@ if [ -n "$deny_install" ] && ! wait "$deny_install"; then
   echo "test: installing cargo-deny $CARGO_DENY_VERSION failed" >&2
   exit 1
 fi
+# cargo deny reads the whole graph, every platform's crates included: fetch them first (the build
+# above fetched only this platform's).
+cargo fetch --locked >/dev/null
 cargo deny --offline check licenses bans sources
 # Advisories need the RustSec database, a git repository on github.com: fetched when that is
 # reachable, else the copy already on this machine is used. Without either it cannot be checked,
