@@ -163,15 +163,18 @@ impl Etcd {
         // Generous: many tests start servers at once on two cores.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let mut c = Client::connect([ep.clone()], opts.clone()).await.ok();
-            if let Some(c) = c.as_mut()
-                && c.status().await.is_ok()
-            {
-                return Ok(());
-            }
+            // Whether etcd exited comes first: when it lost its port, whatever holds the port
+            // may accept the connection and never answer gRPC, so each try is bounded too.
             let process = self.process.as_mut().expect("just spawned");
             if let Some(status) = process.exited() {
                 return Err(format!("({status}) {}", process.log()));
+            }
+            let probe = async {
+                let mut c = Client::connect([ep.clone()], opts.clone()).await.ok()?;
+                c.status().await.ok()
+            };
+            if let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(2), probe).await {
+                return Ok(());
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
