@@ -90,9 +90,11 @@ pub struct CheckDef {
     pub body: String,
     pub header: BTreeMap<String, Vec<String>>,
     pub tcp: String,
-    /// UDP, GRPC, H2PING, OSService, alias and Docker targets: accepted, not implemented.
+    /// UDP, GRPC, H2PING, OSService and Docker targets: accepted, not implemented.
     pub other_kind: Option<&'static str>,
-    pub alias: bool,
+    /// `AliasService` and `AliasNode`.
+    pub alias_service: String,
+    pub alias_node: String,
     pub interval: i64,
     pub timeout: i64,
     pub ttl: i64,
@@ -102,6 +104,13 @@ pub struct CheckDef {
     pub failures_before_critical: i64,
     /// Whether any field was set (Go drops a `Check` equal to the zero value).
     pub set: bool,
+}
+
+impl CheckDef {
+    /// `CheckType.IsAlias`.
+    pub fn is_alias(&self) -> bool {
+        !self.alias_node.is_empty() || !self.alias_service.is_empty()
+    }
 }
 
 /// A decoded `structs.ServiceDefinition`.
@@ -178,7 +187,8 @@ fn decode_check(v: &J) -> Result<CheckDef, String> {
                     });
                 }
             }
-            "AliasNode" | "AliasService" => c.alias |= !s(value, &f)?.is_empty(),
+            "AliasNode" => c.alias_node = s(value, &f)?,
+            "AliasService" => c.alias_service = s(value, &f)?,
             "Interval" => durations[0] = Some(value),
             "Timeout" => durations[1] = Some(value),
             "TTL" => durations[2] = Some(value),

@@ -70,6 +70,16 @@ pub enum Probe {
     },
     /// A TCP connect every interval.
     Tcp { address: String },
+    /// The aggregate status of another service's checks (`AliasService`, `AliasNode` as given),
+    /// kept up to date by `alias.rs` whenever that service changes.
+    Alias { service: String, node: String },
+}
+
+impl Probe {
+    /// Whether the check runs a probe task (HTTP and TCP checks).
+    pub fn is_probe(&self) -> bool {
+        matches!(self, Probe::Http { .. } | Probe::Tcp { .. })
+    }
 }
 
 /// A check as registered.
@@ -97,6 +107,7 @@ impl CheckSpec {
             Probe::Ttl => "ttl",
             Probe::Http { .. } => "http",
             Probe::Tcp { .. } => "tcp",
+            Probe::Alias { .. } => "alias",
         }
     }
 }

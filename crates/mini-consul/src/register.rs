@@ -57,13 +57,13 @@ fn validate_check(c: &CheckDef) -> Result<(), String> {
             "Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or OSService checks".into(),
         );
     }
-    if interval_check && c.alias {
+    if interval_check && c.is_alias() {
         return Err("Interval cannot be set for Alias checks".into());
     }
-    if c.alias && c.ttl > 0 {
+    if c.is_alias() && c.ttl > 0 {
         return Err("TTL must be not be set for Alias checks".into());
     }
-    if !interval_check && !c.alias && c.ttl <= 0 {
+    if !interval_check && !c.is_alias() && c.ttl <= 0 {
         return Err("TTL must be > 0 for TTL checks".into());
     }
     if c.output_max_size < 0 {
@@ -146,15 +146,23 @@ pub fn validate(d: ServiceDef) -> Result<Registration, ApiError> {
             }
         } else if !c.tcp.is_empty() {
             Probe::Tcp { address: c.tcp }
-        } else {
-            deferred.get_or_insert(if !c.script_args.is_empty() {
-                ApiError::internal("Scripts are disabled on this agent from remote calls; to enable, configure 'enable_script_checks' to true")
-            } else {
-                let kind = c.other_kind.unwrap_or("alias");
-                ApiError::bad_request(format!("mini-consul does not implement {kind} checks"))
+        } else if !c.script_args.is_empty() || c.other_kind.is_some() {
+            deferred.get_or_insert(match c.other_kind {
+                None => ApiError::internal("Scripts are disabled on this agent from remote calls; to enable, configure 'enable_script_checks' to true"),
+                Some(kind) => ApiError::bad_request(format!("mini-consul does not implement {kind} checks")),
             });
             continue;
+        } else {
+            // What validation leaves: an alias check (with no TTL, HTTP, TCP, script...). An
+            // `Interval` alone is accepted and ignored, as Consul does.
+            Probe::Alias {
+                service: c.alias_service,
+                node: c.alias_node,
+            }
         };
+        // An alias check's status is derived from the aliased service: a given one is ignored.
+        let status =
+            (!c.status.is_empty() && !matches!(probe, Probe::Alias { .. })).then_some(c.status);
         let default_id = if many {
             format!("service:{id}:{}", i + 1)
         } else {
@@ -168,7 +176,7 @@ pub fn validate(d: ServiceDef) -> Result<Registration, ApiError> {
                 c.name
             },
             notes: c.notes,
-            status: (!c.status.is_empty()).then_some(c.status),
+            status,
             probe,
             ttl: c.ttl,
             interval: c.interval,

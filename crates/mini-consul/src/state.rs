@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use crate::model::{CRITICAL, Check, CheckSpec, Config, Probe, Service, truncate_output};
+use crate::model::{
+    CRITICAL, Check, CheckSpec, Config, PASSING, Probe, Service, WARNING, truncate_output,
+};
 use crate::store::Inner;
 
 /// The shared state plus its change notifications.
@@ -27,7 +29,7 @@ pub enum UpdateError {
 
 impl State {
     pub fn new(cfg: Config) -> Arc<State> {
-        let inner = Inner::new();
+        let inner = Inner::new(&cfg.node_name);
         let (changes, _) = watch::channel(inner.index);
         Arc::new(State {
             cfg,
@@ -129,6 +131,7 @@ impl State {
             inner.services_index = idx;
         }
         let name = svc.name.clone();
+        let svc_id = svc.id.clone();
         inner.services.insert(svc.id.clone(), svc);
         for (mut check, changed, is_new) in new_checks {
             if let Some(old) = inner.remove_check(&check.spec.id)
@@ -142,7 +145,7 @@ impl State {
             if changed {
                 check.modify_index = idx;
             }
-            if check.spec.probe != Probe::Ttl {
+            if check.spec.probe.is_probe() {
                 check.runner = Some(crate::checks::spawn_probe(self.clone(), &check));
             }
             inner.insert_check(check);
@@ -160,8 +163,24 @@ impl State {
                 inner.after_removal(&old.name, idx);
             }
         }
+        // Its own alias checks take their first status, and aliases of it follow its checks.
+        let own_aliases: Vec<String> = inner
+            .check_ids_of(&svc_id)
+            .into_iter()
+            .filter(|id| {
+                inner
+                    .checks
+                    .get(id)
+                    .is_some_and(|c| matches!(c.spec.probe, Probe::Alias { .. }))
+            })
+            .collect();
+        let mut last = any_change.then_some(idx);
+        for id in own_aliases {
+            last = refresh_alias(inner, &id, now).or(last);
+        }
+        last = refresh_aliases_of(inner, &svc_id, now).or(last);
         drop(g);
-        if any_change {
+        if let Some(idx) = last {
             self.publish(idx);
         }
         if wake {
@@ -177,6 +196,7 @@ impl State {
         }
         let idx = g.bump();
         g.remove_service(id, idx);
+        let idx = refresh_aliases_of(&mut g, id, Instant::now()).unwrap_or(idx);
         drop(g);
         self.publish(idx);
         true
@@ -238,11 +258,15 @@ impl State {
             c.service_id.clone()
         });
         if let Some(name) = service_id
-            .and_then(|s| g.services.get(&s))
+            .as_ref()
+            .and_then(|s| g.services.get(s))
             .map(|s| s.name.clone())
         {
             g.touch_name(&name, idx);
         }
+        let idx = service_id
+            .and_then(|s| refresh_aliases_of(&mut g, &s, Instant::now()))
+            .unwrap_or(idx);
         drop(g);
         self.publish(idx);
     }
@@ -299,8 +323,76 @@ impl State {
             let idx = g.bump();
             if g.remove_service(&id, idx) {
                 tracing::info!(service = %id, "check for service has been critical for too long; deregistered service");
+                let idx = refresh_aliases_of(&mut g, &id, now).unwrap_or(idx);
                 self.publish(idx);
             }
         }
     }
+}
+
+/// Gives every alias check of local service `target` the aggregate status of `target`'s checks;
+/// the index of the last change, if any.
+fn refresh_aliases_of(g: &mut Inner, target: &str, now: Instant) -> Option<u64> {
+    let ids: Vec<String> = g
+        .aliases
+        .get(target)
+        .map(|s| s.iter().cloned().collect())
+        .unwrap_or_default();
+    let mut last = None;
+    for id in ids {
+        last = refresh_alias(g, &id, now).or(last);
+    }
+    last
+}
+
+/// Sets alias check `id` to the aggregate of what it aliases, as Consul's alias check does:
+/// critical if a related check is critical, else warning if one warns, else passing ("No checks
+/// found." when there are none); critical when the aliased service is not registered. Checks
+/// of the node (no service) count as related. The index of the change, if it changed.
+fn refresh_alias(g: &mut Inner, id: &str, now: Instant) -> Option<u64> {
+    let target = g
+        .checks
+        .get(id)
+        .and_then(|c| g.local_alias_target(c))?
+        .to_owned();
+    let (mut status, mut output) = (PASSING, "No checks found.".to_owned());
+    let related = g
+        .checks
+        .values()
+        .filter(|c| c.spec.id != id && (c.service_id.is_empty() || c.service_id == target));
+    let mut found = false;
+    for c in related {
+        found |= c.service_id == target;
+        if c.status == CRITICAL || c.status == WARNING {
+            if status != CRITICAL {
+                status = if c.status == CRITICAL {
+                    CRITICAL
+                } else {
+                    WARNING
+                };
+                output = format!("Aliased check {:?} failing: {}", c.spec.name, c.output);
+            }
+        } else if status == PASSING {
+            output = "All checks passing.".to_owned();
+        }
+    }
+    if !found && !g.services.contains_key(&target) {
+        status = CRITICAL;
+        output = format!(
+            "Service {target} could not be found on node {}",
+            g.node_name
+        );
+    }
+    let check = g.checks.get_mut(id)?;
+    if !check.set(status, output, now) {
+        return None;
+    }
+    let idx = g.bump();
+    let check = g.checks.get_mut(id)?;
+    check.modify_index = idx;
+    let owner = check.service_id.clone();
+    if let Some(name) = g.services.get(&owner).map(|s| s.name.clone()) {
+        g.touch_name(&name, idx);
+    }
+    Some(idx)
 }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tokio::time::Instant;
 
-use crate::model::{Check, Service};
+use crate::model::{Check, Probe, Service};
 
 /// Everything guarded by the state lock.
 #[derive(Debug)]
@@ -33,10 +33,15 @@ pub struct Inner {
     /// Check IDs by the service they belong to, so registering or removing a service touches its
     /// own checks rather than scanning every check. Kept by `insert_check`/`remove_check`.
     checks_of: HashMap<String, BTreeSet<String>>,
+    /// The alias checks of this node by the local service ID they alias. Kept by
+    /// `insert_check`/`remove_check`; `State::refresh_aliases` sets their status.
+    pub aliases: HashMap<String, BTreeSet<String>>,
+    /// This agent's node name (an alias check's `AliasNode` names it or is empty to be local).
+    pub node_name: String,
 }
 
 impl Inner {
-    pub fn new() -> Inner {
+    pub fn new(node_name: &str) -> Inner {
         // Index 1 is the raft configuration; the leader then registers itself at index 2.
         let mut name_index = HashMap::new();
         name_index.insert("consul".to_owned(), 2);
@@ -51,6 +56,21 @@ impl Inner {
             next_generation: 1,
             ttl_queue: BTreeSet::new(),
             checks_of: HashMap::new(),
+            aliases: HashMap::new(),
+            node_name: node_name.to_owned(),
+        }
+    }
+
+    /// The local service an alias check follows: `None` for a check that is no alias, or aliases
+    /// no service (`AliasNode` alone), or a service of another node.
+    pub fn local_alias_target<'a>(&self, check: &'a Check) -> Option<&'a str> {
+        match &check.spec.probe {
+            Probe::Alias { service, node }
+                if !service.is_empty() && (node.is_empty() || *node == self.node_name) =>
+            {
+                Some(service)
+            }
+            _ => None,
         }
     }
 
@@ -68,6 +88,12 @@ impl Inner {
                 .or_default()
                 .insert(id.clone());
         }
+        if let Some(target) = self.local_alias_target(&check) {
+            self.aliases
+                .entry(target.to_owned())
+                .or_default()
+                .insert(id.clone());
+        }
         self.checks.insert(id, check);
     }
 
@@ -78,6 +104,14 @@ impl Inner {
             ids.remove(id);
             if ids.is_empty() {
                 self.checks_of.remove(&check.service_id);
+            }
+        }
+        if let Some(target) = self.local_alias_target(&check)
+            && let Some(w) = self.aliases.get_mut(target)
+        {
+            w.remove(id);
+            if w.is_empty() {
+                self.aliases.remove(target);
             }
         }
         Some(check)

@@ -5,6 +5,7 @@
 
 mod acl;
 mod agent;
+mod alias;
 mod blocking;
 mod errors;
 mod health;
