@@ -76,7 +76,7 @@ impl Cluster {
                 name: format!("m{i}"),
                 client_port: free_port(),
                 peer_port: free_port(),
-                dir: tempfile::tempdir().unwrap(),
+                dir: crate::data_dir(),
                 process: None,
                 frozen: false,
             })

@@ -79,7 +79,7 @@ impl Etcd {
         let mut e = Etcd {
             bin,
             tls,
-            dir: tempfile::tempdir().unwrap(),
+            dir: crate::data_dir(),
             client_port: client_port.unwrap_or_else(free_port),
             peer_port: free_port(),
             process: None,
@@ -161,7 +161,7 @@ impl Etcd {
         let ep = self.endpoint();
         let opts = self.options();
         // Generous: many tests start servers at once on two cores.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
             // Whether etcd exited comes first: when it lost its port, whatever holds the port
             // may accept the connection and never answer gRPC, so each try is bounded too.
@@ -178,7 +178,7 @@ impl Etcd {
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "etcd did not answer on {ep} within 60 s"
+                "etcd did not answer on {ep} within 120 s"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

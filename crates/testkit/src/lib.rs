@@ -36,6 +36,26 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// A free loopback port (bound then released; good enough on a test machine).
+/// A directory for a registry's data, in memory (`/dev/shm`) where the machine has it: etcd
+/// fsyncs its log on every write, and with many suites starting etcds at once beside a busy
+/// build, fsyncs on disk kept etcd from answering for over a minute. (Data survives a SIGKILL of
+/// the process either way; nothing here outlives the machine.)
+pub fn data_dir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    let in_memory = if shm.is_dir() {
+        tempfile::Builder::new()
+            .prefix("twinreg-test-")
+            .tempdir_in(shm)
+            .ok()
+    } else {
+        None
+    };
+    match in_memory {
+        Some(d) => d,
+        None => tempfile::tempdir().expect("a temporary directory"),
+    }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("binding a loopback port")
