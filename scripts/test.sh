@@ -76,34 +76,47 @@ fi
 lap "cargo deny"
 
 cargo test --workspace --all-targets --locked --no-run
+# What the tests build for themselves (testkit::binaries: `cargo build -p NAME --bin NAME`, whose
+# features differ from the workspace's), built now, so no suite compiles while others run.
+cargo build --locked --quiet -p twinreg --bin twinreg
+cargo build --locked --quiet -p mini-consul --bin mini-consul
 lap "build the tests"
 
-# The suites: every test target of the package, the slow end-to-end ones each on its own, the
-# quick ones together. Listed from cargo's metadata, so a new test file cannot be left out.
+# The suites: every test binary of the workspace, the slow end-to-end ones each on its own, the
+# quick ones of a package together, run straight from the binaries built above (a `cargo test -p`
+# per suite would build again with that package's own features, all suites at once, and starve
+# the registries the first tests start). Listed from cargo's own build report, so a new test file
+# cannot be left out.
 threads=${TEST_THREADS:-8}
-mapfile -t suites < <(cargo metadata --no-deps --format-version 1 --locked | python3 -c '
-import json, sys
+mapfile -t suites < <(cargo test --workspace --all-targets --locked --no-run --message-format=json 2>/dev/null | python3 -c '
+import json, os, sys
 slow = {"api", "mini_consul", "chaos", "dev_script"}
-for pkg in json.load(sys.stdin)["packages"]:
-    quick = []
-    for t in pkg["targets"]:
-        kind = t["kind"][0]
-        if kind == "test" and t["name"] in slow:
-            print(t["name"] + " -p " + pkg["name"] + " --test " + t["name"])
-        elif kind == "test":
-            quick += ["--test", t["name"]]
-        elif kind == "lib":
-            quick += ["--lib"]
-        elif kind == "bin":
-            quick += ["--bin", t["name"]]
-    if quick:
-        print(pkg["name"] + " -p " + pkg["name"] + " " + " ".join(quick))
+groups = {}
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") != "compiler-artifact" or not m.get("executable") or not m["profile"]["test"]:
+        continue
+    name = m["target"]["name"]
+    pkg = os.path.dirname(m["manifest_path"])
+    suite = name if m["target"]["kind"][0] == "test" and name in slow else os.path.basename(pkg) if pkg != os.getcwd() else "twinreg"
+    groups.setdefault(suite, (pkg, []))[1].append(m["executable"])
+for suite, (pkg, exes) in sorted(groups.items()):
+    print(suite + "\t" + pkg + "\t" + " ".join(exes))
 ')
+CARGO=$(command -v cargo)
+export CARGO
 pids=()
 for s in "${suites[@]}"; do
-  read -r name args <<<"$s"
-  # shellcheck disable=SC2086 # args is a list of cargo target options
-  cargo test --locked $args -- --test-threads="$threads" >"$logs/$name.log" 2>&1 &
+  IFS=$'\t' read -r name dir exes <<<"$s"
+  (
+    cd "$dir"
+    rc=0
+    for exe in $exes; do
+      echo "     Running $exe"
+      "$exe" --test-threads="$threads" || rc=1
+    done
+    exit $rc
+  ) >"$logs/$name.log" 2>&1 &
   pids+=("$!:$name")
 done
 failed=()

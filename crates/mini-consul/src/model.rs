@@ -71,7 +71,7 @@ pub enum Probe {
     /// A TCP connect every interval.
     Tcp { address: String },
     /// The aggregate status of another service's checks (`AliasService`, `AliasNode` as given),
-    /// kept up to date by `alias.rs` whenever that service changes.
+    /// kept up to date by the state whenever that service or its checks change.
     Alias { service: String, node: String },
 }
 
