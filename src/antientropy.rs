@@ -4,8 +4,11 @@
 //! (deregistrations still remembered; etcd keeps them), then per instance:
 //! - the newest deregistration is newer than every live copy → remove the leftovers (a delete a
 //!   registry missed);
-//! - otherwise → write the newest record into every registry that lacks it or holds an older
-//!   generation (a write a registry missed, a wiped data directory, a restarted Consul agent).
+//! - otherwise, when this replica owns the instance → write the newest record into every
+//!   registry that lacks it or holds an older generation (a write a registry missed, a wiped data
+//!   directory, a restarted Consul agent). An instance another replica owns is left to that
+//!   replica, which follows both registries and restores its copies itself: a write from here
+//!   would move the copy onto this replica's lease and out of its owner's hands.
 //!
 //! Writes go through the coordinator (deadlines, breakers, metrics) and are generation-fenced,
 //! so a sweep racing a client's newer write cannot undo it. With several replicas only the holder
@@ -194,6 +197,10 @@ impl Sweeper {
             else {
                 continue;
             };
+            let owned = self.coordinator.owned().get(&key);
+            if owned.is_none_or(|s| s.instance.generation > newest.generation) {
+                continue;
+            }
             for (m, c) in copies.iter().enumerate() {
                 let stale = c
                     .as_ref()
@@ -212,7 +219,11 @@ impl Sweeper {
         let (r, _) = match w {
             Write::Put(i) => {
                 self.coordinator
-                    .call(m, "sweep", |reg| async move { reg.register(i).await })
+                    .call(
+                        m,
+                        "sweep",
+                        |reg| async move { reg.register(i).await.map(drop) },
+                    )
                     .await
             }
             Write::Remove(k, g) => {

@@ -48,9 +48,9 @@ pub fn consul_parse_health(
     consul::parse_health(service, &bytes::Bytes::copy_from_slice(body))
 }
 
-/// The `Notes` twinreg writes on an instance's TTL check.
-pub fn consul_notes(i: &Instance) -> String {
-    consul::notes(i)
+/// The `Notes` twinreg writes on an instance's check, as replica `replica` holds it.
+pub fn consul_notes(i: &Instance, replica: &str) -> String {
+    consul::notes(i, replica)
 }
 
 /// `(ttl_seconds, generation)` read back from a check's `Notes`.

@@ -20,6 +20,9 @@
 //! - [`watch`] serves reads that wait: one merged, resumable view per watched service, fed by one
 //!   upstream watch per registry ([`registry::Registry::watch`]) and shared by every gRPC `Watch`
 //!   and REST long poll of that service.
+//! - [`liveness`] is twinreg's own keeping of time: the instances this replica owns (a heartbeat
+//!   to the owner touches only that table), their expiry when heartbeats stop, and the tasks that
+//!   keep the replica's shared leases and Consul check alive and follow both registries.
 //! - [`registry`] holds the trait every registry implements, its error type, and one adapter per
 //!   registry: [`registry::etcd`] (primary) and [`registry::consul`] (backup); [`pool`] keeps
 //!   their connections open and warm.
@@ -35,12 +38,12 @@ pub mod api;
 pub mod authz;
 pub mod backoff;
 pub mod breaker;
-pub mod cache;
 pub mod certs;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod limits;
+pub mod liveness;
 pub mod merge;
 pub mod metrics;
 pub mod model;

@@ -8,9 +8,6 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-
 use crate::metrics::Metrics;
 
 /// `[limits]`, validated: what a hostile or broken client may take.
@@ -129,41 +126,95 @@ impl Connections {
     }
 }
 
-/// Requests per second per identity (the client certificate's), with a burst.
+/// Requests per second per identity (the client certificate's), with a burst, plus what the
+/// identity's fleet needs: every instance it registered (and this replica owns) adds
+/// [`crate::liveness::owned::HEARTBEATS_PER_TTL`] heartbeats per TTL to the rate and to the
+/// burst. So 20,000 instances at a 15 s TTL beating at ttl/3 (1,333/s) stay far below their
+/// limit (2,000 + 13,333/s by default), while a client beating faster than ttl/10, or
+/// registering without end, is refused with 429 as before. A token bucket per identity, written
+/// here because the rate of each key changes with its fleet (governor's keyed limiter has one
+/// quota for all keys); 16 shards keep the lock short.
 pub struct Requests {
-    limiter: Option<DefaultKeyedRateLimiter<String>>,
+    /// Sustained requests per second and burst before the fleet's share; `None`: no limit.
+    base: Option<(f64, f64)>,
+    shards: Vec<Mutex<HashMap<String, Bucket>>>,
     metrics: Arc<Metrics>,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: tokio::time::Instant,
+    /// The rate and capacity it was last refilled with (for `shrink`).
+    rate: f64,
+    cap: f64,
+}
+
+const SHARDS: usize = 16;
+
 impl Requests {
     pub fn new(limits: &Limits, metrics: Arc<Metrics>) -> Arc<Self> {
-        let limiter = NonZeroU32::new(limits.requests_per_second).map(|rate| {
+        let base = NonZeroU32::new(limits.requests_per_second).map(|rate| {
             let burst = NonZeroU32::new(limits.burst).unwrap_or(rate);
-            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+            (f64::from(rate.get()), f64::from(burst.get()))
         });
-        Arc::new(Self { limiter, metrics })
+        Arc::new(Self {
+            base,
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            metrics,
+        })
     }
 
-    /// `Err(retry_after)` when `identity` is over its rate.
-    pub fn check(&self, identity: &str) -> Result<(), Duration> {
-        let Some(limiter) = &self.limiter else {
+    fn shard(&self, identity: &str) -> &Mutex<HashMap<String, Bucket>> {
+        use std::hash::{Hash, Hasher};
+        // A fixed hasher: the same identity always lands in the same shard.
+        let mut fixed = std::hash::DefaultHasher::new();
+        identity.hash(&mut fixed);
+        &self.shards[(fixed.finish() as usize) % SHARDS]
+    }
+
+    /// `Err(retry_after)` when `identity` is over its rate; `fleet` is the requests per second
+    /// its registered instances are entitled to beyond the base rate.
+    pub fn check(&self, identity: &str, fleet: f64) -> Result<(), Duration> {
+        let Some((base_rate, base_burst)) = self.base else {
             return Ok(());
         };
-        // The keyed store wants a `&String`: one small allocation per request.
-        match limiter.check_key(&identity.to_owned()) {
-            Ok(()) => Ok(()),
-            Err(not_until) => {
-                self.metrics.rate_limited.inc();
-                Err(not_until.wait_time_from(DefaultClock::default().now()))
-            }
+        let rate = base_rate + fleet.max(0.0);
+        let cap = base_burst + fleet.max(0.0);
+        let now = tokio::time::Instant::now();
+        let mut shard = self.shard(identity).lock().expect("not poisoned");
+        let b = match shard.get_mut(identity) {
+            Some(b) => b,
+            None => shard.entry(identity.to_owned()).or_insert(Bucket {
+                tokens: cap,
+                at: now,
+                rate,
+                cap,
+            }),
+        };
+        let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * rate).min(cap);
+        b.at = now;
+        b.rate = rate;
+        b.cap = cap;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            return Ok(());
         }
+        let wait = (1.0 - b.tokens) / rate;
+        drop(shard);
+        self.metrics.rate_limited.inc();
+        Err(Duration::from_secs_f64(wait))
     }
 
     /// Forgets identities that have been quiet long enough to be back at a full burst.
     pub fn shrink(&self) {
-        if let Some(l) = &self.limiter {
-            l.retain_recent();
-            l.shrink_to_fit();
+        let now = tokio::time::Instant::now();
+        for shard in &self.shards {
+            shard.lock().expect("not poisoned").retain(|_, b| {
+                let full_after = (b.cap - b.tokens).max(0.0) / b.rate;
+                now.saturating_duration_since(b.at).as_secs_f64() < full_after
+            });
         }
     }
 }

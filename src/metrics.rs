@@ -113,6 +113,10 @@ pub struct Metrics {
     pub rate_limited: Counter,
     repair_oldest: Family<RegistryLabels, Gauge>,
     pool_connections: Family<PoolLabels, Gauge>,
+    owned_instances: Gauge,
+    leases_held: Family<RegistryLabels, Gauge>,
+    expired: Counter,
+    takeovers: Counter,
 }
 
 impl Metrics {
@@ -183,7 +187,7 @@ impl Metrics {
         let heartbeats_coalesced = Family::<RegistryLabels, Counter>::default();
         registry.register(
             "heartbeats_coalesced",
-            "Heartbeats answered without a call to the registry, its copy being fresh enough",
+            "Heartbeats answered from memory, without a call to the registry (every heartbeat to the replica that owns the instance)",
             heartbeats_coalesced.clone(),
         );
         // Counted on the hot path: the series are looked up once, here.
@@ -233,6 +237,30 @@ impl Metrics {
             "pool_connections",
             "Registry connections by state: open (in the pool), idle (open and not lent out), waiting (callers queued for one), max",
             pool_connections.clone(),
+        );
+        let owned_instances = Gauge::default();
+        registry.register(
+            "owned_instances",
+            "Instances this replica owns: it answers their heartbeats from memory and expires them when they stop",
+            owned_instances.clone(),
+        );
+        let leases_held = Family::<RegistryLabels, Gauge>::default();
+        registry.register(
+            "leases_held",
+            "Shared leases this replica holds in the registry (etcd: one per TTL class in use), whatever the number of instances",
+            leases_held.clone(),
+        );
+        let expired = Counter::default();
+        registry.register(
+            "instances_expired",
+            "Instances this replica removed from the registries because their heartbeats stopped",
+            expired.clone(),
+        );
+        let takeovers = Counter::default();
+        registry.register(
+            "instances_taken_over",
+            "Instances this replica took over from another one (a heartbeat that moved here, or a replica that went away)",
+            takeovers.clone(),
         );
         let connections_open = Gauge::default();
         registry.register(
@@ -297,6 +325,10 @@ impl Metrics {
             rate_limited,
             repair_oldest,
             pool_connections,
+            owned_instances,
+            leases_held,
+            expired,
+            takeovers,
         })
     }
 
@@ -319,6 +351,26 @@ impl Metrics {
                 status,
             })
             .inc();
+    }
+
+    pub fn set_owned(&self, n: usize) {
+        self.owned_instances.set(n as i64);
+    }
+
+    pub fn set_leases(&self, registry: RegistryKind, n: usize) {
+        self.leases_held
+            .get_or_create(&RegistryLabels {
+                registry: registry.as_str(),
+            })
+            .set(n as i64);
+    }
+
+    pub fn expired(&self, n: usize) {
+        self.expired.inc_by(n as u64);
+    }
+
+    pub fn took_over(&self, n: usize) {
+        self.takeovers.inc_by(n as u64);
     }
 
     pub fn coalesced(&self, registry: RegistryKind) {

@@ -17,10 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backoff::{Backoff, Jitter};
-use crate::cache::RecordCache;
+use crate::liveness::owned::{Copy, Owned};
 use crate::metrics::{Metrics, RegistryLabels};
 use crate::model::{Instance, InstanceKey};
-use crate::registry::{Registry, RegistryKind};
+use crate::registry::{Registry, RegistryKind, Revision, Written};
 
 /// Retries of one missed write: 200 ms doubling to 30 s, full jitter.
 pub const BACKOFF: Backoff = Backoff::new(
@@ -45,12 +45,14 @@ pub enum RepairOp {
     Register(Instance),
     /// Remove the instance unless the registry holds a registration newer than the generation.
     Deregister(InstanceKey, u64),
+    /// An expiry that did not land: removes the copy only where it is still at this revision.
+    Expire(Instance, Revision),
 }
 
 impl RepairOp {
     fn key(&self) -> &InstanceKey {
         match self {
-            Self::Register(i) => &i.key,
+            Self::Register(i) | Self::Expire(i, _) => &i.key,
             Self::Deregister(k, _) => k,
         }
     }
@@ -58,6 +60,8 @@ impl RepairOp {
 
 /// A registry the repairer writes to: its deadline and its write-rate limit.
 struct Target {
+    /// The registry's index among the coordinator's members.
+    member: usize,
     registry: Arc<dyn Registry>,
     deadline: Duration,
     limiter: DefaultDirectRateLimiter,
@@ -65,7 +69,7 @@ struct Target {
 
 pub struct Repairer {
     targets: Vec<Arc<Target>>,
-    cache: Arc<RecordCache>,
+    owned: Arc<Owned>,
     metrics: Arc<Metrics>,
     /// (registry, instance) → (ticket of the current repair, when the registry first missed it).
     pending: Mutex<HashMap<(RegistryKind, InstanceKey), (u64, tokio::time::Instant)>>,
@@ -79,14 +83,16 @@ impl Repairer {
     pub fn new(
         registries: Vec<(Arc<dyn Registry>, Duration)>,
         max_writes_per_second: u32,
-        cache: Arc<RecordCache>,
+        owned: Arc<Owned>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let rate = std::num::NonZeroU32::new(max_writes_per_second.max(1)).expect("at least 1");
         let targets = registries
             .into_iter()
-            .map(|(registry, deadline)| {
+            .enumerate()
+            .map(|(member, (registry, deadline))| {
                 Arc::new(Target {
+                    member,
                     registry,
                     deadline,
                     limiter: RateLimiter::direct(Quota::per_second(rate)),
@@ -95,7 +101,7 @@ impl Repairer {
             .collect();
         Arc::new(Self {
             targets,
-            cache,
+            owned,
             metrics,
             pending: Mutex::default(),
             tickets: AtomicU64::new(1),
@@ -202,7 +208,7 @@ impl Repairer {
                 return;
             }
             if let RepairOp::Register(i) = &op
-                && !self.cache.is_alive(&i.key, i.generation)
+                && !self.owned.is_alive(&i.key, i.generation)
             {
                 tracing::info!(registry = %kind, instance = %key, "instance no longer alive at this generation: repair dropped");
                 self.settle_ticket(kind, &key, ticket);
@@ -215,8 +221,27 @@ impl Repairer {
             }
             let result = tokio::time::timeout(target.deadline, async {
                 match &op {
-                    RepairOp::Register(i) => registry.register(i).await,
+                    RepairOp::Register(i) => {
+                        let w = registry.register(i).await?;
+                        if !self.owned.is_alive(&i.key, i.generation) {
+                            // Deregistered or expired while the write was on its way: the copy
+                            // it left is undone (fenced: a newer registration stays).
+                            tracing::info!(registry = %kind, instance = %key, "a repair landed after the instance went away; removing it again");
+                            registry.deregister(&i.key, i.generation).await?;
+                            return Ok(());
+                        }
+                        let copy = match w {
+                            Written::At(rev) => Copy::Held(rev),
+                            Written::Fenced => Copy::Missing,
+                        };
+                        self.owned.set_copy(&i.key, i.generation, target.member, copy);
+                        Ok(())
+                    }
                     RepairOp::Deregister(k, g) => registry.deregister(k, *g).await.map(drop),
+                    RepairOp::Expire(i, rev) => registry
+                        .expire(std::slice::from_ref(&(i.clone(), *rev)))
+                        .await
+                        .map(drop),
                 }
             })
             .await;

@@ -4,6 +4,12 @@
 //! hung registry can never hold a response past it. Success on either registry is success; a
 //! registry that missed a write is handed to the [`Repairer`]. The outcome of each registry is
 //! reported back so the client can see what happened where.
+//!
+//! Liveness is twinreg's: the replica that registered an instance, or took it over, owns it
+//! ([`Owned`]). Its heartbeats touch that table only; the coordinator expires it when they stop
+//! ([`Coordinator::expire_due`]), takes over what another replica held when a heartbeat comes
+//! here instead, and acts on what the registries report of the copies it holds
+//! ([`Coordinator::observed`]: a copy lost is written again, a copy taken over is let go).
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -16,23 +22,63 @@ use serde::ser::SerializeMap;
 use tokio::time::Instant;
 
 use crate::breaker::{Admit, Breaker, Caller};
-use crate::cache::RecordCache;
+use crate::liveness::owned::{Copy, Owned, REGISTRIES};
 use crate::merge::{Sourced, merge};
 use crate::metrics::Metrics;
 use crate::model::{Instance, InstanceKey, ServiceName, next_generation};
-use crate::registry::{Health, Liveness, Registry, RegistryKind, RegistryState};
+use crate::registry::{
+    Health, Held, Holder, Observed, Registry, RegistryKind, RegistryState, Revision, Written,
+};
 use crate::registry::{RegistryError, RegistryErrorKind};
 use crate::repair::{RepairOp, Repairer};
 
-/// `[heartbeat]`, validated: `Some(fraction)` of an instance's TTL within which a copy this
-/// replica refreshed is not refreshed again (coalescing); `None` when off.
+/// `[heartbeat]`, validated. `coalesce` is accepted for old configurations and has no effect:
+/// a heartbeat to the owning replica costs the registries nothing whatever its rate.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HeartbeatSettings {
     pub coalesce: Option<f64>,
 }
 
-/// Coalescing may skip refreshes for at most half a TTL: the lease always keeps half its life.
+/// The largest `heartbeat.coalesce` an old configuration may give (it is then ignored).
 pub const MAX_COALESCE_FRACTION: f64 = 0.5;
+
+/// Copies per expiry or take-over call to one registry: big batches, each within its deadline.
+const EXPIRE_CHUNK: usize = 500;
+/// Writes at once while copying adopted instances into the other registry.
+const ADOPT_CONCURRENCY: usize = 16;
+
+/// A replica id: `hint` (host name or listen address, made safe for keys and IDs) and 8 random
+/// hex digits, new at every start.
+pub fn new_replica_id(hint: &str) -> String {
+    let safe: String = hint
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    format!("{safe}-{:08x}", rand::random::<u32>())
+}
+
+/// Whether a registry is known to be out (its last call failed, or its breaker is open): what an
+/// owner's heartbeat answer reports without calling it.
+fn out_of_service(m: &Member) -> bool {
+    m.health.get() == RegistryState::Down
+        || m.breaker.state() != crate::breaker::BreakerState::Closed
+}
+
+/// Where a write leaves the copy: held at its revision, or (fenced: a newer generation is
+/// there) not this replica's to hold.
+fn held_copy(w: Written) -> Copy {
+    match w {
+        Written::At(rev) => Copy::Held(rev),
+        Written::Fenced => Copy::Missing,
+    }
+}
 
 /// One registry as the coordinator sees it.
 pub struct Member {
@@ -164,10 +210,9 @@ pub struct ServiceView {
 
 pub struct Coordinator {
     members: Vec<Member>,
-    /// Heartbeat coalescing: `Some(fraction)` of the TTL within which a refreshed copy is not
-    /// refreshed again; `None` when off.
-    coalesce: Option<f64>,
-    cache: Arc<RecordCache>,
+    /// This replica's id: what it announces in etcd and names its Consul service after.
+    replica: String,
+    owned: Arc<Owned>,
     metrics: Arc<Metrics>,
     repair: Arc<Repairer>,
 }
@@ -176,28 +221,28 @@ impl Coordinator {
     /// `members[0]` is the primary: its record wins where registries disagree. `repair_rate`
     /// bounds the repairer's writes per second to each registry.
     pub fn new(members: Vec<Member>, repair_rate: u32, metrics: Arc<Metrics>) -> Arc<Self> {
-        Self::with_coalescing(members, repair_rate, metrics, None)
+        Self::for_replica(members, repair_rate, metrics, &new_replica_id("twinreg"))
     }
 
-    /// [`Self::new`] with heartbeat coalescing within `coalesce` × TTL (see [`Self::heartbeat`]).
-    pub fn with_coalescing(
+    /// [`Self::new`] for the replica named `replica` (the registries' adapters use the same).
+    pub fn for_replica(
         members: Vec<Member>,
         repair_rate: u32,
         metrics: Arc<Metrics>,
-        coalesce: Option<f64>,
+        replica: &str,
     ) -> Arc<Self> {
         assert!(
-            members.len() <= crate::cache::MAX_REGISTRIES,
+            members.len() <= REGISTRIES,
             "twinreg writes at most two registries"
         );
-        let cache = Arc::new(RecordCache::default());
+        let owned = Arc::new(Owned::new());
         let repair = Repairer::new(
             members
                 .iter()
                 .map(|m| (m.registry.clone(), m.deadline))
                 .collect(),
             repair_rate,
-            cache.clone(),
+            owned.clone(),
             metrics.clone(),
         );
         for m in &members {
@@ -206,8 +251,8 @@ impl Coordinator {
         }
         Arc::new(Self {
             members,
-            coalesce,
-            cache,
+            replica: replica.to_owned(),
+            owned,
             metrics,
             repair,
         })
@@ -225,15 +270,17 @@ impl Coordinator {
         &self.repair
     }
 
-    pub fn cache(&self) -> &RecordCache {
-        &self.cache
+    /// The instances this replica owns.
+    pub fn owned(&self) -> &Arc<Owned> {
+        &self.owned
     }
 
-    /// Remembers when member `m`'s copy was refreshed, for coalescing; nothing when it is off.
-    fn note_refresh(&self, key: &InstanceKey, m: usize, at: Option<Instant>) {
-        if self.coalesce.is_some() {
-            self.cache.refreshed(key, m, at);
-        }
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    fn member_of(&self, kind: RegistryKind) -> Option<usize> {
+        self.members.iter().position(|m| m.registry.kind() == kind)
     }
 
     /// Runs `op` on one member within its deadline, recording latency, outcome and health.
@@ -396,8 +443,13 @@ impl Coordinator {
         replies
     }
 
-    pub async fn register(&self, instance: Instance) -> Result<WriteReport, Failure> {
-        let started = Instant::now();
+    /// Writes a client's registration to every registry at once; this replica owns the
+    /// instance from then on (its heartbeats touch only memory here).
+    pub async fn register(
+        &self,
+        instance: Instance,
+        identity: &str,
+    ) -> Result<WriteReport, Failure> {
         let i = &instance;
         let replies = self
             .fan_out("register", |r| async move { r.register_new(i).await })
@@ -406,15 +458,17 @@ impl Coordinator {
         if replies.iter().all(|r| r.result.is_err()) {
             return Err(Failure::Unavailable(outcomes));
         }
-        self.cache.put(&instance);
+        let mut copies = [Copy::Missing; REGISTRIES];
         for (m, r) in replies.iter().enumerate() {
-            let fresh = r.result.is_ok().then_some(started);
-            self.note_refresh(&instance.key, m, fresh);
+            if let Ok(w) = &r.result {
+                copies[m] = held_copy(*w);
+            }
+        }
+        self.owned.insert(instance.clone(), identity, copies);
+        for (m, r) in replies.iter().enumerate() {
             match r.result {
-                Ok(()) => self.repair.settle(r.kind, &instance.key),
-                Err(_) => self
-                    .repair
-                    .submit(r.kind, RepairOp::Register(instance.clone())),
+                Ok(_) => self.repair.settle(r.kind, &instance.key),
+                Err(_) => self.restore(m, &instance),
             }
         }
         Ok(WriteReport {
@@ -423,129 +477,185 @@ impl Coordinator {
         })
     }
 
-    /// Renews the instance in every registry. With coalescing on, a registry whose copy this
-    /// replica refreshed less than `fraction × ttl` ago is not called: its lease or TTL check
-    /// still has more than `1 - fraction` of its life (the fraction is at most 1/2), and the
-    /// next heartbeat after the window renews it. Only a refresh this replica made or saw counts,
-    /// and any failure or "unknown" forgets it, so the next heartbeat goes through.
-    pub async fn heartbeat(&self, key: &InstanceKey) -> Result<WriteReport, Failure> {
+    /// Hands registry `m`'s copy of an owned instance to the repairer, to be written again.
+    fn restore(&self, m: usize, instance: &Instance) {
+        self.owned
+            .set_copy(&instance.key, instance.generation, m, Copy::Missing);
+        self.repair.submit(
+            self.members[m].registry.kind(),
+            RepairOp::Register(instance.clone()),
+        );
+    }
+
+    /// A heartbeat. To the replica that owns the instance, a memory write and nothing else: the
+    /// answer says, per registry, whether this replica holds a copy there (`coalesced`: no call
+    /// was needed), or that the copy is being written again. To any other replica: the copies
+    /// are read, taken over in one guarded write each (restored where one is missing), and the
+    /// instance is owned here from then on. 404 only when every registry answered that it does
+    /// not know the instance.
+    pub async fn heartbeat(
+        &self,
+        key: &InstanceKey,
+        identity: &str,
+    ) -> Result<WriteReport, Failure> {
+        if let Some(copies) = self.owned.touch(key, identity) {
+            let outcomes: Vec<Outcome> = self
+                .members
+                .iter()
+                .enumerate()
+                .map(|(m, member)| {
+                    let kind = member.registry.kind();
+                    let error = match copies[m] {
+                        // The registry failed its last call (or its breaker is open): the copy
+                        // is kept there, but nothing can read it now.
+                        Copy::Held(_) if out_of_service(member) => Some(format!(
+                            "{kind} is not answering (last failure: {}); twinreg keeps its copy and checks again every few seconds",
+                            member.breaker.last_failure()
+                        )),
+                        Copy::Held(_) => {
+                            self.metrics.coalesced(kind);
+                            None
+                        }
+                        Copy::Missing => Some(format!(
+                            "{kind} does not hold the instance now; twinreg is writing it again"
+                        )),
+                    };
+                    Outcome {
+                        registry: kind,
+                        latency: Duration::ZERO,
+                        error,
+                        restored: false,
+                        coalesced: true,
+                    }
+                })
+                .collect();
+            if outcomes.iter().all(|o| o.error.is_some()) {
+                return Err(Failure::Unavailable(Outcomes(outcomes)));
+            }
+            return Ok(WriteReport {
+                outcomes: Outcomes(outcomes),
+                existed: true,
+            });
+        }
+        self.take_over_on_heartbeat(key, identity).await
+    }
+
+    /// A heartbeat for an instance this replica does not own.
+    async fn take_over_on_heartbeat(
+        &self,
+        key: &InstanceKey,
+        identity: &str,
+    ) -> Result<WriteReport, Failure> {
         let started = Instant::now();
-        let n = self.members.len();
-        let fresh = match self.coalesce {
-            Some(fraction) => self.cache.fresh(key, fraction, started, n),
-            None => [false; crate::cache::MAX_REGISTRIES],
-        };
         let replies = self
-            .fan_out_skipping(
-                "heartbeat",
-                Some((&fresh[..n], || Liveness::Renewed)),
-                |r| async move { r.heartbeat(key).await },
-            )
+            .fan_out("heartbeat", |r| async move { r.held(key).await })
             .await;
-        if replies.iter().all(|r| r.coalesced) {
-            return Ok(WriteReport {
-                outcomes: outcomes(&replies),
-                existed: true,
-            });
+        if replies.iter().all(|r| r.result.is_err()) {
+            return Err(Failure::Unavailable(outcomes(&replies)));
         }
-        for (m, r) in replies.iter().enumerate() {
-            if !r.coalesced {
-                let renewed = matches!(r.result, Ok(Liveness::Renewed));
-                self.note_refresh(key, m, renewed.then_some(started));
-            }
-        }
-        let mut outcomes = outcomes(&replies).0;
-        let with = |want: Liveness| -> Vec<usize> {
-            (0..replies.len())
-                .filter(|&i| matches!(&replies[i].result, Ok(l) if *l == want))
-                .collect()
-        };
-        let renewed = with(Liveness::Renewed);
-        let unknown = with(Liveness::Unknown);
-        if renewed.is_empty() && unknown.is_empty() {
-            return Err(Failure::Unavailable(Outcomes(outcomes)));
-        }
-        let any_failed = renewed.len() + unknown.len() < replies.len();
-        if renewed.is_empty() && !any_failed {
-            // Every registry answered and none knows it: the client must register again.
-            self.cache.remove(key);
-            for o in &mut outcomes {
-                o.error = Some("unknown instance".into());
-            }
-            return Err(Failure::UnknownInstance(Outcomes(outcomes)));
-        }
-        if unknown.is_empty() {
-            self.cache.touch(key);
-            return Ok(WriteReport {
-                outcomes: Outcomes(outcomes),
-                existed: true,
-            });
-        }
-        // Some registry lost it. Restore from the freshest record: a registry that still holds
-        // it (so any replica can do this), else this replica's cache.
-        let mut record = None;
-        for &i in &renewed {
-            let (got, _) = self
-                .call(&self.members[i], "get", |r| async move { r.get(key).await })
-                .await;
-            if let Ok(Some(found)) = got {
-                record = Some(found);
-                break;
-            }
-        }
-        let Some(record) = record.or_else(|| self.cache.get(key)) else {
-            if renewed.is_empty() {
-                // Nobody that answered knows it and there is nothing to restore from. A registry
-                // that did not answer may still hold it: "unknown" needs every registry's word.
-                return Err(if any_failed {
-                    Failure::Unavailable(Outcomes(outcomes))
-                } else {
-                    Failure::UnknownInstance(Outcomes(outcomes))
-                });
-            }
-            for &i in &unknown {
-                outcomes[i].error =
-                    Some("instance missing here and no record to restore it from".into());
-            }
-            self.cache.touch(key);
-            return Ok(WriteReport {
-                outcomes: Outcomes(outcomes),
-                existed: true,
-            });
-        };
-        let mut restored_any = !renewed.is_empty();
-        self.cache.put(&record);
-        for &i in &unknown {
-            let m = &self.members[i];
-            let rec = &record;
-            let restore_started = Instant::now();
-            let (r, took) = self
-                .call(m, "restore", |reg| async move { reg.register(rec).await })
-                .await;
-            let o = &mut outcomes[i];
-            o.latency += took;
-            o.error = r.as_ref().err().map(|e| e.to_string());
-            o.restored = r.is_ok();
-            self.note_refresh(key, i, r.is_ok().then_some(restore_started));
-            if r.is_ok() {
-                restored_any = true;
-                self.repair.settle(m.registry.kind(), key);
-                tracing::info!(registry = %m.registry.kind(), instance = %key, "heartbeat restored an instance the registry had lost");
+        // The primary's record wins; a registry that did not answer may still hold it.
+        let Some(record) = replies
+            .iter()
+            .find_map(|r| r.result.as_ref().ok().and_then(|h| h.clone()))
+            .map(|h| h.instance)
+        else {
+            // Nobody holds it: each registry that answered says so in its outcome.
+            let out = Outcomes(
+                replies
+                    .iter()
+                    .map(|r| {
+                        let mut o = r.outcome();
+                        o.error.get_or_insert_with(|| "unknown instance".to_owned());
+                        o
+                    })
+                    .collect(),
+            );
+            return Err(if replies.iter().any(|r| r.result.is_err()) {
+                Failure::Unavailable(out)
             } else {
-                self.repair
-                    .submit(m.registry.kind(), RepairOp::Register(record.clone()));
+                Failure::UnknownInstance(out)
+            });
+        };
+        let mut copies = [Copy::Missing; REGISTRIES];
+        let mut outs = Vec::with_capacity(self.members.len());
+        let mut missing = Vec::new();
+        let mut fenced = false;
+        for (m, (member, reply)) in self.members.iter().zip(&replies).enumerate() {
+            let mut outcome = reply.outcome();
+            match &reply.result {
+                Ok(Some(h)) if h.instance == record => {
+                    let one = std::slice::from_ref(h);
+                    let (r, _) = self
+                        .call(member, "take_over", |reg| async move {
+                            reg.take_over(one).await
+                        })
+                        .await;
+                    match r.map(|v| v.first().copied().flatten()) {
+                        Ok(Some(rev)) => copies[m] = Copy::Held(rev),
+                        // Changed since it was read: write the record again, fenced.
+                        Ok(None) => match self.write_again(member, &record).await {
+                            Ok(Written::At(rev)) => copies[m] = Copy::Held(rev),
+                            Ok(Written::Fenced) => fenced = true,
+                            Err(e) => {
+                                outcome.error = Some(e.to_string());
+                                missing.push(m);
+                            }
+                        },
+                        Err(e) => {
+                            outcome.error = Some(e.to_string());
+                            missing.push(m);
+                        }
+                    }
+                }
+                // Missing or different here: restored from the record.
+                Ok(_) => match self.write_again(member, &record).await {
+                    Ok(Written::At(rev)) => {
+                        copies[m] = Copy::Held(rev);
+                        outcome.restored = true;
+                        tracing::info!(registry = %member.registry.kind(), instance = %key, "heartbeat restored an instance the registry had lost");
+                    }
+                    Ok(Written::Fenced) => fenced = true,
+                    Err(e) => {
+                        outcome.error = Some(e.to_string());
+                        missing.push(m);
+                    }
+                },
+                Err(_) => missing.push(m),
             }
+            outcome.latency = started.elapsed();
+            outs.push(outcome);
         }
-        if !restored_any {
-            return Err(Failure::Unavailable(Outcomes(outcomes)));
+        let outcomes = Outcomes(outs);
+        if fenced {
+            // A newer registration of the instance exists: its replica owns it.
+            return Ok(WriteReport {
+                outcomes,
+                existed: true,
+            });
+        }
+        if copies.iter().all(|c| *c == Copy::Missing) {
+            return Err(Failure::Unavailable(outcomes));
+        }
+        self.owned.insert(record.clone(), identity, copies);
+        self.metrics.took_over(1);
+        for m in missing {
+            self.restore(m, &record);
         }
         Ok(WriteReport {
-            outcomes: Outcomes(outcomes),
+            outcomes,
             existed: true,
         })
     }
 
+    async fn write_again(&self, m: &Member, record: &Instance) -> Result<Written, RegistryError> {
+        self.call(m, "register", |r| async move { r.register(record).await })
+            .await
+            .0
+    }
+
     pub async fn deregister(&self, key: &InstanceKey) -> Result<WriteReport, Failure> {
+        // Not owned any more: neither expired nor restored by this replica from now on.
+        self.owned.remove(key);
         // Fences this delete: a registration written after it (a newer generation) survives it,
         // in particular when this delete is re-driven late by the repairer.
         let generation = next_generation();
@@ -558,7 +668,6 @@ impl Coordinator {
         if replies.iter().all(|r| r.result.is_err()) {
             return Err(Failure::Unavailable(outcomes));
         }
-        self.cache.remove(key);
         let existed = replies.iter().any(|r| matches!(r.result, Ok(true)));
         for r in &replies {
             match r.result {
@@ -569,6 +678,200 @@ impl Coordinator {
             }
         }
         Ok(WriteReport { outcomes, existed })
+    }
+
+    /// Removes the instances whose heartbeats stopped before `now` from every registry, each
+    /// only where this replica still holds the copy it wrote, in batches; what fails is handed
+    /// to the repairer. How many expired.
+    pub async fn expire_due(&self, now: Instant) -> usize {
+        let due = self.owned.due(now);
+        if due.is_empty() {
+            return 0;
+        }
+        self.metrics.expired(due.len());
+        let due = &due;
+        join_all(self.members.iter().enumerate().map(|(m, member)| async move {
+            let kind = member.registry.kind();
+            let copies: Vec<(Instance, Revision)> = due
+                .iter()
+                .filter_map(|s| match s.copies[m] {
+                    Copy::Held(rev) => Some((s.instance.clone(), rev)),
+                    Copy::Missing => {
+                        self.repair.settle(kind, &s.instance.key);
+                        None
+                    }
+                })
+                .collect();
+            for chunk in copies.chunks(EXPIRE_CHUNK) {
+                let (r, _) = self
+                    .call(member, "expire", |reg| async move { reg.expire(chunk).await })
+                    .await;
+                match r {
+                    Ok(_) => {
+                        for (i, _) in chunk {
+                            self.repair.settle(kind, &i.key);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(registry = %kind, count = chunk.len(), error = %e, "expiring instances failed; the repairer retries");
+                        for (i, rev) in chunk {
+                            self.repair
+                                .submit(kind, RepairOp::Expire(i.clone(), *rev));
+                        }
+                    }
+                }
+            }
+        }))
+        .await;
+        tracing::info!(
+            count = due.len(),
+            "expired instances whose heartbeats stopped"
+        );
+        due.len()
+    }
+
+    /// Acts on what a registry reports of the copies (see [`Observed`]).
+    pub async fn observed(&self, kind: RegistryKind, what: Observed) {
+        let Some(m) = self.member_of(kind) else {
+            return;
+        };
+        match what {
+            Observed::Put(h) => self.observed_copy(m, &h),
+            Observed::Gone { key, deregistered } => {
+                let Some(state) = self.owned.get(&key) else {
+                    return;
+                };
+                if deregistered {
+                    // Deregistered through another replica (or expired by the holder).
+                    tracing::debug!(registry = %kind, instance = %key, "deregistered elsewhere: no longer owned here");
+                    self.owned.remove(&key);
+                } else if state.copies[m] != Copy::Missing {
+                    tracing::info!(registry = %kind, instance = %key, "a copy vanished behind twinreg's back; writing it again");
+                    self.restore(m, &state.instance);
+                }
+            }
+            Observed::Snapshot { service, held } => {
+                let by_key: std::collections::HashMap<&InstanceKey, &Held> =
+                    held.iter().map(|h| (&h.instance.key, h)).collect();
+                for state in self.owned.of(service.as_ref()) {
+                    match by_key.get(&state.instance.key) {
+                        Some(h) => self.observed_copy(m, h),
+                        None if state.copies[m] != Copy::Missing => {
+                            tracing::info!(registry = %kind, instance = %state.instance.key, "a copy is missing; writing it again");
+                            self.restore(m, &state.instance);
+                        }
+                        None => {}
+                    }
+                }
+            }
+            Observed::LostAll => {
+                for state in self.owned.all() {
+                    self.restore(m, &state.instance);
+                }
+            }
+            Observed::Orphans(orphans) => self.adopt(m, orphans).await,
+        }
+    }
+
+    /// One copy as registry `m` holds it, against what this replica owns.
+    fn observed_copy(&self, m: usize, h: &Held) {
+        let key = &h.instance.key;
+        let Some(state) = self.owned.get(key) else {
+            return;
+        };
+        let mine = state.instance.generation;
+        match &h.holder {
+            Holder::Me if h.instance.generation == mine => {
+                if h.revision != 0 {
+                    self.owned.set_copy(key, mine, m, Copy::Held(h.revision));
+                }
+            }
+            Holder::Me => {}
+            Holder::Replica(other) if h.instance.generation >= mine => {
+                tracing::debug!(instance = %key, replica = %other, "taken over by another replica: no longer owned here");
+                self.owned.remove(key);
+            }
+            // Changed behind twinreg's back (another tool, an older record): written again.
+            _ => {
+                if h.instance.generation <= mine && state.copies[m] != Copy::Missing {
+                    tracing::info!(instance = %key, "a copy changed behind twinreg's back; writing it again");
+                    self.restore(m, &state.instance);
+                }
+            }
+        }
+    }
+
+    /// Takes over the copies a replica that went away held in registry `m`, then writes them
+    /// into the other registries under this replica too. The take-over is guarded: where
+    /// another replica was faster, this one leaves it.
+    async fn adopt(&self, m: usize, orphans: Vec<Held>) {
+        let orphans: Vec<Held> = orphans
+            .into_iter()
+            .filter(|h| !self.owned.contains(&h.instance.key))
+            .collect();
+        if orphans.is_empty() {
+            return;
+        }
+        let member = &self.members[m];
+        let mut adopted = Vec::new();
+        for chunk in orphans.chunks(EXPIRE_CHUNK) {
+            let (r, _) = self
+                .call(member, "take_over", |reg| async move {
+                    reg.take_over(chunk).await
+                })
+                .await;
+            match r {
+                Ok(revs) => {
+                    for (h, rev) in chunk.iter().zip(revs) {
+                        if let Some(rev) = rev {
+                            adopted.push((h.instance.clone(), rev));
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(registry = %member.registry.kind(), error = %e, "taking over a gone replica's instances failed")
+                }
+            }
+        }
+        if adopted.is_empty() {
+            return;
+        }
+        tracing::info!(
+            count = adopted.len(),
+            "took over the instances of a replica that went away"
+        );
+        self.metrics.took_over(adopted.len());
+        for (instance, rev) in &adopted {
+            let mut copies = [Copy::Missing; REGISTRIES];
+            copies[m] = Copy::Held(*rev);
+            // Held elsewhere until written: a failed write goes to the repairer below.
+            for (o, c) in copies.iter_mut().enumerate() {
+                if o != m && o < self.members.len() {
+                    *c = Copy::Held(0);
+                }
+            }
+            self.owned.insert(instance.clone(), "", copies);
+        }
+        let adopted = &adopted;
+        join_all(
+            self.members
+                .iter()
+                .enumerate()
+                .filter(|(o, _)| *o != m)
+                .map(|(o, other)| async move {
+                    for chunk in adopted.chunks(ADOPT_CONCURRENCY) {
+                        let writes =
+                            join_all(chunk.iter().map(|(i, _)| self.write_again(other, i))).await;
+                        for ((i, _), r) in chunk.iter().zip(writes) {
+                            match r {
+                                Ok(w) => self.owned.set_copy(&i.key, i.generation, o, held_copy(w)),
+                                Err(_) => self.restore(o, i),
+                            }
+                        }
+                    }
+                }),
+        )
+        .await;
     }
 
     /// The union of all registries' live instances of `service`, one per id, the primary's
@@ -643,33 +946,46 @@ mod tests {
     use super::*;
     use crate::breaker::Breaker;
     use crate::registry::memory::{Memory, Mode};
+    use std::sync::atomic::Ordering::SeqCst;
 
     const DEADLINE: Duration = Duration::from_millis(1500);
+    const ME: &str = "payments";
 
-    fn coordinator(rate: u32) -> (Arc<Coordinator>, Arc<Memory>, Arc<Memory>) {
-        coordinator_with(rate, None)
-    }
-
-    /// Two memory registries behind a coordinator coalescing within `coalesce` × TTL.
-    fn coordinator_with(
-        rate: u32,
-        coalesce: Option<f64>,
-    ) -> (Arc<Coordinator>, Arc<Memory>, Arc<Memory>) {
-        let etcd = Arc::new(Memory::new(RegistryKind::Etcd));
-        let consul = Arc::new(Memory::new(RegistryKind::Consul));
-        let member = |r: Arc<Memory>| Member {
+    fn member(r: Arc<Memory>) -> Member {
+        Member {
             registry: r,
             deadline: DEADLINE,
             health: Health::default(),
             breaker: Breaker::new(3, Duration::from_secs(2)),
-        };
-        let c = Coordinator::with_coalescing(
+        }
+    }
+
+    /// Two memory registries behind a coordinator.
+    fn coordinator(rate: u32) -> (Arc<Coordinator>, Arc<Memory>, Arc<Memory>) {
+        let etcd = Arc::new(Memory::new(RegistryKind::Etcd));
+        let consul = Arc::new(Memory::new(RegistryKind::Consul));
+        let c = Coordinator::new(
             vec![member(etcd.clone()), member(consul.clone())],
             rate,
             Metrics::new(),
-            coalesce,
         );
         (c, etcd, consul)
+    }
+
+    /// Another replica over the same registries.
+    fn replica_of(etcd: &Arc<Memory>, consul: &Arc<Memory>) -> Arc<Coordinator> {
+        Coordinator::new(
+            vec![member(etcd.clone()), member(consul.clone())],
+            100,
+            Metrics::new(),
+        )
+    }
+
+    /// Starts the followers and the expiry loop; they stop when the token is dropped/cancelled.
+    fn live(c: &Arc<Coordinator>) -> tokio_util::sync::DropGuard {
+        let stop = tokio_util::sync::CancellationToken::new();
+        crate::liveness::start(c, &tokio_util::task::TaskTracker::new(), stop.clone());
+        stop.drop_guard()
     }
 
     fn instance(id: &str) -> Instance {
@@ -682,7 +998,7 @@ mod tests {
         etcd.set_mode(Mode::Hang);
         for i in 0..3 {
             let start = tokio::time::Instant::now();
-            let r = c.register(instance(&format!("p{i}"))).await.unwrap();
+            let r = c.register(instance(&format!("p{i}")), ME).await.unwrap();
             assert_eq!(
                 start.elapsed(),
                 DEADLINE,
@@ -695,7 +1011,7 @@ mod tests {
             );
         }
         let start = tokio::time::Instant::now();
-        let r = c.register(instance("after")).await.unwrap();
+        let r = c.register(instance("after"), ME).await.unwrap();
         assert_eq!(
             start.elapsed(),
             Duration::ZERO,
@@ -715,7 +1031,7 @@ mod tests {
         let (c, etcd, consul) = coordinator(100);
         etcd.set_mode(Mode::Down);
         for i in 0..3 {
-            c.register(instance(&format!("p{i}"))).await.unwrap();
+            c.register(instance(&format!("p{i}")), ME).await.unwrap();
         }
         assert_eq!(
             c.members()[0].breaker.state(),
@@ -725,7 +1041,7 @@ mod tests {
         etcd.set_mode(Mode::Up);
         consul.set_mode(Mode::Down);
         let i = instance("last");
-        let r = c.register(i.clone()).await.unwrap();
+        let r = c.register(i.clone(), ME).await.unwrap();
         assert!(r.outcomes.0[0].error.is_none(), "{:?}", r.outcomes);
         assert_eq!(etcd.holds(&i.key).unwrap(), i);
         assert_eq!(
@@ -739,8 +1055,12 @@ mod tests {
         let (c, etcd, _consul) = coordinator(100);
         etcd.set_mode(Mode::Down);
         let i = instance("p");
-        assert!(c.register(i.clone()).await.unwrap().outcomes.degraded());
+        assert!(c.register(i.clone(), ME).await.unwrap().outcomes.degraded());
         assert_eq!(c.repairer().pending(), 1);
+        // Meanwhile the heartbeat says etcd's copy is being written again.
+        let r = c.heartbeat(&i.key, ME).await.unwrap();
+        let err = r.outcomes.0[0].error.as_deref().unwrap();
+        assert!(err.contains("writing it again"), "{err}");
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(etcd.holds(&i.key).is_none());
         etcd.set_mode(Mode::Up);
@@ -749,10 +1069,18 @@ mod tests {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
-            c.heartbeat(&i.key).await.unwrap();
+            c.heartbeat(&i.key, ME).await.unwrap();
         }
         assert_eq!(etcd.holds(&i.key).unwrap(), i);
         assert_eq!(c.repairer().pending(), 0);
+        // Once the probe (the server runs one every 2 s) has seen etcd answer again.
+        c.probe_all().await;
+        let r = c.heartbeat(&i.key, ME).await.unwrap();
+        assert!(
+            !r.outcomes.degraded(),
+            "the landed repair is seen: {:?}",
+            r.outcomes
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -760,7 +1088,7 @@ mod tests {
         let (c, etcd, consul) = coordinator(100);
         etcd.set_mode(Mode::Down);
         let i = instance("p");
-        c.register(i.clone()).await.unwrap();
+        c.register(i.clone(), ME).await.unwrap();
         c.deregister(&i.key).await.unwrap();
         etcd.set_mode(Mode::Up);
         tokio::time::sleep(Duration::from_secs(120)).await;
@@ -773,37 +1101,154 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn heartbeat_restores_from_the_other_registry_and_404s_when_none_knows() {
+    async fn heartbeats_to_the_owner_touch_no_registry() {
         let (c, etcd, consul) = coordinator(100);
         let i = instance("p");
-        c.register(i.clone()).await.unwrap();
+        c.register(i.clone(), ME).await.unwrap();
+        let before = (etcd.calls.load(SeqCst), consul.calls.load(SeqCst));
+        for _ in 0..1000 {
+            let r = c.heartbeat(&i.key, ME).await.unwrap();
+            assert!(!r.outcomes.degraded());
+            assert!(r.outcomes.0.iter().all(|o| o.coalesced));
+        }
+        assert_eq!(
+            (etcd.calls.load(SeqCst), consul.calls.load(SeqCst)),
+            before,
+            "a heartbeat to the owner made registry calls"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_copy_lost_behind_the_back_is_restored_at_once() {
+        let (c, etcd, consul) = coordinator(100);
+        let _live = live(&c);
+        let i = instance("p");
+        c.register(i.clone(), ME).await.unwrap();
         etcd.remove_behind_the_back(&i.key);
-        let r = c.heartbeat(&i.key).await.unwrap();
-        assert!(r.outcomes.0[0].restored);
-        assert_eq!(etcd.holds(&i.key).unwrap(), i);
-        etcd.remove_behind_the_back(&i.key);
-        consul.remove_behind_the_back(&i.key);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            etcd.holds(&i.key).unwrap(),
+            i,
+            "not restored within a second"
+        );
+        assert_eq!(consul.holds(&i.key).unwrap(), i);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_instance_whose_heartbeats_stop_expires_within_its_ttl() {
+        let (c, etcd, consul) = coordinator(100);
+        let _live = live(&c);
+        let (quiet, beating) = (instance("quiet"), instance("beating"));
+        c.register(quiet.clone(), ME).await.unwrap();
+        c.register(beating.clone(), ME).await.unwrap();
+        let start = Instant::now();
+        let mut gone_at = None;
+        while start.elapsed() < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if start.elapsed().as_millis() % 10_000 < 250 {
+                c.heartbeat(&beating.key, ME).await.unwrap();
+            }
+            if gone_at.is_none() && etcd.holds(&quiet.key).is_none() {
+                gone_at = Some(start.elapsed());
+            }
+        }
+        let at = gone_at.expect("the quiet instance expired");
+        assert!(
+            at >= Duration::from_secs(30) && at <= Duration::from_secs(31),
+            "expired after {at:?} (TTL 30 s)"
+        );
+        assert!(consul.holds(&quiet.key).is_none());
+        assert!(etcd.holds(&beating.key).is_some() && consul.holds(&beating.key).is_some());
         assert!(matches!(
-            c.heartbeat(&i.key).await,
+            c.heartbeat(&quiet.key, ME).await,
             Err(Failure::UnknownInstance(_))
         ));
-        assert!(
-            etcd.holds(&i.key).is_none(),
-            "no resurrection from the cache"
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ten_thousand_expiries_go_in_batches() {
+        let (c, etcd, consul) = coordinator(100);
+        for k in 0..10_000 {
+            c.register(instance(&format!("p{k}")), ME).await.unwrap();
+        }
+        let before = (etcd.calls.load(SeqCst), consul.calls.load(SeqCst));
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert_eq!(c.expire_due(Instant::now()).await, 10_000);
+        assert!(etcd.is_empty() && consul.is_empty());
+        let calls = (
+            etcd.calls.load(SeqCst) - before.0,
+            consul.calls.load(SeqCst) - before.1,
         );
+        assert_eq!(
+            calls,
+            (20, 20),
+            "10,000 expiries in batches of {EXPIRE_CHUNK}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_heartbeat_at_another_replica_takes_over_and_the_old_owner_cannot_expire_it() {
+        let (a, etcd, consul) = coordinator(100);
+        let b = replica_of(&etcd, &consul);
+        let i = instance("p");
+        a.register(i.clone(), ME).await.unwrap();
+        let r = b.heartbeat(&i.key, ME).await.unwrap();
+        assert!(!r.outcomes.degraded(), "{:?}", r.outcomes);
+        assert!(b.owned().contains(&i.key));
+        // The client now beats at B only; A's deadline passes.
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            b.heartbeat(&i.key, ME).await.unwrap();
+        }
+        assert_eq!(
+            a.expire_due(Instant::now()).await,
+            1,
+            "A gave up its own ownership"
+        );
+        assert_eq!(etcd.holds(&i.key).unwrap(), i, "A removed B's copy");
+        assert_eq!(consul.holds(&i.key).unwrap(), i);
+        assert_eq!(b.expire_due(Instant::now()).await, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_owner_lets_go_of_an_instance_another_replica_took_over() {
+        let (a, etcd, _consul) = coordinator(100);
+        let _live = live(&a);
+        let i = instance("p");
+        a.register(i.clone(), ME).await.unwrap();
+        etcd.taken_over_by(&i, "other");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!a.owned().contains(&i.key));
     }
 
     #[tokio::test]
     async fn unknown_here_and_unreachable_there_is_503_not_404() {
-        // This replica never saw the instance (no cache entry): etcd says "unknown", Consul does
-        // not answer. Consul may still hold it, so the client must not be told to re-register.
+        // This replica never saw the instance: etcd says "unknown", Consul does not answer.
+        // Consul may still hold it, so the client must not be told to re-register.
         let (c, _etcd, consul) = coordinator(100);
         consul.set_mode(Mode::Down);
         let key = instance("elsewhere").key;
         assert!(matches!(
-            c.heartbeat(&key).await,
+            c.heartbeat(&key, ME).await,
             Err(Failure::Unavailable(_))
         ));
+        consul.set_mode(Mode::Up);
+        assert!(matches!(
+            c.heartbeat(&key, ME).await,
+            Err(Failure::UnknownInstance(_))
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_taking_over_restores_a_missing_copy() {
+        let (a, etcd, consul) = coordinator(100);
+        let i = instance("p");
+        a.register(i.clone(), ME).await.unwrap();
+        consul.remove_behind_the_back(&i.key);
+        let b = replica_of(&etcd, &consul);
+        let r = b.heartbeat(&i.key, ME).await.unwrap();
+        assert!(r.outcomes.0[1].restored, "{:?}", r.outcomes);
+        assert_eq!(consul.holds(&i.key).unwrap(), i);
     }
 
     #[tokio::test]
@@ -813,11 +1258,11 @@ mod tests {
         etcd.set_mode(Mode::Down);
         let n = 60;
         for k in 0..n {
-            c.register(instance(&format!("p{k}"))).await.unwrap();
+            c.register(instance(&format!("p{k}")), ME).await.unwrap();
         }
         etcd.set_mode(Mode::Up);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while etcd.writes.load(std::sync::atomic::Ordering::SeqCst) < n {
+        while etcd.writes.load(SeqCst) < n {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "repairs did not land"
@@ -836,90 +1281,5 @@ mod tests {
                 "{in_window} writes within one second"
             );
         }
-    }
-
-    /// Heartbeats every `every` for `span` (paused time), returning how many reached each
-    /// registry and whether any was refused or failed.
-    async fn beat(c: &Coordinator, key: &InstanceKey, every: Duration, span: Duration) -> usize {
-        let mut sent = 0;
-        let end = Instant::now() + span;
-        while Instant::now() < end {
-            tokio::time::sleep(every).await;
-            let r = c.heartbeat(key).await.expect("heartbeat succeeds");
-            assert!(!r.outcomes.degraded(), "{:?}", r.outcomes);
-            sent += 1;
-        }
-        sent
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn coalescing_skips_fresh_copies_and_never_leaves_a_lease_past_its_window() {
-        let (c, etcd, consul) = coordinator_with(100, Some(1.0 / 3.0));
-        let i = instance("p1"); // ttl 30 s: the window is 10 s
-        c.register(i.clone()).await.unwrap();
-        let calls = |m: &Memory| m.heartbeats.load(std::sync::atomic::Ordering::SeqCst);
-
-        // Every 2 s for 60 s: only about one heartbeat in five reaches each registry.
-        let sent = beat(&c, &i.key, Duration::from_secs(2), Duration::from_secs(60)).await;
-        assert_eq!(sent, 30);
-        for m in [&etcd, &consul] {
-            let n = calls(m);
-            assert!(
-                (5..=7).contains(&n),
-                "{n} of {sent} heartbeats reached a registry"
-            );
-        }
-
-        // Whatever the client's interval, no registry goes longer than window + interval without
-        // a renewal: the lease always keeps at least ttl - window - interval of its life.
-        for every in [1, 3, 7, 9, 11, 25] {
-            let every = Duration::from_secs(every);
-            let before = calls(&etcd);
-            let start = Instant::now();
-            let sent = beat(&c, &i.key, every, Duration::from_secs(120)).await;
-            let reached = calls(&etcd) - before;
-            for m in [&etcd, &consul] {
-                let mut times = m.renew_times();
-                times.retain(|t| *t >= start);
-                let mut last = start;
-                for t in times {
-                    assert!(
-                        t - last <= Duration::from_secs(10) + every,
-                        "interval {every:?}: {:?} without a renewal",
-                        t - last
-                    );
-                    last = t;
-                }
-            }
-            if every >= Duration::from_secs(10) {
-                assert_eq!(
-                    reached, sent,
-                    "beyond the window every heartbeat goes through"
-                );
-            } else {
-                assert!(reached < sent, "interval {every:?}: nothing was coalesced");
-            }
-        }
-
-        // A failed call forgets the copy's freshness: the next heartbeat goes through at once.
-        consul.set_mode(Mode::Down);
-        tokio::time::sleep(Duration::from_secs(11)).await;
-        let r = c.heartbeat(&i.key).await.unwrap();
-        assert!(r.outcomes.degraded());
-        consul.set_mode(Mode::Up);
-        let before = calls(&consul);
-        c.heartbeat(&i.key).await.unwrap();
-        assert_eq!(
-            calls(&consul),
-            before + 1,
-            "consul was not fresh: it must be called"
-        );
-
-        // A deregistered instance is never coalesced: its heartbeat is a 404.
-        c.deregister(&i.key).await.unwrap();
-        assert!(matches!(
-            c.heartbeat(&i.key).await,
-            Err(Failure::UnknownInstance(_))
-        ));
     }
 }

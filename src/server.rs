@@ -42,8 +42,6 @@ pub const CLIENT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 pub const CLIENT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often registries are probed for `/readyz` and the `registry_up` metric.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
-/// The cache forgets instances silent for twice their TTL; this is how often it looks.
-const CACHE_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 /// `[server]`, validated.
 #[derive(Debug, Clone)]
@@ -99,17 +97,30 @@ pub async fn run(
     let metrics = Metrics::new();
     let certs = Certs::new(metrics.clone());
     let tls = ServerTls::load(&settings.tls, &certs)?;
-    let (etcd, etcd_pool) = Etcd::new(&settings.etcd, metrics.handshakes.clone(), &certs)?;
-    let (consul, consul_pool) = Consul::new(&settings.consul, metrics.handshakes.clone(), &certs)?;
+    let replica = crate::replicate::new_replica_id(&public_addr_hint(&settings));
+    tracing::info!(%replica, "this replica's id (its etcd announcement and Consul service)");
+    let (etcd, etcd_pool) =
+        Etcd::new(&settings.etcd, metrics.handshakes.clone(), &certs, &replica)?;
+    let (consul, consul_pool) = Consul::new(
+        &settings.consul,
+        metrics.handshakes.clone(),
+        &certs,
+        &replica,
+    )?;
     let members = vec![
         member(Arc::new(etcd), settings.etcd.timeout, settings.breaker),
         member(Arc::new(consul), settings.consul.timeout, settings.breaker),
     ];
-    let coordinator = Coordinator::with_coalescing(
+    if settings.heartbeat.coalesce.is_some() {
+        tracing::warn!(
+            "heartbeat.coalesce is deprecated and has no effect: heartbeats to the replica that owns an instance never reach the registries"
+        );
+    }
+    let coordinator = Coordinator::for_replica(
         members,
         settings.repair.max_writes_per_second,
         metrics.clone(),
-        settings.heartbeat.coalesce,
+        &replica,
     );
     let stop = CancellationToken::new();
     let watches = Watches::new(
@@ -131,6 +142,7 @@ pub async fn run(
     let connections = Connections::new(&settings.limits, metrics.clone());
 
     let background = TaskTracker::new();
+    crate::liveness::start(&coordinator, &background, stop.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     {
         let (c, rx, pool) = (coordinator.clone(), stop_rx.clone(), etcd_pool.clone());
@@ -165,11 +177,7 @@ pub async fn run(
                 .watch(settings.tls.reload_interval, stop.clone()),
         );
         if settings.anti_entropy.enabled {
-            let holder = format!(
-                "twinreg-{}-{:016x}",
-                public_addr_hint(&settings),
-                rand::random::<u64>()
-            );
+            let holder = format!("twinreg-{replica}");
             let sweeper = Sweeper::new(
                 coordinator.clone(),
                 settings.anti_entropy.interval,
@@ -376,7 +384,6 @@ async fn probe_loop(
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
-    let mut last_sweep = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -391,10 +398,6 @@ async fn probe_loop(
             metrics.set_pool(*kind, "waiting", s.waiting);
             metrics.set_pool(*kind, "max", s.max_size);
             metrics.set_repair_oldest(*kind, coordinator.repairer().oldest(*kind));
-        }
-        if last_sweep.elapsed() >= CACHE_SWEEP_INTERVAL {
-            coordinator.cache().evict_expired();
-            last_sweep = tokio::time::Instant::now();
         }
     }
 }

@@ -221,14 +221,24 @@ async fn chaos_loses_nothing_and_leaves_no_zombies() {
         let in_consul = consul.agent_services().await;
         let mut lost = 0;
         let mut zombies = 0;
+        let mut where_ = Vec::new();
         for (id, fate) in &fates {
             let e = in_etcd.contains(&key_of(id));
             let c = in_consul.contains_key(&format!("payments.{id}"));
             match fate {
-                Fate::Alive if !(e && c) => lost += 1,
-                Fate::Deregistered if e || c => zombies += 1,
+                Fate::Alive if !(e && c) => {
+                    lost += 1;
+                    where_.push(format!("{id} lost (etcd {e}, consul {c})"));
+                }
+                Fate::Deregistered if e || c => {
+                    zombies += 1;
+                    where_.push(format!("{id} deregistered but left (etcd {e}, consul {c})"));
+                }
                 _ => {}
             }
+        }
+        if !where_.is_empty() && settle.elapsed() > Duration::from_secs(85) {
+            eprintln!("chaos: not converged: {where_:?}");
         }
         if (lost == 0 && zombies == 0) || settle.elapsed() > Duration::from_secs(90) {
             break (lost, zombies);

@@ -399,7 +399,7 @@ pub fn consul_health(data: &[u8]) -> Verdict {
             };
             for (i, _alive) in entries {
                 stored_rules(&i, &service);
-                let notes = fuzzing::consul_notes(&i);
+                let notes = fuzzing::consul_notes(&i, "replica-1");
                 assert_eq!(
                     fuzzing::consul_parse_notes(&notes),
                     (i.ttl_seconds, i.generation),
@@ -524,7 +524,7 @@ fn consul_round_trip(i: &Instance) {
                 "CheckID": format!("service:{sid}"),
                 "Status": "passing",
                 "ServiceID": sid,
-                "Notes": fuzzing::consul_notes(i),
+                "Notes": fuzzing::consul_notes(i, "replica-1"),
             },
         ],
     }]);

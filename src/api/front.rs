@@ -11,15 +11,19 @@ use crate::model::{InstanceKey, ServiceName};
 /// 429 with Retry-After when the caller's identity is over its rate.
 pub fn rate_limit(st: &AppState, peer: Option<&Peer>) -> Result<(), ApiError> {
     let Some(peer) = peer else { return Ok(()) };
-    st.requests.check(&peer.identity).map_err(|wait| {
+    let fleet = st.coordinator.owned().budget(&peer.identity);
+    st.requests.check(&peer.identity, fleet).map_err(|wait| {
         let secs = crate::limits::retry_after_secs(wait);
         ApiError {
             retry_after_secs: Some(secs),
             ..ApiError::new(
                 ErrorCode::RateLimited,
                 format!(
-                    "identity '{}' is over its limit of {} requests per second; retry after {secs} s",
-                    peer.identity, st.limits.requests_per_second
+                    "identity '{}' is over its limit of {:.0} requests per second ({} plus {:.0} for the instances it registered on this replica); retry after {secs} s",
+                    peer.identity,
+                    f64::from(st.limits.requests_per_second) + fleet,
+                    st.limits.requests_per_second,
+                    fleet
                 ),
             )
         }

@@ -225,7 +225,7 @@ impl Registry for Grpc {
         let report = self
             .st
             .coordinator
-            .register(instance)
+            .register(instance, &peer.identity)
             .await
             .map_err(|f| into_status(failure(f)))?;
         let message = pb::RegisterResponse {
@@ -250,7 +250,7 @@ impl Registry for Grpc {
         let report = self
             .st
             .coordinator
-            .heartbeat(&key)
+            .heartbeat(&key, &peer.identity)
             .await
             .map_err(|f| into_status(failure(f)))?;
         let message = pb::HeartbeatResponse {

@@ -182,12 +182,23 @@ fn writable_key(
     params: &RawParams,
     p: Option<Extension<Arc<Peer>>>,
 ) -> Result<InstanceKey, ApiError> {
-    front::writable_key(
+    Ok(writable(st, params, p)?.0)
+}
+
+/// The key a write names and the caller, who may write it.
+fn writable(
+    st: &AppState,
+    params: &RawParams,
+    p: Option<Extension<Arc<Peer>>>,
+) -> Result<(InstanceKey, Arc<Peer>), ApiError> {
+    let peer = peer(p)?;
+    let key = front::writable_key(
         st,
-        &*peer(p)?,
+        &peer,
         path_param(params, "service"),
         path_param(params, "id"),
-    )
+    )?;
+    Ok((key, peer))
 }
 
 /// Reads a body of at most [`MAX_BODY_BYTES`] within `limit`; larger ones get 413 before being
@@ -241,7 +252,7 @@ async fn register(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let key = writable_key(&st, &params, p)?;
+    let (key, peer) = writable(&st, &params, p)?;
     let bytes = read_body(&headers, body, st.limits.body_read_timeout).await?;
     let instance = parse_register_body(key, &bytes)?;
     let (service, id, ttl) = (
@@ -249,7 +260,11 @@ async fn register(
         instance.key.id.clone(),
         instance.ttl_seconds,
     );
-    let report = st.coordinator.register(instance).await.map_err(failure)?;
+    let report = st
+        .coordinator
+        .register(instance, &peer.identity)
+        .await
+        .map_err(failure)?;
     let resp = Json(json!({
         "registered": true,
         "service": service,
@@ -267,8 +282,12 @@ async fn heartbeat(
     params: RawParams,
     p: Option<Extension<Arc<Peer>>>,
 ) -> Result<Response, ApiError> {
-    let key = writable_key(&st, &params, p)?;
-    let report = st.coordinator.heartbeat(&key).await.map_err(failure)?;
+    let (key, peer) = writable(&st, &params, p)?;
+    let report = st
+        .coordinator
+        .heartbeat(&key, &peer.identity)
+        .await
+        .map_err(failure)?;
     // A struct, not a `json!` map: the hot path builds no intermediate JSON tree.
     #[derive(serde::Serialize)]
     struct Answer<'a> {

@@ -1,10 +1,15 @@
 //! The Consul adapter (backup registry).
 //!
-//! An instance is an agent service `ID = "{service}.{id}"`, `Name = service`, with one TTL check
-//! `service:{ID}` of `ttl_seconds` and `DeregisterCriticalServiceAfter` from config. The check's
-//! `Notes` carry what Consul has no field for (`ttl_seconds`, `generation`), so the record can be
-//! restored from Consul alone while `Meta` stays exactly what the client sent. rs-consul serves the
-//! calls it covers (the catalog); the agent endpoints it lacks go over the same HTTPS client.
+//! An instance is an agent service `ID = "{service}.{id}"`, `Name = service`, with one check
+//! `service:{ID}` that aliases this replica's own service (`twinreg-replica-{replica}`, whose TTL
+//! check the replica passes every few seconds; see [`liveness`]) and carries
+//! `DeregisterCriticalServiceAfter` from config. So Consul holds one timer per replica, not one per
+//! instance: a heartbeat costs Consul nothing, twinreg deregisters an instance whose heartbeats
+//! stopped, and when a replica dies every instance it held turns critical with its check and is
+//! reaped. The check's `Notes` carry what Consul has no field for (`ttl_seconds`, `generation`,
+//! the holding `replica`), so the record can be restored from Consul alone while `Meta` stays
+//! exactly what the client sent. rs-consul serves the calls it covers (the catalog); the agent
+//! endpoints it lacks go over the same HTTPS client.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -27,10 +32,14 @@ use crate::model::{
 };
 use crate::pool::{Connect, WarmPool};
 use crate::registry::RegistryError;
-use crate::registry::{FeedSender, Liveness, Registry, RegistryKind, SetupError, transport};
+use crate::registry::{
+    FeedSender, Followed, Held, ObservedSender, Registry, RegistryKind, Revision, SetupError,
+    Written, transport,
+};
 use crate::secret::Secret;
 use crate::tls::{Certs, registry_client_config};
 
+mod liveness;
 mod watch;
 
 const KIND: RegistryKind = RegistryKind::Consul;
@@ -116,6 +125,10 @@ pub struct Consul {
     token: Option<String>,
     deregister_after: Duration,
     pool: Arc<WarmPool<ConsulConnect>>,
+    /// This replica's id, and whether its own service (which instance checks alias) is known to
+    /// be registered on the agent.
+    replica: String,
+    replica_registered: std::sync::atomic::AtomicBool,
 }
 
 impl Consul {
@@ -123,6 +136,7 @@ impl Consul {
         cfg: &ConsulSettings,
         handshakes: Handshakes,
         certs: &Certs,
+        replica: &str,
     ) -> Result<(Self, Arc<WarmPool<ConsulConnect>>), SetupError> {
         let cert_key = cfg.cert.as_deref().zip(cfg.key.as_deref());
         let counted = (handshakes, KIND);
@@ -141,6 +155,8 @@ impl Consul {
                 token,
                 deregister_after: cfg.deregister_critical_after,
                 pool: pool.clone(),
+                replica: replica.to_owned(),
+                replica_registered: std::sync::atomic::AtomicBool::new(false),
             },
             pool,
         ))
@@ -168,6 +184,11 @@ impl Consul {
     /// check. Read before every write: Consul has no compare-and-set for agent services, so the
     /// fence is compare-then-write.
     async fn stored_generation(&self, key: &InstanceKey) -> Result<Option<u64>, RegistryError> {
+        Ok(self.stored_notes(key).await?.map(|n| parse_notes(&n).1))
+    }
+
+    /// The notes of the instance's check; `None` when the agent has no such check.
+    async fn stored_notes(&self, key: &InstanceKey) -> Result<Option<String>, RegistryError> {
         let check = check_id(key);
         let filter = format!("CheckID == \"{check}\"");
         let (status, body) = self
@@ -181,11 +202,14 @@ impl Consul {
         let checks: BTreeMap<String, HealthCheck> = serde_json::from_slice(&body).map_err(|e| {
             RegistryError::unavailable(KIND, format!("consul: unreadable agent/checks answer: {e}"))
         })?;
-        Ok(checks.get(&check).map(|c| parse_notes(&c.notes).1))
+        Ok(checks.get(&check).map(|c| c.notes.clone()))
     }
 
     /// Registers the service and its TTL check, and passes the check.
-    async fn write(&self, i: &Instance) -> Result<(), RegistryError> {
+    /// Registers the instance with its check aliasing this replica's service: one PUT (the alias
+    /// takes its status from the replica's check at once, there is no TTL to pass).
+    async fn write(&self, i: &Instance) -> Result<Written, RegistryError> {
+        self.ensure_replica().await?;
         let sid = service_id(&i.key);
         let payload = json!({
             "ID": sid,
@@ -196,10 +220,9 @@ impl Consul {
             "Meta": i.meta,
             "Check": {
                 "CheckID": check_id(&i.key),
-                "Name": "twinreg heartbeat",
-                "TTL": go_duration(Duration::from_secs(i.ttl_seconds.into())),
-                "Status": "passing",
-                "Notes": notes(i),
+                "Name": "twinreg liveness",
+                "AliasService": self.replica_service_id(),
+                "Notes": notes(i, &self.replica),
                 "DeregisterCriticalServiceAfter": go_duration(self.deregister_after),
             },
         });
@@ -212,19 +235,9 @@ impl Consul {
             )
             .await?;
         expect_ok(status, &resp, "agent/service/register")?;
-        // Re-registering keeps an existing check's status: a check that went critical would stay
-        // critical. Passing it makes the fresh registration live at once.
-        let (status, resp) = self
-            .call(
-                Method::PUT,
-                &format!("/v1/agent/check/pass/{}", check_id(&i.key)),
-                None,
-            )
-            .await?;
-        expect_ok(status, &resp, "agent/check/pass")
+        Ok(Written::At(0))
     }
 
-    /// The live (no critical check) twinreg instances of a service, from the health endpoint.
     async fn health_entries(
         &self,
         service: &ServiceName,
@@ -243,6 +256,17 @@ pub(crate) fn parse_health(
     service: &ServiceName,
     body: &Bytes,
 ) -> Result<Vec<(Instance, bool)>, RegistryError> {
+    Ok(parse_health_notes(service, body)?
+        .into_iter()
+        .map(|(i, alive, _)| (i, alive))
+        .collect())
+}
+
+/// [`parse_health`], with each instance's check notes.
+pub(crate) fn parse_health_notes(
+    service: &ServiceName,
+    body: &Bytes,
+) -> Result<Vec<(Instance, bool, String)>, RegistryError> {
     let entries: Vec<HealthEntry> = match serde_json::from_slice(body) {
         Ok(entries) => entries,
         // An entry of a shape twinreg does not expect (another tool's service with a port outside
@@ -258,9 +282,11 @@ pub(crate) fn parse_health(
                 .checks
                 .iter()
                 .find(|c| c.service_id == e.service.id)
-                .map(|c| c.notes.as_str())
-                .unwrap_or("");
-            e.service.into_instance(service, notes).map(|i| (i, alive))
+                .map(|c| c.notes.clone())
+                .unwrap_or_default();
+            e.service
+                .into_instance(service, &notes)
+                .map(|i| (i, alive, notes))
         })
         .collect())
 }
@@ -298,11 +324,18 @@ fn check_id(key: &InstanceKey) -> String {
     format!("service:{}", service_id(key))
 }
 
-pub(crate) fn notes(i: &Instance) -> String {
+pub(crate) fn notes(i: &Instance, replica: &str) -> String {
     format!(
-        "twinreg ttl_seconds={} generation={}",
+        "twinreg ttl_seconds={} generation={} replica={replica}",
         i.ttl_seconds, i.generation
     )
+}
+
+/// The replica named in a check's notes, if any.
+pub(crate) fn notes_replica(notes: &str) -> Option<&str> {
+    notes
+        .split_whitespace()
+        .find_map(|t| t.strip_prefix("replica="))
 }
 
 /// Percent-encodes a query value (everything but unreserved characters).
@@ -498,35 +531,58 @@ impl Registry for Consul {
         KIND
     }
 
-    async fn register(&self, i: &Instance) -> Result<(), RegistryError> {
+    async fn register(&self, i: &Instance) -> Result<Written, RegistryError> {
         if self.stored_generation(&i.key).await? > Some(i.generation) {
             tracing::debug!(instance = %i.key, "consul holds a newer generation; write fenced");
-            return Ok(());
+            return Ok(Written::Fenced);
         }
         self.write(i).await
     }
 
-    /// A client's registration skips the generation read: `agent/checks?filter=` is a scan of
-    /// every check on the agent (Consul has no single-check read), too dear for every register.
-    /// Two replicas racing on one instance are settled by the sweep to etcd's winner, as the
-    /// compare-then-write race is.
-    async fn register_new(&self, i: &Instance) -> Result<(), RegistryError> {
+    async fn register_new(&self, i: &Instance) -> Result<Written, RegistryError> {
         self.write(i).await
     }
 
-    async fn heartbeat(&self, key: &InstanceKey) -> Result<Liveness, RegistryError> {
-        let (status, body) = self
-            .call(
-                Method::PUT,
-                &format!("/v1/agent/check/pass/{}", check_id(key)),
-                None,
-            )
-            .await?;
-        if is_unknown(status, &body) {
-            return Ok(Liveness::Unknown);
+    async fn held(&self, key: &InstanceKey) -> Result<Option<Held>, RegistryError> {
+        self.held_copy(key).await
+    }
+
+    /// Consul has no compare-and-set for agent services: each copy is registered again under
+    /// this replica's alias (the caller read it just now; a newer generation is fenced by the
+    /// notes it carries).
+    async fn take_over(&self, copies: &[Held]) -> Result<Vec<Option<Revision>>, RegistryError> {
+        let mut results = Vec::with_capacity(copies.len());
+        for chunk in copies.chunks(liveness::CONCURRENCY) {
+            results.extend(
+                futures::future::join_all(chunk.iter().map(|c| self.register(&c.instance))).await,
+            );
         }
-        expect_ok(status, &body, "agent/check/pass")?;
-        Ok(Liveness::Renewed)
+        results
+            .into_iter()
+            .map(|r| r.map(|w| matches!(w, Written::At(_)).then_some(0)))
+            .collect()
+    }
+
+    /// Deregisters each copy this replica still holds at the instance's generation (a copy
+    /// another replica took over, or a newer registration, is left alone).
+    async fn expire(&self, copies: &[(Instance, Revision)]) -> Result<Vec<bool>, RegistryError> {
+        let mut results = Vec::with_capacity(copies.len());
+        for chunk in copies.chunks(liveness::CONCURRENCY) {
+            results.extend(
+                futures::future::join_all(chunk.iter().map(|(i, _)| self.expire_one(i))).await,
+            );
+        }
+        results.into_iter().collect()
+    }
+
+    fn start(
+        self: Arc<Self>,
+        followed: Followed,
+        out: ObservedSender,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        tokio::spawn(self.clone().keep_replica_alive(out.clone(), stop.clone()));
+        tokio::spawn(self.follow(followed, out, stop));
     }
 
     async fn deregister(&self, key: &InstanceKey, generation: u64) -> Result<bool, RegistryError> {

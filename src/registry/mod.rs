@@ -55,14 +55,84 @@ impl fmt::Display for RegistryKind {
     }
 }
 
-/// What a registry said about an instance a heartbeat named.
+/// The revision a registry stored a copy at (etcd's `mod_revision`), which guards a later removal
+/// or take-over of exactly that copy; 0 where the registry has no such guard (Consul).
+pub type Revision = i64;
+
+/// What a write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Liveness {
-    /// It holds the instance and its TTL was renewed.
-    Renewed,
-    /// It does not hold the instance (never registered, deregistered, or expired).
-    Unknown,
+pub enum Written {
+    /// The copy is stored, held by this replica, at this revision.
+    At(Revision),
+    /// A newer generation (a later write or deregistration) is there: nothing was written.
+    Fenced,
 }
+
+/// Who keeps a copy alive in a registry: whose lease (etcd) or whose replica check (Consul) it
+/// hangs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// This replica.
+    Me,
+    /// Another twinreg replica, by its id.
+    Replica(String),
+    /// Nothing twinreg knows: no lease, a lease no live replica announces, another tool's check.
+    Other,
+}
+
+/// A copy as a registry holds it.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub instance: Instance,
+    pub revision: Revision,
+    pub holder: Holder,
+    /// Counts as live there (Consul keeps a copy whose check went critical until it reaps it).
+    pub live: bool,
+}
+
+/// What a registry reports while it follows the copies twinreg keeps in it
+/// ([`Registry::start`]), so a replica notices at once a copy deleted or changed behind its back,
+/// and an instance another replica took over.
+#[derive(Debug, Clone)]
+pub enum Observed {
+    /// A copy appeared or changed.
+    Put(Held),
+    /// A copy went away; `deregistered` when a deregistration or an expiry removed it (its
+    /// tombstone came with it), false when it vanished behind twinreg's back.
+    Gone {
+        key: InstanceKey,
+        deregistered: bool,
+    },
+    /// Everything the registry holds of `service` (of every service when `None`), after a fresh
+    /// read: a copy not in it is gone.
+    Snapshot {
+        service: Option<ServiceName>,
+        held: Vec<Held>,
+    },
+    /// The registry lost every copy this replica keeps there (a Consul agent restarted empty):
+    /// all of them must be written again.
+    LostAll,
+    /// A replica went away: the copies it held, which live replicas take over.
+    Orphans(Vec<Held>),
+}
+
+/// Where a registry's follow sends what it observes.
+#[derive(Clone)]
+pub struct ObservedSender {
+    pub kind: RegistryKind,
+    pub tx: tokio::sync::mpsc::Sender<(RegistryKind, Observed)>,
+}
+
+impl ObservedSender {
+    /// False once nobody listens any more.
+    pub async fn send(&self, o: Observed) -> bool {
+        self.tx.send((self.kind, o)).await.is_ok()
+    }
+}
+
+/// The services this replica holds instances of, kept current: what a registry that follows per
+/// service (Consul) must cover.
+pub type Followed = tokio::sync::watch::Receiver<BTreeSet<ServiceName>>;
 
 /// One item of a registry's watch of a service (see [`Registry::watch`]).
 #[derive(Debug, Clone)]
@@ -134,19 +204,53 @@ pub trait Registry: Send + Sync + 'static {
     fn kind(&self) -> RegistryKind;
 
     /// Idempotent upsert: afterwards exactly one record for the key exists, equal to `instance`,
-    /// with a full TTL — unless the registry holds a record of a newer generation, which is left
-    /// as it is (fencing: an old write never undoes a newer one). Both count as success.
-    async fn register(&self, instance: &Instance) -> Result<(), RegistryError>;
+    /// held by this replica (on its lease, under its replica check) — unless the registry holds a
+    /// record of a newer generation, which is left as it is (fencing: an old write never undoes a
+    /// newer one). Both count as success.
+    async fn register(&self, instance: &Instance) -> Result<Written, RegistryError>;
 
     /// [`Self::register`] for a client's registration, whose generation was taken just now and so
     /// is newer than anything stored (the fence exists for re-driven and restored writes, which
-    /// carry older generations). A registry whose fence costs a read can skip it here.
-    async fn register_new(&self, instance: &Instance) -> Result<(), RegistryError> {
+    /// carry older generations): one guarded write, no read first.
+    async fn register_new(&self, instance: &Instance) -> Result<Written, RegistryError> {
         self.register(instance).await
     }
 
-    /// Renews the instance's TTL if the registry holds it.
-    async fn heartbeat(&self, key: &InstanceKey) -> Result<Liveness, RegistryError>;
+    /// The copy the registry holds for the key, with its revision and holder; `None` when absent.
+    async fn held(&self, key: &InstanceKey) -> Result<Option<Held>, RegistryError>;
+
+    /// Makes this replica the holder of each copy, in one guarded write each: only where the copy
+    /// is still exactly as read (its revision), so a take-over never overwrites a newer write.
+    /// Per copy: its new revision, or `None` when it changed since it was read.
+    async fn take_over(&self, copies: &[Held]) -> Result<Vec<Option<Revision>>, RegistryError>;
+
+    /// Removes the copies of instances whose heartbeats stopped, each only where this replica
+    /// still holds it at the revision it wrote (a copy another replica took over, or a newer
+    /// registration, is left alone), and remembers the removal as a deregistration of the
+    /// instance's generation. Per copy: whether it was removed. Default: a deregistration each.
+    async fn expire(&self, copies: &[(Instance, Revision)]) -> Result<Vec<bool>, RegistryError> {
+        let mut out = Vec::with_capacity(copies.len());
+        for (i, _) in copies {
+            out.push(self.deregister(&i.key, i.generation).await?);
+        }
+        Ok(out)
+    }
+
+    /// Starts what keeps this replica's copies alive and followed (etcd: its shared leases, its
+    /// announcement, a watch on the prefix; Consul: its replica check, blocking queries on the
+    /// services in `followed`), reporting to `out` until `stop`. Default: nothing to start.
+    fn start(
+        self: Arc<Self>,
+        _followed: Followed,
+        _out: ObservedSender,
+        _stop: tokio_util::sync::CancellationToken,
+    ) {
+    }
+
+    /// Leases this replica holds in the registry now (etcd), for metrics.
+    fn leases_held(&self) -> usize {
+        0
+    }
 
     /// Removes the instance unless the registry holds a registration newer than `generation`;
     /// `Ok(true)` when a record was removed.

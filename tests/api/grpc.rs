@@ -104,7 +104,7 @@ async fn grpc_and_rest_share_one_listener_register_list_heartbeat_deregister() {
             .await
             .unwrap()
             .granted_ttl(),
-        30
+        i64::from(twinreg::registry::etcd::lease_ttl(30))
     );
     let svc = env
         .consul_service("payments", "pay-1")
@@ -308,8 +308,8 @@ async fn grpc_invalid_input_names_the_field_like_rest_and_writes_nothing() {
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().starts_with("service: "), "{e:?}");
 
-    assert!(env.etcd.dump("/services/").await.is_empty());
-    assert!(env.consul.agent_services().await.is_empty());
+    assert!(env.etcd.instances().await.is_empty());
+    assert!(env.consul.instances().await.is_empty());
     // The channel still works after all those errors.
     c.register(register_req("payments", "pay-1", "10.0.0.5", 8080))
         .await

@@ -2,10 +2,7 @@
 
 use serde_json::json;
 
-use std::time::Duration;
-
 use crate::{Env, body, path};
-use testkit::eventually;
 
 #[tokio::test]
 async fn register_lands_in_both_registries() {
@@ -39,7 +36,11 @@ async fn register_lands_in_both_registries() {
     assert_eq!(value["Metadata"], json!({"zone": "eu-1a"}));
     let mut etcd = env.etcd.client().await;
     let ttl = etcd.lease_time_to_live(lease, None).await.unwrap();
-    assert_eq!(ttl.granted_ttl(), 30);
+    assert_eq!(
+        ttl.granted_ttl(),
+        i64::from(twinreg::registry::etcd::lease_ttl(30)),
+        "the key rides on the shared lease of its TTL class"
+    );
 
     let svc = env
         .consul_service("payments", "pay-1")
@@ -72,25 +73,22 @@ async fn identical_reregister_leaves_one_record_and_changes_replace() {
             .await;
         assert_eq!(r.status, 200, "{}", r.text);
     }
-    assert_eq!(env.etcd.dump("/services/").await.len(), 1);
-    assert_eq!(env.consul.agent_services().await.len(), 1);
+    assert_eq!(env.etcd.instances().await.len(), 1);
+    assert_eq!(env.consul.instances().await.len(), 1);
     let (_, lease) = env.etcd_record("payments", "pay-1").await.unwrap();
-    // Replaced leases are revoked in the background, right after the answer.
-    let live = eventually(
-        Duration::from_secs(5),
-        "replaced leases revoked",
-        || async {
-            let mut etcd = env.etcd.client().await;
-            let leases = etcd.leases().await.unwrap();
-            let live: Vec<i64> = leases.leases().iter().map(|l| l.id()).collect();
-            (live.len() == 1).then_some(live)
-        },
-    )
-    .await;
-    assert!(
-        live.contains(&lease),
-        "the record's lease is the one left: {live:?}"
-    );
+    // No lease per write: the record stays on its class's shared lease, and the leases in etcd
+    // are that one and the replica's announcement's, however often it is written.
+    let mut etcd = env.etcd.client().await;
+    let live: Vec<i64> = etcd
+        .leases()
+        .await
+        .unwrap()
+        .leases()
+        .iter()
+        .map(|l| l.id())
+        .collect();
+    assert!(live.contains(&lease), "{live:?}");
+    assert!(live.len() <= 2, "leases: {live:?}");
 
     let r = c
         .put_json(
@@ -107,12 +105,12 @@ async fn identical_reregister_leaves_one_record_and_changes_replace() {
     assert_eq!(svc["Address"], "10.0.0.9");
     assert_eq!(svc["Port"], 9090);
     assert_eq!(svc["Tags"], json!(["v3"]));
-    assert_eq!(env.etcd.dump("/services/").await.len(), 1);
-    assert_eq!(env.consul.agent_services().await.len(), 1);
+    assert_eq!(env.etcd.instances().await.len(), 1);
+    assert_eq!(env.consul.instances().await.len(), 1);
 }
 
 #[tokio::test]
-async fn reregister_keeps_a_live_lease_at_full_ttl_and_a_new_ttl_takes_a_new_lease() {
+async fn a_new_ttl_moves_the_record_to_the_lease_of_its_class_and_leases_do_not_grow() {
     let env = Env::start().await;
     let c = env.gw.client("payments");
     let with =
@@ -120,36 +118,36 @@ async fn reregister_keeps_a_live_lease_at_full_ttl_and_a_new_ttl_takes_a_new_lea
     let p = path("payments", "pay-1");
     assert_eq!(c.put_json(&p, &with(8080, 10)).await.status, 200);
     let (_, first) = env.etcd_record("payments", "pay-1").await.unwrap();
-    let mut etcd = env.etcd.client().await;
-    tokio::time::sleep(Duration::from_millis(3100)).await;
-    let before = etcd.lease_time_to_live(first, None).await.unwrap().ttl();
-    assert!(
-        before <= 7,
-        "the lease should have counted down, ttl {before}"
-    );
 
-    // A changed record with the same TTL: written on the same lease, renewed to the full TTL.
+    // A changed record with the same TTL: the same shared lease.
     let r = c.put_json(&p, &with(9090, 10)).await;
     assert_eq!(r.status, 200, "{}", r.text);
     let (value, lease) = env.etcd_record("payments", "pay-1").await.unwrap();
     assert_eq!(value["port"], 9090);
-    assert_eq!(lease, first, "the live lease is kept");
-    let after = etcd.lease_time_to_live(lease, None).await.unwrap().ttl();
-    assert!(after >= 9, "renewed to the full ttl, got {after}");
+    assert_eq!(lease, first, "the class lease is kept");
 
-    // A new TTL needs a new lease; the old one is revoked.
-    let r = c.put_json(&p, &with(9090, 20)).await;
+    // A TTL of another class: that class's lease, which is the replica's and stays alive.
+    let r = c.put_json(&p, &with(9090, 120)).await;
     assert_eq!(r.status, 200, "{}", r.text);
     let (_, second) = env.etcd_record("payments", "pay-1").await.unwrap();
     assert_ne!(second, first);
-    let ttl = etcd.lease_time_to_live(second, None).await.unwrap().ttl();
-    assert!(ttl > 10, "the new lease has the new ttl, got {ttl}");
-    eventually(Duration::from_secs(5), "the old lease revoked", || async {
-        let mut etcd = env.etcd.client().await;
-        let gone = etcd.lease_time_to_live(first, None).await.unwrap().ttl() <= 0;
-        gone.then_some(())
-    })
-    .await;
+    let mut etcd = env.etcd.client().await;
+    let granted = etcd
+        .lease_time_to_live(second, None)
+        .await
+        .unwrap()
+        .granted_ttl();
+    assert_eq!(granted, i64::from(twinreg::registry::etcd::lease_ttl(120)));
+    // Fifty more instances of the two classes: still one lease per class, plus the announcement.
+    for k in 0..50 {
+        let ttl = if k % 2 == 0 { 10 } else { 120 };
+        let r = c
+            .put_json(&path("payments", &format!("p{k}")), &with(80, ttl))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let leases = etcd.leases().await.unwrap().leases().len();
+    assert_eq!(leases, 3, "two class leases and the announcement's");
 }
 
 #[tokio::test]

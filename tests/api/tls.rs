@@ -80,7 +80,7 @@ async fn registers_through_tls_registries_with_client_certificates_and_an_acl_to
     assert_eq!(hb.json["degraded"], false, "{}", hb.text);
     let d = c.delete(&path("payments", "pay-1")).await;
     assert_eq!(d.json["existed"], true, "{}", d.text);
-    assert!(env.consul.agent_services().await.is_empty());
+    assert!(env.consul.instances().await.is_empty());
 }
 
 #[tokio::test]
@@ -101,5 +101,5 @@ async fn a_wrong_consul_token_is_reported_without_being_revealed() {
     assert!(!r.text.contains(wrong), "the token leaked: {}", r.text);
     let (_, metrics) = env.gw.admin_get("/metrics").await;
     assert!(!metrics.contains(wrong));
-    assert!(env.consul.agent_services().await.is_empty());
+    assert!(env.consul.instances().await.is_empty());
 }

@@ -192,22 +192,44 @@ async fn watch_sees_changes_through_twinreg_and_behind_its_back() {
         .await;
     assert_eq!(w.log.last(), Some(&(Type::Modified, "a".into())));
 
-    // Behind its back: the key deleted with etcdctl leaves the copy in Consul.
+    // Behind its back: the key deleted with etcdctl is written again at once by the replica
+    // that owns it; the copy in Consul never left, so no watcher sees `a` go away.
     etcdctl(&env, &["del", "/services/payments/a"]);
-    w.until(Duration::from_secs(10), "a only in consul", |s| {
-        s.get("a").map(|x| x.1.clone()) == Some(vec!["consul".into()])
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    w.until(Duration::from_secs(10), "a restored in etcd", |s| {
+        s.get("a") == Some(&(81, both()))
     })
     .await;
-    // ... and the Consul copy deregistered directly: gone, and nothing is left.
+    // The Consul copy deregistered directly: written again too.
     let (s, b) = env
         .consul
         .request("PUT", "/v1/agent/service/deregister/payments.a", None)
         .await
         .unwrap();
     assert_eq!(s, 200, "{b}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    w.until(Duration::from_secs(10), "a restored in consul", |s| {
+        s.get("a") == Some(&(81, both()))
+    })
+    .await;
+    assert_eq!(w.count(Type::Deleted, "a"), 0, "{:?}", w.log);
+    // A record another tool put in etcd (no replica owns it): seen, and gone when deleted.
+    let other =
+        r#"{"service":"payments","id":"x","address":"10.0.0.7","port":70,"ttl_seconds":30}"#;
+    etcdctl(&env, &["put", "/services/payments/x", other]);
+    w.until(Duration::from_secs(10), "x only in etcd", |s| {
+        s.get("x") == Some(&(70, vec!["etcd".into()]))
+    })
+    .await;
+    etcdctl(&env, &["del", "/services/payments/x"]);
+    w.until(Duration::from_secs(10), "x deleted", |s| {
+        !s.contains_key("x")
+    })
+    .await;
+    assert_eq!(w.log.last(), Some(&(Type::Deleted, "x".into())));
+    assert_eq!(c.delete(&path("payments", "a")).await.status, 200);
     w.until(Duration::from_secs(10), "a deleted", |s| s.is_empty())
         .await;
-    assert_eq!(w.log.last(), Some(&(Type::Deleted, "a".into())));
     w.expect(Type::Empty).await;
 
     // Through twinreg again: register and deregister.
@@ -491,7 +513,16 @@ async fn watchers_of_one_service_share_one_upstream_watch_per_registry() {
         let text = reqwest_metrics(&env.etcd.endpoint()).await;
         metric(&text, "etcd_debugging_mvcc_watcher_total", &[])
     };
-    let before = etcd_watchers().await;
+    // The replica follows the whole prefix with a watch of its own, from start-up.
+    let before = eventually(
+        Duration::from_secs(10),
+        "the replica's own follow watch",
+        || async {
+            let n = etcd_watchers().await;
+            (n >= 1.0).then_some(n)
+        },
+    )
+    .await;
     let mut ws = Vec::new();
     for _ in 0..5 {
         let mut w = Watcher::open(&env.gw, "payments", 0).await;
@@ -523,7 +554,7 @@ async fn watchers_of_one_service_share_one_upstream_watch_per_registry() {
     assert_eq!(
         etcd_watchers().await - before,
         1.0,
-        "etcd itself holds one more watcher"
+        "etcd itself holds one more watcher (beside the replica's own follow of the prefix)"
     );
 
     let c = env.gw.client("payments");

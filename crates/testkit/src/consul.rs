@@ -302,6 +302,14 @@ acl {{
         }
     }
 
+    /// [`Self::agent_services`] without the twinreg replicas' own services (which the
+    /// instances' checks alias).
+    pub async fn instances(&self) -> serde_json::Map<String, Value> {
+        let mut m = self.agent_services().await;
+        m.retain(|_, s| s["Service"] != "twinreg-replica");
+        m
+    }
+
     /// `/v1/agent/checks`, keyed by check ID.
     pub async fn agent_checks(&self) -> serde_json::Map<String, Value> {
         match self.get_json("/v1/agent/checks").await {

@@ -248,4 +248,12 @@ impl Etcd {
             })
             .collect()
     }
+
+    /// The instance keys under the default prefix `/services/` (not the replicas'
+    /// announcements, tombstones or the sweeper's election key, which live in `.`-directories).
+    pub async fn instances(&self) -> Vec<(String, serde_json::Value, i64)> {
+        let mut all = self.dump("/services/").await;
+        all.retain(|(k, _, _)| !k["/services/".len()..].starts_with('.'));
+        all
+    }
 }

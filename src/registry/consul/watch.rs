@@ -103,7 +103,7 @@ impl Consul {
     }
 
     /// One GET; the status, the `X-Consul-Index` (0 when absent or unreadable) and the body.
-    async fn blocking_get(
+    pub(super) async fn blocking_get(
         &self,
         path: &str,
     ) -> Result<(StatusCode, u64, bytes::Bytes), RegistryError> {

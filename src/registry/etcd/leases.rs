@@ -1,68 +1,284 @@
-//! Leases: the lease each instance's key was last seen on (a hint, so a heartbeat renews it
-//! without first reading the key), the heartbeat that renews it over the connection's keepalive
-//! stream, and the sweeper election held on a lease of its own.
+//! Leases: the few shared leases this replica attaches its keys to (one per TTL class), the
+//! announcement that tells other replicas which leases are this replica's, the rotating lease
+//! tombstones ride on, and the sweeper election held on a lease of its own.
+//!
+//! - A key rides on the lease of its class ([`lease_ttl`]): at most [`LEASE_TTLS`]`.len()` leases
+//!   per replica, whatever the number of instances. They are kept alive every [`KEEPALIVE_EVERY`]
+//!   while the replica runs, so a key never depends on its client's heartbeats: twinreg expires
+//!   an instance itself. When the replica dies they lapse within their TTL, which is therefore
+//!   the slack by which an instance can outlive its `ttl_seconds` when no replica is left.
+//! - The announcement `{prefix}/.replicas/{replica}` (on a lease of [`ANNOUNCE_TTL`], kept alive
+//!   with the others) lists those leases. A lease is announced before the first key is written
+//!   on it, so a key whose lease no live replica announces was left by a replica that died.
+//! - Tombstones share one lease per [`TOMBSTONE_ROTATE`], of `TOMBSTONE_TTL + TOMBSTONE_ROTATE`,
+//!   never kept alive: a tombstone lives between one and one and a third hours.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::Etcd;
 use super::connect::EtcdConn;
-use super::errors::to_err;
-use super::txn::revoke_quietly;
-use crate::model::{InstanceKey, MAX_TTL_SECONDS};
-use crate::registry::Liveness;
-use crate::registry::RegistryError;
+use super::errors::{describe, to_err};
+use super::txn::{TOMBSTONE_TTL, revoke_quietly};
+use crate::registry::{Observed, ObservedSender, RegistryError};
 
-/// The lease each instance's key was last seen on, so a heartbeat renews it without first reading
-/// the key. Only a hint: every heartbeat checks it against the key. An entry unused for longer
-/// than the longest TTL is dropped (its lease has expired by then).
-#[derive(Default)]
-pub(super) struct LeaseHints {
-    map: std::sync::Mutex<HashMap<InstanceKey, (i64, Instant)>>,
-    swept: std::sync::Mutex<Option<Instant>>,
+/// The TTLs of the shared leases, one lease per class and replica.
+pub const LEASE_TTLS: [u32; 7] = [8, 10, 15, 20, 30, 45, 60];
+/// The TTL of a replica's announcement: how soon the others notice it died.
+pub const ANNOUNCE_TTL: i64 = 3;
+/// How often every lease of the replica is kept alive.
+pub const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
+/// How often tombstones move to a new lease.
+pub const TOMBSTONE_ROTATE: Duration = Duration::from_secs(1200);
+/// Where replicas announce themselves, beside the services (no service name starts with '.').
+pub(super) const REPLICAS_DIR: &str = ".replicas";
+
+/// The TTL of the lease an instance of `ttl_seconds` rides on: the largest class not above a
+/// third of its TTL, and at least the smallest class. So an instance outlives its TTL by at most
+/// max(8 s, ttl/3), and at most 60 s, when every replica died.
+pub fn lease_ttl(ttl_seconds: u32) -> u32 {
+    let third = ttl_seconds / 3;
+    LEASE_TTLS
+        .iter()
+        .copied()
+        .filter(|c| *c <= third)
+        .max()
+        .unwrap_or(LEASE_TTLS[0])
 }
 
-const HINT_LIFETIME: Duration = Duration::from_secs(MAX_TTL_SECONDS as u64);
+/// What a replica announces.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct Announcement {
+    pub replica: String,
+    /// Its data leases, by class TTL.
+    pub leases: BTreeMap<u32, i64>,
+}
 
-impl LeaseHints {
-    pub(super) fn get(&self, key: &InstanceKey) -> Option<i64> {
-        self.map
-            .lock()
-            .expect("not poisoned")
-            .get(key)
-            .map(|&(lease, _)| lease)
+/// This replica's leases.
+#[derive(Default)]
+pub(super) struct Leases {
+    state: tokio::sync::Mutex<Own>,
+    /// A copy of the data lease IDs for quick reads (holder checks).
+    ids: std::sync::RwLock<BTreeMap<u32, i64>>,
+    /// Other replicas' leases as announced: lease → replica.
+    pub(super) peers: std::sync::RwLock<HashMap<i64, String>>,
+}
+
+#[derive(Default)]
+struct Own {
+    announce: Option<i64>,
+    tombstone: Option<(i64, Instant)>,
+}
+
+impl Leases {
+    /// Whether `lease` is one of this replica's data leases.
+    pub(super) fn is_mine(&self, lease: i64) -> bool {
+        lease != 0
+            && self
+                .ids
+                .read()
+                .expect("not poisoned")
+                .values()
+                .any(|l| *l == lease)
     }
 
-    pub(super) fn set(&self, key: &InstanceKey, lease: i64) {
-        let now = Instant::now();
-        let mut map = self.map.lock().expect("not poisoned");
-        match map.get_mut(key) {
-            Some(entry) => *entry = (lease, now),
+    /// Forgets every data lease and the tombstones' lease (etcd lost them); the announcement is
+    /// put again, with the next lease granted.
+    pub(super) async fn forget_all(&self) {
+        let mut own = self.state.lock().await;
+        own.tombstone = None;
+        own.announce = None;
+        self.ids.write().expect("not poisoned").clear();
+    }
+
+    pub(super) fn count(&self) -> usize {
+        self.ids.read().expect("not poisoned").len()
+    }
+
+    /// The replica that announced `lease`, if a live one did.
+    pub(super) fn peer(&self, lease: i64) -> Option<String> {
+        self.peers
+            .read()
+            .expect("not poisoned")
+            .get(&lease)
+            .cloned()
+    }
+}
+
+impl Etcd {
+    fn announcement_key(&self) -> String {
+        format!("{}/{REPLICAS_DIR}/{}", self.prefix, self.replica)
+    }
+
+    /// The lease for keys of `ttl_seconds`, granted and announced first when there is none yet.
+    pub(super) async fn class_lease(
+        &self,
+        conn: &EtcdConn,
+        ttl_seconds: u32,
+    ) -> Result<i64, RegistryError> {
+        let class = lease_ttl(ttl_seconds);
+        if let Some(l) = self.leases.ids.read().expect("not poisoned").get(&class) {
+            return Ok(*l);
+        }
+        let mut own = self.leases.state.lock().await;
+        if let Some(l) = self.leases.ids.read().expect("not poisoned").get(&class) {
+            return Ok(*l);
+        }
+        let mut client = conn.client.clone();
+        let lease = client
+            .lease_grant(i64::from(class), None)
+            .await
+            .map_err(to_err)?
+            .id();
+        let mut ids = self.leases.ids.read().expect("not poisoned").clone();
+        ids.insert(class, lease);
+        // Announced before any key rides on it.
+        self.announce(conn, &mut own, &ids).await?;
+        *self.leases.ids.write().expect("not poisoned") = ids;
+        Ok(lease)
+    }
+
+    /// Puts this replica's announcement listing `ids`, on its announcement lease (granted when
+    /// there is none or it lapsed).
+    async fn announce(
+        &self,
+        conn: &EtcdConn,
+        own: &mut Own,
+        ids: &BTreeMap<u32, i64>,
+    ) -> Result<(), RegistryError> {
+        let mut client = conn.client.clone();
+        let lease = match own.announce {
+            Some(l) => l,
             None => {
-                map.insert(key.clone(), (lease, now));
+                let l = client
+                    .lease_grant(ANNOUNCE_TTL, None)
+                    .await
+                    .map_err(to_err)?
+                    .id();
+                own.announce = Some(l);
+                l
+            }
+        };
+        let value = serde_json::to_vec(&Announcement {
+            replica: self.replica.clone(),
+            leases: ids.clone(),
+        })
+        .expect("an announcement serializes");
+        let put = client
+            .put(
+                self.announcement_key(),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await;
+        if let Err(e) = put {
+            // Most likely the announcement lease lapsed: grant a new one next time.
+            own.announce = None;
+            return Err(to_err(e));
+        }
+        Ok(())
+    }
+
+    /// The lease tombstones written now ride on.
+    pub(super) async fn tombstone_lease(&self, conn: &EtcdConn) -> Result<i64, RegistryError> {
+        let mut own = self.leases.state.lock().await;
+        if let Some((l, at)) = own.tombstone
+            && at.elapsed() < TOMBSTONE_ROTATE
+        {
+            return Ok(l);
+        }
+        let ttl = (TOMBSTONE_TTL + TOMBSTONE_ROTATE).as_secs() as i64;
+        let mut client = conn.client.clone();
+        let l = client.lease_grant(ttl, None).await.map_err(to_err)?.id();
+        own.tombstone = Some((l, Instant::now()));
+        Ok(l)
+    }
+
+    /// Keeps the data leases and the announcement alive every [`KEEPALIVE_EVERY`] until `stop`,
+    /// then revokes the announcement (the others take over at once on a clean shutdown). A
+    /// data lease etcd no longer knows (a long partition, a wiped cluster) is dropped, and every
+    /// copy reported lost: the next write grants and announces a new one.
+    pub(super) async fn keep_leases_alive(
+        self: Arc<Self>,
+        out: ObservedSender,
+        stop: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(KEEPALIVE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => break,
+            }
+            let Ok(conn) = self.pool.client().await else {
+                continue;
+            };
+            let ids = self.leases.ids.read().expect("not poisoned").clone();
+            let mut lost = Vec::new();
+            for (class, lease) in &ids {
+                match tokio::time::timeout(
+                    KEEPALIVE_EVERY * 2,
+                    conn.keepalive.keep_alive(&conn.client, *lease),
+                )
+                .await
+                {
+                    Ok(Ok(0)) => lost.push(*class),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(lease, error = %e, "etcd: keeping a shared lease alive failed")
+                    }
+                    Err(_) => {
+                        tracing::debug!(lease, "etcd: keeping a shared lease alive timed out")
+                    }
+                }
+            }
+            let mut own = self.leases.state.lock().await;
+            let announce_lost = match own.announce {
+                Some(l) => matches!(
+                    tokio::time::timeout(
+                        KEEPALIVE_EVERY * 2,
+                        conn.keepalive.keep_alive(&conn.client, l)
+                    )
+                    .await,
+                    Ok(Ok(0))
+                ),
+                None => !ids.is_empty(),
+            };
+            if lost.is_empty() && !announce_lost {
+                continue;
+            }
+            let mut ids = self.leases.ids.read().expect("not poisoned").clone();
+            for c in &lost {
+                ids.remove(c);
+            }
+            if announce_lost {
+                own.announce = None;
+            }
+            if let Err(e) = self.announce(&conn, &mut own, &ids).await {
+                tracing::debug!(error = %e, "etcd: announcing this replica failed; retrying");
+            }
+            *self.leases.ids.write().expect("not poisoned") = ids;
+            drop(own);
+            if !lost.is_empty() {
+                tracing::warn!(classes = ?lost, "etcd lost shared leases of this replica; writing every copy again");
+                if !out.send(Observed::LostAll).await {
+                    return;
+                }
             }
         }
-    }
-
-    pub(super) fn forget(&self, key: &InstanceKey) {
-        self.map.lock().expect("not poisoned").remove(key);
-    }
-
-    /// Drops stale entries, at most once a minute (called from the frequent probe).
-    pub(super) fn sweep(&self) {
-        let now = Instant::now();
-        let mut swept = self.swept.lock().expect("not poisoned");
-        if swept.is_some_and(|t| now.duration_since(t) < Duration::from_secs(60)) {
-            return;
+        let own = self.leases.state.lock().await;
+        if let (Some(l), Ok(conn)) = (own.announce, self.pool.client().await) {
+            let mut client = conn.client.clone();
+            if let Err(e) = client.lease_revoke(l).await {
+                tracing::debug!(error = %describe(&e), "etcd: withdrawing this replica's announcement failed");
+            }
         }
-        *swept = Some(now);
-        drop(swept);
-        self.map
-            .lock()
-            .expect("not poisoned")
-            .retain(|_, (_, used)| now.duration_since(*used) < HINT_LIFETIME);
     }
 }
 
@@ -70,67 +286,6 @@ impl LeaseHints {
 pub(super) const LEADER_KEY: &str = ".sweeper";
 
 impl Etcd {
-    pub(super) async fn heartbeat_once(
-        &self,
-        conn: EtcdConn,
-        key: &InstanceKey,
-    ) -> Result<Liveness, RegistryError> {
-        let path = self.key(key);
-        let known = self.leases.get(key);
-        let (on_key, renewed) = match known {
-            // Renew the remembered lease and check the key in the same round trip.
-            Some(lease) => {
-                let (on_key, ttl) = tokio::try_join!(
-                    self.lease_on_key(&conn, &path),
-                    conn.keepalive.keep_alive(&conn.client, lease),
-                )?;
-                (on_key, Some((lease, ttl)))
-            }
-            None => (self.lease_on_key(&conn, &path).await?, None),
-        };
-        let lease = match on_key {
-            // A key without a lease never expires: not one twinreg wrote. Treat it as lost so
-            // the heartbeat rewrites it with a lease.
-            None | Some(0) => {
-                self.leases.forget(key);
-                return Ok(Liveness::Unknown);
-            }
-            Some(lease) => lease,
-        };
-        let ttl = match renewed {
-            Some((renewed, ttl)) if renewed == lease => ttl,
-            // First heartbeat here, or the key moved to another lease (re-registered through
-            // another replica): renew the lease the key is on.
-            _ => conn.keepalive.keep_alive(&conn.client, lease).await?,
-        };
-        if ttl > 0 {
-            self.leases.set(key, lease);
-            Ok(Liveness::Renewed)
-        } else {
-            self.leases.forget(key);
-            Ok(Liveness::Unknown)
-        }
-    }
-
-    /// The lease of the key, `None` when there is no key. A serializable read (no consensus
-    /// round); only a miss is confirmed with a linearizable one, so a member lagging behind a
-    /// just-made registration never makes a heartbeat rewrite it.
-    async fn lease_on_key(
-        &self,
-        conn: &EtcdConn,
-        path: &str,
-    ) -> Result<Option<i64>, RegistryError> {
-        let mut client = conn.client.clone();
-        let fast = GetOptions::new().with_keys_only().with_serializable();
-        let resp = client.get(path, Some(fast)).await.map_err(to_err)?;
-        if let Some(kv) = resp.kvs().first() {
-            return Ok(Some(kv.lease()));
-        }
-        let sure = GetOptions::new().with_keys_only();
-        let resp = client.get(path, Some(sure)).await.map_err(to_err)?;
-        Ok(resp.kvs().first().map(|kv| kv.lease()))
-    }
-
     /// A lease-based election on `{prefix}/.sweeper`: the holder keeps its lease alive on every
     /// call; if it stops calling (crashed, partitioned), the lease lapses and another takes over.
     pub(super) async fn lead_once(

@@ -1,11 +1,11 @@
 //! The etcd adapter (primary registry).
 //!
-//! An instance is the key `{prefix}/{service}/{id}` attached to a lease of `ttl_seconds`. The value
-//! is JSON holding the record's fields plus `Op`, `Addr` and `Metadata`, so etcd's own gRPC name
-//! resolver reads it as an endpoint of target `{prefix}/{service}`. A heartbeat renews the lease
-//! over the connection's long-lived keepalive stream ([`keepalive`]) while checking that the key
-//! is still there; the lease ID comes from this replica's memory or, on a miss, from the key (so
-//! any replica can serve any heartbeat).
+//! An instance is the key `{prefix}/{service}/{id}`, attached to one of the few shared leases of
+//! the replica that holds it ([`leases`]: one per TTL class, kept alive by the replica, never by
+//! a client's heartbeat). The value is JSON holding the record's fields plus `Op`, `Addr` and
+//! `Metadata`, so etcd's own gRPC name resolver reads it as an endpoint of target
+//! `{prefix}/{service}`. Writes are guarded transactions ([`txn`]); the replica follows the
+//! whole prefix with one watch ([`follow`]).
 //!
 //! Connections: each pooled object is one HTTP/2 connection to one member (members are dealt out
 //! round-robin), dialed by [`super::transport`] so TLS handshakes are counted, DNS is resolved at
@@ -13,6 +13,7 @@
 
 mod connect;
 mod errors;
+mod follow;
 mod keepalive;
 mod leases;
 mod record;
@@ -20,6 +21,7 @@ mod txn;
 mod watch;
 
 pub use connect::{EtcdConn, EtcdConnect};
+pub use leases::{ANNOUNCE_TTL, LEASE_TTLS, lease_ttl};
 pub(crate) use record::{KeyRead, Record, decode_kv};
 pub use txn::TOMBSTONE_TTL;
 
@@ -37,12 +39,15 @@ use crate::model::{Instance, InstanceId, InstanceKey, ServiceName};
 use crate::pool::WarmPool;
 use crate::registry::RegistryError;
 use crate::registry::transport::Dialer;
-use crate::registry::{FeedSender, Liveness, Registry, RegistryKind, SetupError};
+use crate::registry::{
+    FeedSender, Followed, Held, ObservedSender, Registry, RegistryKind, Revision, SetupError,
+    Written,
+};
 use crate::secret::Secret;
 use crate::tls::{Certs, registry_client_config};
 use connect::probe;
 use errors::to_err;
-use leases::LeaseHints;
+use leases::Leases;
 use record::decode_dir;
 use txn::TOMBSTONE_DIR;
 
@@ -72,15 +77,17 @@ pub struct EtcdSettings {
     pub password: Option<Secret>,
 }
 
-/// The etcd adapter: its key layout, its warm pool, and what it remembers of leases.
+/// The etcd adapter: its key layout, its warm pool, and its shared leases.
 pub struct Etcd {
     prefix: String,
+    /// This replica's id (its announcement's name).
+    replica: String,
     /// Attempts per operation: one per endpoint, at least two.
     attempts: usize,
     /// The lease of this replica's sweeper leadership, while it holds it.
     leadership: std::sync::Mutex<Option<i64>>,
     pool: Arc<WarmPool<EtcdConnect>>,
-    leases: LeaseHints,
+    leases: Leases,
 }
 
 impl Etcd {
@@ -88,6 +95,7 @@ impl Etcd {
         cfg: &EtcdSettings,
         handshakes: Handshakes,
         certs: &Certs,
+        replica: &str,
     ) -> Result<(Self, Arc<WarmPool<EtcdConnect>>), SetupError> {
         let mut options = ConnectOptions::new();
         if let (Some(user), Some(pass)) = (&cfg.username, &cfg.password) {
@@ -125,10 +133,11 @@ impl Etcd {
         Ok((
             Self {
                 prefix: cfg.prefix.clone(),
+                replica: replica.to_owned(),
                 attempts: cfg.endpoints.len().max(2),
                 leadership: std::sync::Mutex::new(None),
                 pool: pool.clone(),
-                leases: LeaseHints::default(),
+                leases: Leases::default(),
             },
             pool,
         ))
@@ -143,6 +152,7 @@ impl Etcd {
     {
         let mut attempt = 1;
         let mut avoid = None;
+        let mut lease_retried = false;
         loop {
             let conn = self
                 .pool
@@ -150,6 +160,13 @@ impl Etcd {
                 .await?;
             let member = conn.member;
             match op(conn).await {
+                // A shared lease this replica cached is gone (the cluster was wiped or restored
+                // from a backup): forget it, so the retry grants and announces a new one.
+                Err(e) if e.message.contains("requested lease not found") && !lease_retried => {
+                    tracing::warn!(error = %e, "etcd no longer knows a lease of this replica; granting a new one");
+                    self.leases.forget_all().await;
+                    lease_retried = true;
+                }
                 Err(e) if e.unreachable && attempt < self.attempts => {
                     tracing::debug!(attempt, error = %e, "etcd member unreachable; trying another");
                     attempt += 1;
@@ -243,7 +260,6 @@ impl Etcd {
     }
 
     async fn probe_once(&self, conn: EtcdConn) -> Result<(), RegistryError> {
-        self.leases.sweep();
         let mut client = conn.client.clone();
         probe(&mut client, &format!("{}/", self.prefix))
             .await
@@ -269,12 +285,38 @@ impl Registry for Etcd {
         KIND
     }
 
-    async fn register(&self, instance: &Instance) -> Result<(), RegistryError> {
+    async fn register(&self, instance: &Instance) -> Result<Written, RegistryError> {
         self.failover(|c| self.register_once(c, instance)).await
     }
 
-    async fn heartbeat(&self, key: &InstanceKey) -> Result<Liveness, RegistryError> {
-        self.failover(|c| self.heartbeat_once(c, key)).await
+    async fn register_new(&self, instance: &Instance) -> Result<Written, RegistryError> {
+        self.failover(|c| self.register_new_once(c, instance)).await
+    }
+
+    async fn held(&self, key: &InstanceKey) -> Result<Option<Held>, RegistryError> {
+        self.failover(|c| self.held_once(c, key)).await
+    }
+
+    async fn take_over(&self, copies: &[Held]) -> Result<Vec<Option<Revision>>, RegistryError> {
+        self.failover(|c| self.take_over_once(c, copies)).await
+    }
+
+    async fn expire(&self, copies: &[(Instance, Revision)]) -> Result<Vec<bool>, RegistryError> {
+        self.failover(|c| self.expire_once(c, copies)).await
+    }
+
+    fn start(
+        self: Arc<Self>,
+        _followed: Followed,
+        out: ObservedSender,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        tokio::spawn(self.clone().keep_leases_alive(out.clone(), stop.clone()));
+        tokio::spawn(self.follow(out, stop));
+    }
+
+    fn leases_held(&self) -> usize {
+        self.leases.count()
     }
 
     async fn deregister(&self, key: &InstanceKey, generation: u64) -> Result<bool, RegistryError> {

@@ -1,0 +1,64 @@
+//! Liveness is twinreg's business: which instances this replica owns ([`owned`]), and the tasks
+//! that keep them — the registries' own keepers and followers ([`crate::registry::Registry::start`]),
+//! what they report acted on by the coordinator, and the expiry of instances whose heartbeats
+//! stopped, checked every [`owned::BUCKET`].
+
+pub mod owned;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::registry::ObservedSender;
+use crate::replicate::Coordinator;
+
+/// Reports a registry may queue before its follower waits for the coordinator.
+const OBSERVED_QUEUE: usize = 1024;
+
+/// Starts every registry's keeper and follower, the loop acting on what they report, and the
+/// expiry loop, all until `stop`.
+pub fn start(coordinator: &Arc<Coordinator>, tasks: &TaskTracker, stop: CancellationToken) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(OBSERVED_QUEUE);
+    for m in coordinator.members() {
+        let out = ObservedSender {
+            kind: m.registry.kind(),
+            tx: tx.clone(),
+        };
+        m.registry
+            .clone()
+            .start(coordinator.owned().followed(), out, stop.clone());
+    }
+    drop(tx);
+    let c = coordinator.clone();
+    let s = stop.clone();
+    tasks.spawn(async move {
+        loop {
+            let (kind, what) = tokio::select! {
+                r = rx.recv() => match r {
+                    Some(r) => r,
+                    None => return,
+                },
+                _ = s.cancelled() => return,
+            };
+            c.observed(kind, what).await;
+        }
+    });
+    let c = coordinator.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(owned::BUCKET);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            c.expire_due(tokio::time::Instant::now()).await;
+            let metrics = c.metrics();
+            metrics.set_owned(c.owned().len());
+            for m in c.members() {
+                metrics.set_leases(m.registry.kind(), m.registry.leases_held());
+            }
+        }
+    });
+}

@@ -1,0 +1,389 @@
+//! The instances this replica owns: their records, when each must hear from its client again,
+//! and where each registry's copy stands. A heartbeat to the owner is a lookup and one store of a
+//! deadline here, nothing else.
+//!
+//! Deadlines sit in a timing wheel of [`BUCKET`]-wide buckets. A heartbeat moves only the
+//! entry's deadline, never the wheel: when a bucket comes due, an entry whose deadline moved on
+//! goes to its new bucket (about once per TTL), and one whose deadline passed has expired. So
+//! heartbeats cost O(1), expiry is found without scanning, and an instance expires within
+//! [`BUCKET`] plus the expiry loop's tick of its deadline.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::model::{Instance, InstanceKey, ServiceName};
+use crate::registry::{Followed, Revision};
+
+/// Width of a wheel bucket.
+pub const BUCKET: Duration = Duration::from_millis(250);
+
+/// Heartbeats per TTL an instance is allowed before its identity's requests count as a flood
+/// (clients beat every ttl/3; ten per TTL leaves room for retries and bouncing).
+pub const HEARTBEATS_PER_TTL: f64 = 10.0;
+
+/// Registries per instance: twinreg writes exactly two.
+pub const REGISTRIES: usize = 2;
+
+/// Where one registry's copy of an owned instance stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Copy {
+    /// Held by this replica, written at this revision.
+    Held(Revision),
+    /// Not there (a write failed or the registry lost it): being restored.
+    Missing,
+}
+
+/// What this replica knows of one owned instance.
+#[derive(Debug, Clone)]
+pub struct State {
+    pub instance: Instance,
+    /// The client identity that registered or last heartbeated it (for its request budget).
+    pub identity: Arc<str>,
+    /// Per registry, in the coordinator's member order.
+    pub copies: [Copy; REGISTRIES],
+}
+
+struct Entry {
+    /// Milliseconds after the table's epoch by which the client must be heard from again.
+    deadline: AtomicU64,
+    state: Mutex<State>,
+}
+
+pub struct Owned {
+    epoch: Instant,
+    map: RwLock<HashMap<InstanceKey, Arc<Entry>>>,
+    wheel: Mutex<BTreeMap<u64, Vec<InstanceKey>>>,
+    services: Mutex<BTreeMap<ServiceName, usize>>,
+    followed: watch::Sender<BTreeSet<ServiceName>>,
+    /// Per identity: heartbeats per second its owned instances may send.
+    budgets: Mutex<HashMap<Arc<str>, f64>>,
+}
+
+impl Default for Owned {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Owned {
+    pub fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            map: RwLock::default(),
+            wheel: Mutex::default(),
+            services: Mutex::default(),
+            followed: watch::channel(BTreeSet::new()).0,
+            budgets: Mutex::default(),
+        }
+    }
+
+    fn ms(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    fn bucket(ms: u64) -> u64 {
+        ms / BUCKET.as_millis() as u64
+    }
+
+    fn deadline_after_ttl(&self, ttl_seconds: u32) -> u64 {
+        self.ms(Instant::now()) + u64::from(ttl_seconds) * 1000
+    }
+
+    /// Owns `instance` from now on (replacing what was known of it), due to hear from its client
+    /// within its TTL.
+    pub fn insert(&self, instance: Instance, identity: &str, copies: [Copy; REGISTRIES]) {
+        let deadline = self.deadline_after_ttl(instance.ttl_seconds);
+        let key = instance.key.clone();
+        let service = key.service.clone();
+        let ttl = instance.ttl_seconds;
+        let identity: Arc<str> = Arc::from(identity);
+        let entry = Arc::new(Entry {
+            deadline: AtomicU64::new(deadline),
+            state: Mutex::new(State {
+                instance,
+                identity: identity.clone(),
+                copies,
+            }),
+        });
+        let old = self
+            .map
+            .write()
+            .expect("not poisoned")
+            .insert(key.clone(), entry);
+        self.wheel
+            .lock()
+            .expect("not poisoned")
+            .entry(Self::bucket(deadline))
+            .or_default()
+            .push(key);
+        match old {
+            Some(old) => {
+                let old = old.state.lock().expect("not poisoned").clone();
+                self.budget_add(&old.identity, -rate(old.instance.ttl_seconds));
+            }
+            None => self.service_add(&service, 1),
+        }
+        self.budget_add(&identity, rate(ttl));
+    }
+
+    /// A heartbeat from `identity`: the instance is heard from now. Its copies, or `None` when
+    /// not owned here. (An instance taken over from a replica that went away learns its
+    /// identity, for the request budget, from its first heartbeat here.)
+    pub fn touch(&self, key: &InstanceKey, identity: &str) -> Option<[Copy; REGISTRIES]> {
+        let map = self.map.read().expect("not poisoned");
+        let entry = map.get(key)?;
+        let mut state = entry.state.lock().expect("not poisoned");
+        entry.deadline.store(
+            self.deadline_after_ttl(state.instance.ttl_seconds),
+            Ordering::Relaxed,
+        );
+        if *state.identity != *identity {
+            let r = rate(state.instance.ttl_seconds);
+            self.budget_add(&state.identity, -r);
+            state.identity = Arc::from(identity);
+            self.budget_add(&state.identity, r);
+        }
+        Some(state.copies)
+    }
+
+    pub fn get(&self, key: &InstanceKey) -> Option<State> {
+        let map = self.map.read().expect("not poisoned");
+        let entry = map.get(key)?;
+        let state = entry.state.lock().expect("not poisoned").clone();
+        Some(state)
+    }
+
+    pub fn contains(&self, key: &InstanceKey) -> bool {
+        self.map.read().expect("not poisoned").contains_key(key)
+    }
+
+    /// Records where registry `member`'s copy stands, if the instance is still owned at
+    /// `generation` (a newer registration made meanwhile keeps its own state).
+    pub fn set_copy(&self, key: &InstanceKey, generation: u64, member: usize, copy: Copy) {
+        let map = self.map.read().expect("not poisoned");
+        if let Some(e) = map.get(key) {
+            let mut s = e.state.lock().expect("not poisoned");
+            if s.instance.generation == generation {
+                s.copies[member] = copy;
+            }
+        }
+    }
+
+    /// Stops owning the instance; what was known of it.
+    pub fn remove(&self, key: &InstanceKey) -> Option<State> {
+        let entry = self.map.write().expect("not poisoned").remove(key)?;
+        let state = entry.state.lock().expect("not poisoned").clone();
+        self.forget(&state);
+        Some(state)
+    }
+
+    fn forget(&self, state: &State) {
+        self.service_add(&state.instance.key.service, -1);
+        self.budget_add(&state.identity, -rate(state.instance.ttl_seconds));
+    }
+
+    /// Removes and returns the instances whose deadline passed by `now`: they expired. (Their
+    /// wheel entries are dropped; entries whose deadline moved on go to their new bucket.)
+    pub fn due(&self, now: Instant) -> Vec<State> {
+        let now_ms = self.ms(now);
+        let due: Vec<InstanceKey> = {
+            let mut wheel = self.wheel.lock().expect("not poisoned");
+            let later = wheel.split_off(&(Self::bucket(now_ms) + 1));
+            let due = std::mem::replace(&mut *wheel, later);
+            due.into_values().flatten().collect()
+        };
+        if due.is_empty() {
+            return Vec::new();
+        }
+        let mut expired = Vec::new();
+        let mut again: Vec<(u64, InstanceKey)> = Vec::new();
+        {
+            let mut map = self.map.write().expect("not poisoned");
+            for key in due {
+                let Some(entry) = map.get(&key) else { continue };
+                let deadline = entry.deadline.load(Ordering::Relaxed);
+                if deadline <= now_ms {
+                    let entry = map.remove(&key).expect("just seen");
+                    expired.push(entry.state.lock().expect("not poisoned").clone());
+                } else if Self::bucket(deadline) > Self::bucket(now_ms) {
+                    again.push((Self::bucket(deadline), key));
+                } else {
+                    // Due later within this very bucket: look again at the next tick.
+                    again.push((Self::bucket(now_ms) + 1, key));
+                }
+            }
+        }
+        {
+            let mut wheel = self.wheel.lock().expect("not poisoned");
+            for (b, key) in again {
+                wheel.entry(b).or_default().push(key);
+            }
+        }
+        for s in &expired {
+            self.forget(s);
+        }
+        expired
+    }
+
+    /// True while the instance is owned at `generation` and heard from within its TTL.
+    pub fn is_alive(&self, key: &InstanceKey, generation: u64) -> bool {
+        let now = self.ms(Instant::now());
+        let map = self.map.read().expect("not poisoned");
+        map.get(key).is_some_and(|e| {
+            e.deadline.load(Ordering::Relaxed) > now
+                && e.state.lock().expect("not poisoned").instance.generation == generation
+        })
+    }
+
+    /// Every owned instance (for a registry that lost all of them).
+    pub fn all(&self) -> Vec<State> {
+        let map = self.map.read().expect("not poisoned");
+        map.values()
+            .map(|e| e.state.lock().expect("not poisoned").clone())
+            .collect()
+    }
+
+    /// The owned instances of `service` (of every service when `None`).
+    pub fn of(&self, service: Option<&ServiceName>) -> Vec<State> {
+        let map = self.map.read().expect("not poisoned");
+        map.iter()
+            .filter(|(k, _)| service.is_none_or(|s| k.service == *s))
+            .map(|(_, e)| e.state.lock().expect("not poisoned").clone())
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.read().expect("not poisoned").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The services owned instances belong to, kept current.
+    pub fn followed(&self) -> Followed {
+        self.followed.subscribe()
+    }
+
+    /// Heartbeats per second `identity`'s owned instances may send.
+    pub fn budget(&self, identity: &str) -> f64 {
+        self.budgets
+            .lock()
+            .expect("not poisoned")
+            .get(identity)
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    fn budget_add(&self, identity: &Arc<str>, delta: f64) {
+        let mut b = self.budgets.lock().expect("not poisoned");
+        let v = b.entry(identity.clone()).or_insert(0.0);
+        *v += delta;
+        if *v < 1e-9 {
+            b.remove(identity);
+        }
+    }
+
+    fn service_add(&self, service: &ServiceName, delta: isize) {
+        let mut s = self.services.lock().expect("not poisoned");
+        let n = s.entry(service.clone()).or_insert(0);
+        *n = n.saturating_add_signed(delta);
+        let changed = if *n == 0 {
+            s.remove(service);
+            true
+        } else {
+            delta > 0 && *n == 1
+        };
+        if changed {
+            let set: BTreeSet<ServiceName> = s.keys().cloned().collect();
+            self.followed.send_replace(set);
+        }
+    }
+}
+
+fn rate(ttl_seconds: u32) -> f64 {
+    HEARTBEATS_PER_TTL / f64::from(ttl_seconds.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(id: &str, ttl: u32) -> Instance {
+        Instance {
+            ttl_seconds: ttl,
+            ..Instance::for_test("payments", id)
+        }
+    }
+
+    const HELD: [Copy; REGISTRIES] = [Copy::Held(1), Copy::Held(1)];
+
+    #[tokio::test(start_paused = true)]
+    async fn an_instance_expires_within_a_bucket_of_its_ttl_unless_heard_from() {
+        let o = Owned::new();
+        o.insert(instance("quiet", 10), "payments", HELD);
+        o.insert(instance("beating", 10), "payments", HELD);
+        let beating = instance("beating", 10).key;
+        let start = Instant::now();
+        let mut expired_at = None;
+        while start.elapsed() < Duration::from_secs(40) {
+            tokio::time::sleep(BUCKET).await;
+            if start.elapsed().as_millis() % 3000 < BUCKET.as_millis() {
+                assert!(o.touch(&beating, "payments").is_some());
+            }
+            for s in o.due(Instant::now()) {
+                assert_eq!(
+                    s.instance.key.id.as_str(),
+                    "quiet",
+                    "a heartbeating instance expired"
+                );
+                expired_at = Some(start.elapsed());
+            }
+        }
+        let at = expired_at.expect("the quiet instance expired");
+        assert!(
+            at >= Duration::from_secs(10) && at <= Duration::from_secs(10) + 2 * BUCKET,
+            "expired after {at:?}"
+        );
+        assert!(o.contains(&beating));
+        assert_eq!(o.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn budgets_and_followed_services_follow_what_is_owned() {
+        let o = Owned::new();
+        let followed = o.followed();
+        o.insert(instance("a", 30), "payments", HELD);
+        o.insert(instance("b", 10), "payments", HELD);
+        assert!((o.budget("payments") - (10.0 / 30.0 + 1.0)).abs() < 1e-9);
+        assert_eq!(followed.borrow().len(), 1);
+        // A re-registration replaces, it does not add.
+        o.insert(instance("b", 10), "payments", HELD);
+        assert!((o.budget("payments") - (10.0 / 30.0 + 1.0)).abs() < 1e-9);
+        o.remove(&instance("a", 30).key);
+        o.remove(&instance("b", 10).key);
+        assert_eq!(o.budget("payments"), 0.0);
+        assert!(followed.borrow().is_empty());
+        assert!(o.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_copy_update_for_an_older_generation_is_ignored() {
+        let o = Owned::new();
+        let first = instance("a", 30);
+        o.insert(first.clone(), "payments", [Copy::Missing, Copy::Missing]);
+        let newer = instance("a", 30);
+        o.insert(newer.clone(), "payments", [Copy::Missing, Copy::Missing]);
+        o.set_copy(&first.key, first.generation, 0, Copy::Held(5));
+        assert_eq!(o.get(&first.key).unwrap().copies[0], Copy::Missing);
+        o.set_copy(&first.key, newer.generation, 0, Copy::Held(6));
+        assert_eq!(o.get(&first.key).unwrap().copies[0], Copy::Held(6));
+        assert!(o.is_alive(&first.key, newer.generation));
+        assert!(!o.is_alive(&first.key, first.generation));
+    }
+}
