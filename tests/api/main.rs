@@ -14,6 +14,7 @@ mod grpc;
 mod heartbeat;
 mod limits;
 mod logs;
+mod ownership;
 mod register;
 mod resilience;
 mod rotation;

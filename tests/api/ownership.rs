@@ -1,0 +1,203 @@
+//! Ownership that moves: a replica killed under load (its instances taken over before its leases
+//! lapse, no watcher seeing a DELETED), and a client bouncing between replicas.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcd_client::{EventType, WatchOptions};
+use serde_json::json;
+
+use crate::path;
+use testkit::consul::Consul;
+use testkit::etcd::Etcd;
+use testkit::gateway::Gateway;
+
+const N: usize = 20;
+
+fn short(address: &str) -> serde_json::Value {
+    json!({"address": address, "port": 80, "ttl_seconds": 10})
+}
+
+/// Every instance key deleted under `/services/payments/` from now on.
+async fn deletes_of(etcd: &Etcd) -> Arc<Mutex<BTreeSet<String>>> {
+    let seen = Arc::new(Mutex::new(BTreeSet::new()));
+    let mut client = etcd.client().await;
+    let (_w, mut stream) = client
+        .watch(
+            "/services/payments/",
+            Some(WatchOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap()
+        .split();
+    let out = seen.clone();
+    tokio::spawn(async move {
+        let _keep = _w;
+        while let Ok(Some(resp)) = stream.message().await {
+            for e in resp.events() {
+                if e.event_type() == EventType::Delete
+                    && let Some(kv) = e.kv()
+                {
+                    out.lock()
+                        .unwrap()
+                        .insert(kv.key_str().unwrap_or("").to_owned());
+                }
+            }
+        }
+    });
+    seen
+}
+
+/// A replica killed with SIGKILL while its clients heartbeat: the survivor takes every instance
+/// over (in etcd onto its own leases, in Consul under its own check) before the dead replica's
+/// leases lapse; no key is ever deleted, and the clients, moved to the survivor by the load
+/// balancer, keep getting 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replicas_instances_are_taken_over_before_its_leases_lapse() {
+    let (etcd, consul) = tokio::join!(Etcd::start(), Consul::start());
+    let survivor = Gateway::start(&etcd, &consul).await;
+    survivor.wait_both_up().await;
+    // The victim: the real binary, so that SIGKILL stops everything it runs.
+    let dir = tempfile::tempdir().unwrap();
+    twinreg::certs::write_dev(dir.path(), &["payments".into()]).unwrap();
+    let (port, admin_port) = (testkit::free_port(), testkit::free_port());
+    let d = dir.path().display();
+    let config = dir.path().join("twinreg.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
+             [tls]\ncert = \"{d}/server.pem\"\nkey = \"{d}/server-key.pem\"\n\
+             client_ca = \"{d}/ca.pem\"\n[etcd]\nendpoints = [\"{}\"]\n[consul]\naddress = \"{}\"\n",
+            etcd.endpoint(),
+            consul.address()
+        ),
+    )
+    .unwrap();
+    let victim = testkit::serve::Serve::start(&config, &[], &[], (port, admin_port));
+    victim.wait_ready().await;
+    let pem = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+    let identity = twinreg::certs::Issued {
+        cert_pem: pem("payments.pem"),
+        key_pem: pem("payments-key.pem"),
+        der: vec![],
+    };
+    let via_victim = testkit::client::TestClient::new(
+        format!("https://127.0.0.1:{port}"),
+        testkit::client::tls_config(&pem("ca.pem"), Some(&identity)),
+    );
+    for k in 0..N {
+        let r = via_victim
+            .put_json(&path("payments", &format!("p{k}")), &short("10.0.0.1"))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let before: BTreeSet<i64> = etcd.instances().await.iter().map(|(_, _, l)| *l).collect();
+    assert_eq!(
+        before.len(),
+        1,
+        "one shared lease of the victim: {before:?}"
+    );
+    let deletes = deletes_of(&etcd).await;
+
+    victim.signal(nix::sys::signal::Signal::SIGKILL);
+    let via_survivor = survivor.client("payments");
+    // 20 s: well past the victim's 8 s lease and its Consul check's 15 s TTL.
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        for k in 0..N {
+            let r = via_survivor
+                .put(&format!("{}/heartbeat", path("payments", &format!("p{k}"))))
+                .await;
+            assert_eq!(
+                r.status,
+                200,
+                "p{k} after {:?}: {}",
+                start.elapsed(),
+                r.text
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    assert!(
+        deletes.lock().unwrap().is_empty(),
+        "keys deleted while their instances heartbeated: {:?}",
+        deletes.lock().unwrap()
+    );
+    let keys = etcd.instances().await;
+    assert_eq!(keys.len(), N);
+    assert!(
+        keys.iter().all(|(_, _, l)| !before.contains(l)),
+        "a key is still on the dead replica's lease"
+    );
+    let passing = consul.get_json("/v1/health/service/payments?passing").await;
+    assert_eq!(passing.as_array().unwrap().len(), N, "{passing}");
+    let (_, m) = survivor.admin_get("/metrics").await;
+    assert_eq!(
+        testkit::metric(&m, "twinreg_owned_instances", &[]),
+        N as f64
+    );
+}
+
+/// A client whose heartbeats alternate between two replicas: each move is a take-over, every
+/// answer is 200, the copies never leave either registry, and once the client stops the instance
+/// expires within its TTL plus a second, whichever replica held it last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_bouncing_between_replicas_stays_registered_then_expires() {
+    let (etcd, consul) = tokio::join!(Etcd::start(), Consul::start());
+    let (a, b) = tokio::join!(
+        Gateway::start(&etcd, &consul),
+        Gateway::start(&etcd, &consul)
+    );
+    a.wait_both_up().await;
+    b.wait_both_up().await;
+    let clients = [a.client("payments"), b.client("payments")];
+    let p = path("payments", "bouncer");
+    let r = clients[0]
+        .put_json(
+            &p,
+            &json!({"address": "10.0.0.1", "port": 80, "ttl_seconds": 6}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let deletes = deletes_of(&etcd).await;
+    let mut last = tokio::time::Instant::now();
+    for round in 0..12 {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let r = clients[round % 2].put(&format!("{p}/heartbeat")).await;
+        last = tokio::time::Instant::now();
+        assert_eq!(r.status, 200, "round {round}: {}", r.text);
+        assert_eq!(r.json["degraded"], false, "round {round}: {}", r.text);
+        assert!(etcd.instances().await.len() == 1, "round {round}");
+        assert!(consul.instances().await.contains_key("payments.bouncer"));
+    }
+    assert!(
+        deletes.lock().unwrap().is_empty(),
+        "{:?}",
+        deletes.lock().unwrap()
+    );
+    let (_, ma) = a.admin_get("/metrics").await;
+    let (_, mb) = b.admin_get("/metrics").await;
+    let moved = testkit::metric(&ma, "twinreg_instances_taken_over_total", &[])
+        + testkit::metric(&mb, "twinreg_instances_taken_over_total", &[]);
+    assert!(moved >= 10.0, "{moved} take-overs for 11 moves");
+    // Silence: gone from both within ttl + 1 s of the last heartbeat, not before the TTL.
+    let gone = testkit::eventually(
+        Duration::from_secs(15),
+        "the instance to expire",
+        || async {
+            let both_gone = etcd.instances().await.is_empty()
+                && !consul.instances().await.contains_key("payments.bouncer");
+            both_gone.then(tokio::time::Instant::now)
+        },
+    )
+    .await;
+    let after = gone - last;
+    assert!(
+        after >= Duration::from_secs(6) && after <= Duration::from_secs(7),
+        "expired {after:?} after the last heartbeat (ttl 6 s)"
+    );
+    let r = clients[0].put(&format!("{p}/heartbeat")).await;
+    assert_eq!(r.status, 404, "{}", r.text);
+}
