@@ -20,7 +20,7 @@ use crate::backoff::{Backoff, Jitter};
 use crate::liveness::owned::{Copy, Owned};
 use crate::metrics::{Metrics, RegistryLabels};
 use crate::model::{Instance, InstanceKey};
-use crate::registry::{Registry, RegistryKind, Revision, Written};
+use crate::registry::{Registry, RegistryKind, Revision};
 
 /// Retries of one missed write: 200 ms doubling to 30 s, full jitter.
 pub const BACKOFF: Backoff = Backoff::new(
@@ -230,11 +230,8 @@ impl Repairer {
                             registry.deregister(&i.key, i.generation).await?;
                             return Ok(());
                         }
-                        let copy = match w {
-                            Written::At(rev) => Copy::Held(rev),
-                            Written::Fenced => Copy::Missing,
-                        };
-                        self.owned.set_copy(&i.key, i.generation, target.member, copy);
+                        self.owned
+                            .set_copy(&i.key, i.generation, target.member, Copy::from(w));
                         Ok(())
                     }
                     RepairOp::Deregister(k, g) => registry.deregister(k, *g).await.map(drop),

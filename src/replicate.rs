@@ -71,15 +71,6 @@ fn out_of_service(m: &Member) -> bool {
         || m.breaker.state() != crate::breaker::BreakerState::Closed
 }
 
-/// Where a write leaves the copy: held at its revision, or (fenced: a newer generation is
-/// there) not this replica's to hold.
-fn held_copy(w: Written) -> Copy {
-    match w {
-        Written::At(rev) => Copy::Held(rev),
-        Written::Fenced => Copy::Missing,
-    }
-}
-
 /// One registry as the coordinator sees it.
 pub struct Member {
     pub registry: Arc<dyn Registry>,
@@ -118,16 +109,11 @@ impl Serialize for Outcome {
     }
 }
 
-/// Members whose answer is already known (`.0[i]`), and that answer.
-type Known<'a, T> = (&'a [bool], fn() -> T);
-
 /// One member's answer to a fanned-out call.
 struct Reply<T> {
     kind: RegistryKind,
     result: Result<T, RegistryError>,
     took: Duration,
-    /// Answered without a call (see [`Coordinator::heartbeat`]).
-    coalesced: bool,
 }
 
 impl<T> Reply<T> {
@@ -137,7 +123,7 @@ impl<T> Reply<T> {
             latency: self.took,
             error: self.result.as_ref().err().map(|e| e.to_string()),
             restored: false,
-            coalesced: self.coalesced,
+            coalesced: false,
         }
     }
 }
@@ -316,10 +302,7 @@ impl Coordinator {
             .members
             .iter()
             .filter(|o| !std::ptr::eq(*o, m))
-            .all(|o| {
-                o.breaker.state() != crate::breaker::BreakerState::Closed
-                    || o.health.get() == RegistryState::Down
-            });
+            .all(out_of_service);
         let caller = match op {
             "probe" => Caller::Probe,
             _ if last_resort || others_out => Caller::LastResort,
@@ -377,40 +360,13 @@ impl Coordinator {
         F: Fn(Arc<dyn Registry>) -> Fut,
         Fut: Future<Output = Result<T, RegistryError>>,
     {
-        self.fan_out_skipping(op, None, f).await
-    }
-
-    /// [`Self::fan_out`], except that members marked in `skip.0` are not called and answer
-    /// `skip.1()` at once (their answer is already known).
-    async fn fan_out_skipping<T, F, Fut>(
-        &self,
-        op: &'static str,
-        skip: Option<Known<'_, T>>,
-        f: F,
-    ) -> Vec<Reply<T>>
-    where
-        F: Fn(Arc<dyn Registry>) -> Fut,
-        Fut: Future<Output = Result<T, RegistryError>>,
-    {
         let f = &f;
-        let mut replies = join_all(self.members.iter().enumerate().map(|(i, m)| async move {
-            if let Some((mask, known)) = skip
-                && mask[i]
-            {
-                self.metrics.coalesced(m.registry.kind());
-                return Reply {
-                    kind: m.registry.kind(),
-                    result: Ok(known()),
-                    took: Duration::ZERO,
-                    coalesced: true,
-                };
-            }
+        let mut replies = join_all(self.members.iter().map(|m| async move {
             let (result, took) = self.call(m, op, f).await;
             Reply {
                 kind: m.registry.kind(),
                 result,
                 took,
-                coalesced: false,
             }
         }))
         .await;
@@ -431,12 +387,7 @@ impl Coordinator {
             .await;
             for (kind, (result, took)) in retries {
                 if let Some(r) = replies.iter_mut().find(|r| r.kind == kind) {
-                    *r = Reply {
-                        kind,
-                        result,
-                        took,
-                        coalesced: false,
-                    };
+                    *r = Reply { kind, result, took };
                 }
             }
         }
@@ -461,7 +412,7 @@ impl Coordinator {
         let mut copies = [Copy::Missing; REGISTRIES];
         for (m, r) in replies.iter().enumerate() {
             if let Ok(w) = &r.result {
-                copies[m] = held_copy(*w);
+                copies[m] = Copy::from(*w);
             }
         }
         self.owned.insert(instance.clone(), identity, copies);
@@ -864,7 +815,9 @@ impl Coordinator {
                             join_all(chunk.iter().map(|(i, _)| self.write_again(other, i))).await;
                         for ((i, _), r) in chunk.iter().zip(writes) {
                             match r {
-                                Ok(w) => self.owned.set_copy(&i.key, i.generation, o, held_copy(w)),
+                                Ok(w) => {
+                                    self.owned.set_copy(&i.key, i.generation, o, Copy::from(w))
+                                }
                                 Err(_) => self.restore(o, i),
                             }
                         }

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::model::{Instance, InstanceKey, ServiceName};
-use crate::registry::{Followed, Revision};
+use crate::registry::{Followed, Revision, Written};
 
 /// Width of a wheel bucket.
 pub const BUCKET: Duration = Duration::from_millis(250);
@@ -36,6 +36,17 @@ pub enum Copy {
     Held(Revision),
     /// Not there (a write failed or the registry lost it): being restored.
     Missing,
+}
+
+impl From<Written> for Copy {
+    /// Where a write leaves the copy: held at its revision, or (fenced: a newer generation is
+    /// there) not this replica's to hold.
+    fn from(w: Written) -> Copy {
+        match w {
+            Written::At(rev) => Copy::Held(rev),
+            Written::Fenced => Copy::Missing,
+        }
+    }
 }
 
 /// What this replica knows of one owned instance.

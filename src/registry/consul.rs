@@ -226,7 +226,17 @@ impl Consul {
                 "DeregisterCriticalServiceAfter": go_duration(self.deregister_after),
             },
         });
-        let body = serde_json::to_vec(&payload).expect("a json! value serializes");
+        self.put_service(&payload, "agent/service/register").await?;
+        Ok(Written::At(0))
+    }
+
+    /// `PUT /v1/agent/service/register` of `payload`, replacing the service's checks.
+    async fn put_service(
+        &self,
+        payload: &serde_json::Value,
+        what: &str,
+    ) -> Result<(), RegistryError> {
+        let body = serde_json::to_vec(payload).expect("a json! value serializes");
         let (status, resp) = self
             .call(
                 Method::PUT,
@@ -234,8 +244,7 @@ impl Consul {
                 Some(body),
             )
             .await?;
-        expect_ok(status, &resp, "agent/service/register")?;
-        Ok(Written::At(0))
+        expect_ok(status, &resp, what)
     }
 
     async fn health_entries(

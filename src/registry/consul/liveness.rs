@@ -76,15 +76,8 @@ impl Consul {
                 "DeregisterCriticalServiceAfter": go_duration(self.deregister_after),
             },
         });
-        let body = serde_json::to_vec(&payload).expect("a json! value serializes");
-        let (status, resp) = self
-            .call(
-                Method::PUT,
-                "/v1/agent/service/register?replace-existing-checks=true",
-                Some(body),
-            )
+        self.put_service(&payload, "agent/service/register (replica)")
             .await?;
-        expect_ok(status, &resp, "agent/service/register (replica)")?;
         self.replica_registered.store(true, Ordering::Release);
         Ok(())
     }
