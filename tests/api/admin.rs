@@ -97,34 +97,11 @@ async fn the_binary_drains_on_sigterm_and_exits_cleanly() {
         testkit::etcd::Etcd::start(),
         testkit::consul::Consul::start()
     );
-    let dir = tempfile::tempdir().unwrap();
-    twinreg::certs::write_dev(dir.path(), &["payments".into()]).unwrap();
-    let (port, admin_port) = (testkit::free_port(), testkit::free_port());
-    let d = dir.path().display();
-    let config = dir.path().join("twinreg.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
-             drain_delay = \"1s\"\n[tls]\ncert = \"{d}/server.pem\"\nkey = \"{d}/server-key.pem\"\n\
-             client_ca = \"{d}/ca.pem\"\n[etcd]\nendpoints = [\"{}\"]\n[consul]\naddress = \"{}\"\n",
-            etcd.endpoint(),
-            consul.address()
-        ),
-    )
-    .unwrap();
-    let tw = testkit::serve::Serve::start(&config, &[], &[], (port, admin_port));
-    tw.wait_ready().await;
-    let pem = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
-    let identity = twinreg::certs::Issued {
-        cert_pem: pem("payments.pem"),
-        key_pem: pem("payments-key.pem"),
-        der: vec![],
-    };
-    let c = testkit::client::TestClient::new(
-        format!("https://127.0.0.1:{port}"),
-        testkit::client::tls_config(&pem("ca.pem"), Some(&identity)),
-    );
+    let testkit::serve::DevServe {
+        serve: tw,
+        client: c,
+        dir: _dir,
+    } = testkit::serve::DevServe::start(&etcd, &consul, "drain_delay = \"1s\"").await;
     let r = c
         .put_json(&path("payments", "p"), &body("10.0.0.1", 80))
         .await;

@@ -59,34 +59,8 @@ async fn a_killed_replicas_instances_are_taken_over_before_its_leases_lapse() {
     let survivor = Gateway::start(&etcd, &consul).await;
     survivor.wait_both_up().await;
     // The victim: the real binary, so that SIGKILL stops everything it runs.
-    let dir = tempfile::tempdir().unwrap();
-    twinreg::certs::write_dev(dir.path(), &["payments".into()]).unwrap();
-    let (port, admin_port) = (testkit::free_port(), testkit::free_port());
-    let d = dir.path().display();
-    let config = dir.path().join("twinreg.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
-             [tls]\ncert = \"{d}/server.pem\"\nkey = \"{d}/server-key.pem\"\n\
-             client_ca = \"{d}/ca.pem\"\n[etcd]\nendpoints = [\"{}\"]\n[consul]\naddress = \"{}\"\n",
-            etcd.endpoint(),
-            consul.address()
-        ),
-    )
-    .unwrap();
-    let victim = testkit::serve::Serve::start(&config, &[], &[], (port, admin_port));
-    victim.wait_ready().await;
-    let pem = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
-    let identity = twinreg::certs::Issued {
-        cert_pem: pem("payments.pem"),
-        key_pem: pem("payments-key.pem"),
-        der: vec![],
-    };
-    let via_victim = testkit::client::TestClient::new(
-        format!("https://127.0.0.1:{port}"),
-        testkit::client::tls_config(&pem("ca.pem"), Some(&identity)),
-    );
+    let victim = testkit::serve::DevServe::start(&etcd, &consul, "").await;
+    let via_victim = &victim.client;
     for k in 0..N {
         let r = via_victim
             .put_json(&path("payments", &format!("p{k}")), &short("10.0.0.1"))
@@ -101,7 +75,7 @@ async fn a_killed_replicas_instances_are_taken_over_before_its_leases_lapse() {
     );
     let deletes = deletes_of(&etcd).await;
 
-    victim.signal(nix::sys::signal::Signal::SIGKILL);
+    victim.serve.signal(nix::sys::signal::Signal::SIGKILL);
     let via_survivor = survivor.client("payments");
     // 20 s: well past the victim's 8 s lease and its Consul check's 15 s TTL.
     let start = tokio::time::Instant::now();

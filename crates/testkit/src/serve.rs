@@ -120,3 +120,50 @@ impl Serve {
         (self.process.lines(), status.is_some_and(|s| s.success()))
     }
 }
+
+/// A `twinreg serve` process with development certificates, on free ports, pointed at `etcd` and
+/// `consul`, ready, and a client holding the `payments` certificate. `server_toml` adds lines to
+/// its `[server]` section. The directory holds the certificates and the configuration.
+pub struct DevServe {
+    pub serve: Serve,
+    pub client: crate::client::TestClient,
+    pub dir: tempfile::TempDir,
+}
+
+impl DevServe {
+    pub async fn start(
+        etcd: &crate::etcd::Etcd,
+        consul: &crate::consul::Consul,
+        server_toml: &str,
+    ) -> DevServe {
+        let dir = tempfile::tempdir().unwrap();
+        twinreg::certs::write_dev(dir.path(), &["payments".into()]).unwrap();
+        let (port, admin_port) = (crate::free_port(), crate::free_port());
+        let d = dir.path().display();
+        let config = dir.path().join("twinreg.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
+                 {server_toml}\n[tls]\ncert = \"{d}/server.pem\"\nkey = \"{d}/server-key.pem\"\n\
+                 client_ca = \"{d}/ca.pem\"\n[etcd]\nendpoints = [\"{}\"]\n[consul]\naddress = \"{}\"\n",
+                etcd.endpoint(),
+                consul.address()
+            ),
+        )
+        .unwrap();
+        let serve = Serve::start(&config, &[], &[], (port, admin_port));
+        serve.wait_ready().await;
+        let pem = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+        let identity = twinreg::certs::Issued {
+            cert_pem: pem("payments.pem"),
+            key_pem: pem("payments-key.pem"),
+            der: vec![],
+        };
+        let client = crate::client::TestClient::new(
+            format!("https://127.0.0.1:{port}"),
+            crate::client::tls_config(&pem("ca.pem"), Some(&identity)),
+        );
+        DevServe { serve, client, dir }
+    }
+}
