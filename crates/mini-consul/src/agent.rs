@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use http::HeaderValue;
+use http::{HeaderValue, StatusCode};
 
 use crate::acl::{self, Authz};
 use crate::http::{ApiError, Req, Resp, empty_ok, json};
@@ -220,4 +220,57 @@ pub fn checks(state: &State, req: &Req) -> Result<Resp, ApiError> {
     let mut resp = json(&out);
     mark_filtered(&mut resp, &token, filtered);
     Ok(resp)
+}
+
+/// `GET /v1/agent/health/service/id/:service_id`: the service, its checks and the node's, and
+/// their aggregate (critical over warning over passing) as the status code: `200` passing,
+/// `429` warning, `503` critical. An unknown ID is `404` with `AggregatedStatus: critical` and
+/// null `Service` and `Checks` (`?format=text`: the status, or `ServiceId <id> not found`, as
+/// plain text). One service's worth of work, however many the agent holds.
+pub fn health_service_by_id(state: &State, req: &Req, id: &str) -> Result<Resp, ApiError> {
+    let (authz, _) = authorize(state, req)?;
+    let text = req.query("format") == Some("text");
+    let g = state.lock();
+    let Some(s) = g.services.get(id) else {
+        drop(g);
+        let reason = format!("ServiceId {id} not found");
+        if text {
+            return Ok(crate::http::text(StatusCode::NOT_FOUND, reason));
+        }
+        let mut r = json(&serde_json::json!({
+            "AggregatedStatus": CRITICAL, "Service": null, "Checks": null
+        }));
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        return Ok(r);
+    };
+    authz.service_read(&s.name)?;
+    let service = views::agent_service(s, &state.cfg);
+    let mut ids = g.check_ids_of(id);
+    ids.extend(g.check_ids_of(""));
+    let checks: Vec<views::HealthCheck> = ids
+        .iter()
+        .filter_map(|c| g.checks.get(c))
+        .map(|c| views::health_check(c, &g, &state.cfg, false))
+        .collect();
+    drop(g);
+    let status = if checks.iter().any(|c| c.status == CRITICAL) {
+        CRITICAL
+    } else if checks.iter().any(|c| c.status == WARNING) {
+        WARNING
+    } else {
+        PASSING
+    };
+    let code = match status {
+        CRITICAL => StatusCode::SERVICE_UNAVAILABLE,
+        WARNING => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::OK,
+    };
+    if text {
+        return Ok(crate::http::text(code, status));
+    }
+    let mut r = json(&serde_json::json!({
+        "AggregatedStatus": status, "Service": service, "Checks": checks
+    }));
+    *r.status_mut() = code;
+    Ok(r)
 }

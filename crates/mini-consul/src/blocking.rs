@@ -76,32 +76,36 @@ impl Blocking {
     }
 }
 
-/// Runs `query` (under the state lock) until its index exceeds the requested one or the wait
-/// ends; returns the last result and its index (at least 1).
+/// Waits until the index (`index`, under the state lock) exceeds the requested one or the wait
+/// ends, then returns `value` and the index read under the same lock (the index at least 1).
+/// The value is built only then: a change elsewhere wakes the query for an index read, not for
+/// a rebuild of its whole answer.
 pub async fn run<T>(
     state: &State,
     b: Blocking,
-    mut query: impl FnMut(&Inner) -> (T, u64),
+    index: impl Fn(&Inner) -> u64,
+    mut value: impl FnMut(&Inner) -> T,
 ) -> (T, u64) {
     let deadline = Instant::now() + b.timeout();
+    let answer =
+        |inner: &Inner, value: &mut dyn FnMut(&Inner) -> T| (value(inner), index(inner).max(1));
     loop {
         // Subscribe before reading, so a change between the read and the wait is not missed.
         let mut changes = state.subscribe();
-        let (value, index) = query(&state.lock());
-        let index = index.max(1);
-        if b.min_index == 0 || index > b.min_index || Instant::now() >= deadline {
-            return (value, index);
+        {
+            let inner = state.lock();
+            let now = index(&inner).max(1);
+            if b.min_index == 0 || now > b.min_index || Instant::now() >= deadline {
+                return answer(&inner, &mut value);
+            }
         }
         tokio::select! {
             r = changes.changed() => {
                 if r.is_err() {
-                    return (value, index);
+                    return answer(&state.lock(), &mut value);
                 }
             }
-            _ = tokio::time::sleep_until(deadline) => {
-                let (value, index) = query(&state.lock());
-                return (value, index.max(1));
-            }
+            _ = tokio::time::sleep_until(deadline) => return answer(&state.lock(), &mut value),
         }
     }
 }

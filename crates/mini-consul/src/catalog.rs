@@ -42,12 +42,12 @@ pub async fn health_service(state: &Arc<State>, req: &Req, name: &str) -> Result
     let token = acl::request_token(req);
     let authz = acl::resolve(state.cfg.acl_token.as_deref(), &token)?;
 
-    let (mut entries, index) = blocking::run(state, b, |inner| {
-        (
-            views::health_entries(inner, &state.cfg, name),
-            inner.health_index(name),
-        )
-    })
+    let (mut entries, index) = blocking::run(
+        state,
+        b,
+        |inner| inner.health_index(name),
+        |inner| views::health_entries(inner, &state.cfg, name),
+    )
     .await;
     let total = entries.len();
     if !authz.can_read() {
@@ -75,12 +75,12 @@ pub async fn services(state: &Arc<State>, req: &Req) -> Result<Resp, ApiError> {
     let token = acl::request_token(req);
     let authz = acl::resolve(state.cfg.acl_token.as_deref(), &token)?;
 
-    let (nodes, index) = blocking::run(state, b, |inner| {
-        (
-            views::service_nodes(inner, &state.cfg),
-            inner.services_index,
-        )
-    })
+    let (nodes, index) = blocking::run(
+        state,
+        b,
+        |inner| inner.services_index,
+        |inner| views::service_nodes(inner, &state.cfg),
+    )
     .await;
     let readable = authz.can_read();
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();

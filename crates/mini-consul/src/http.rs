@@ -164,6 +164,8 @@ enum Endpoint {
     CatalogServices,
     StatusLeader,
     StatusPeers,
+    Metrics,
+    AgentHealthServiceById,
 }
 
 const ROUTES: &[(&str, &str, Endpoint)] = &[
@@ -180,10 +182,16 @@ const ROUTES: &[(&str, &str, Endpoint)] = &[
     ("/v1/catalog/services", "GET", Endpoint::CatalogServices),
     ("/v1/status/leader", "GET", Endpoint::StatusLeader),
     ("/v1/status/peers", "GET", Endpoint::StatusPeers),
+    ("/v1/agent/metrics", "GET", Endpoint::Metrics),
+    (
+        "/v1/agent/health/service/id/",
+        "GET",
+        Endpoint::AgentHealthServiceById,
+    ),
 ];
 
-/// The longest matching pattern and the rest of the path after it.
-fn route(path: &str) -> Option<(&'static str, Endpoint, &str)> {
+/// The longest matching pattern, its method and endpoint, and the rest of the path after it.
+fn route(path: &str) -> Option<(&'static str, &'static str, Endpoint, &str)> {
     ROUTES
         .iter()
         .filter(|(p, _, _)| {
@@ -194,7 +202,7 @@ fn route(path: &str) -> Option<(&'static str, Endpoint, &str)> {
             }
         })
         .max_by_key(|(p, _, _)| p.len())
-        .map(|(p, m, e)| (*m, *e, &path[p.len()..]))
+        .map(|(p, m, e)| (*p, *m, *e, &path[p.len()..]))
 }
 
 const MAX_BODY: usize = 8 << 20;
@@ -214,9 +222,11 @@ async fn dispatch(state: &Arc<State>, req: hyper::Request<Incoming>) -> Resp {
     let raw_query = req.uri().query().unwrap_or_default().to_owned();
     let path =
         percent_decode(req.uri().path(), false).unwrap_or_else(|_| req.uri().path().to_owned());
-    let Some((method, endpoint, rest)) = route(&path) else {
+    let Some((pattern, method, endpoint, rest)) = route(&path) else {
+        state.requests.count(req.method().as_str(), "other");
         return not_routed(&path, &raw_query);
     };
+    state.requests.count(req.method().as_str(), pattern);
     let rest = rest.to_owned();
     let policy = if state.cfg.acl_token.is_some() {
         "deny"
@@ -282,6 +292,8 @@ async fn handle(
         Endpoint::CatalogServices => catalog::services(state, &r).await,
         Endpoint::StatusLeader => Ok(json("127.0.0.1:8300")),
         Endpoint::StatusPeers => Ok(json(&["127.0.0.1:8300"])),
+        Endpoint::Metrics => Ok(crate::metrics::serve(&state.requests, &r)),
+        Endpoint::AgentHealthServiceById => agent::health_service_by_id(state, &r, rest),
     };
     result.unwrap_or_else(ApiError::into_response)
 }

@@ -36,6 +36,7 @@ mod duration;
 mod filter;
 mod http;
 mod json;
+mod metrics;
 mod model;
 mod register;
 mod server;

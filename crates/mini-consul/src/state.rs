@@ -18,6 +18,8 @@ pub struct State {
     inner: Mutex<Inner>,
     changes: watch::Sender<u64>,
     ttl_wake: Notify,
+    /// Requests served, for `/v1/agent/metrics`.
+    pub requests: crate::metrics::Requests,
 }
 
 /// Why a TTL update failed.
@@ -36,6 +38,7 @@ impl State {
             inner: Mutex::new(inner),
             changes,
             ttl_wake: Notify::new(),
+            requests: Default::default(),
         })
     }
 
@@ -132,7 +135,7 @@ impl State {
         }
         let name = svc.name.clone();
         let svc_id = svc.id.clone();
-        inner.services.insert(svc.id.clone(), svc);
+        inner.insert_service(svc);
         for (mut check, changed, is_new) in new_checks {
             if let Some(old) = inner.remove_check(&check.spec.id)
                 && let Some(r) = old.runner
@@ -356,10 +359,13 @@ fn refresh_alias(g: &mut Inner, id: &str, now: Instant) -> Option<u64> {
         .and_then(|c| g.local_alias_target(c))?
         .to_owned();
     let (mut status, mut output) = (PASSING, "No checks found.".to_owned());
-    let related = g
-        .checks
-        .values()
-        .filter(|c| c.spec.id != id && (c.service_id.is_empty() || c.service_id == target));
+    // The node's checks and the target's, from the index (no scan of every check).
+    let mut related_ids = g.check_ids_of("");
+    related_ids.extend(g.check_ids_of(&target));
+    let related = related_ids
+        .iter()
+        .filter(|c| c.as_str() != id)
+        .filter_map(|c| g.checks.get(c));
     let mut found = false;
     for c in related {
         found |= c.service_id == target;

@@ -24,6 +24,8 @@ pub struct Inner {
     /// The services table index (service writes and deletions, not check updates).
     pub services_index: u64,
     name_index: HashMap<String, u64>,
+    /// Services per lower-cased name, so "does the name still exist" costs no scan.
+    names: HashMap<String, usize>,
     extinction_index: Option<u64>,
     next_generation: u64,
     /// TTL deadlines in time order, so expiry touches only what is due rather than scanning every
@@ -56,6 +58,7 @@ impl Inner {
             next_generation: 1,
             ttl_queue: BTreeSet::new(),
             checks_of: HashMap::new(),
+            names: HashMap::new(),
             aliases: HashMap::new(),
             node_name: node_name.to_owned(),
         }
@@ -82,12 +85,11 @@ impl Inner {
         {
             r.abort();
         }
-        if !check.service_id.is_empty() {
-            self.checks_of
-                .entry(check.service_id.clone())
-                .or_default()
-                .insert(id.clone());
-        }
+        // Node checks (no service) are indexed under "": alias checks count them as related.
+        self.checks_of
+            .entry(check.service_id.clone())
+            .or_default()
+            .insert(id.clone());
         if let Some(target) = self.local_alias_target(&check) {
             self.aliases
                 .entry(target.to_owned())
@@ -117,7 +119,7 @@ impl Inner {
         Some(check)
     }
 
-    /// The IDs of the checks of service `id`.
+    /// The IDs of the checks of service `id` (of the node itself for "").
     pub fn check_ids_of(&self, id: &str) -> Vec<String> {
         self.checks_of
             .get(id)
@@ -152,11 +154,25 @@ impl Inner {
     }
 
     fn name_exists(&self, lower: &str) -> bool {
-        lower == "consul"
-            || self
-                .services
-                .values()
-                .any(|s| s.name.to_lowercase() == lower)
+        lower == "consul" || self.names.contains_key(lower)
+    }
+
+    /// Adds or replaces a service (the only way services are added).
+    pub fn insert_service(&mut self, svc: Service) {
+        let lower = svc.name.to_lowercase();
+        if let Some(old) = self.services.insert(svc.id.clone(), svc) {
+            self.forget_name(&old.name.to_lowercase());
+        }
+        *self.names.entry(lower).or_default() += 1;
+    }
+
+    fn forget_name(&mut self, lower: &str) {
+        if let Some(n) = self.names.get_mut(lower) {
+            *n -= 1;
+            if *n == 0 {
+                self.names.remove(lower);
+            }
+        }
     }
 
     pub fn touch_name(&mut self, name: &str, idx: u64) {
@@ -190,6 +206,7 @@ impl Inner {
         let Some(svc) = self.services.remove(id) else {
             return false;
         };
+        self.forget_name(&svc.name.to_lowercase());
         for k in self.check_ids_of(id) {
             if let Some(c) = self.remove_check(&k)
                 && let Some(r) = c.runner

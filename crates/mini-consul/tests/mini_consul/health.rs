@@ -142,3 +142,52 @@ async fn health_filter_expressions() {
         .await;
     assert_eq!(cat, json!({"db": ["primary", "v1"]}));
 }
+
+/// `/v1/agent/health/service/id/:id`: the service, its checks with their notes, and the worst
+/// status as the status code; an unknown ID is a 404 with null service and checks.
+#[tokio::test]
+async fn one_services_health_by_id_with_status_as_code() {
+    let s = Server::start(&[]).await;
+    s.register(serde_json::json!({
+        "ID": "web1", "Name": "web", "Port": 80,
+        "Check": {"CheckID": "web1-ttl", "TTL": "30s", "Notes": "generation=3"}
+    }))
+    .await;
+
+    // A TTL check starts critical.
+    let r = s.get("/v1/agent/health/service/id/web1").await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["AggregatedStatus"], "critical");
+    assert_eq!(v["Service"]["ID"], "web1");
+    assert_eq!(v["Service"]["Port"], 80);
+    assert_eq!(v["Checks"][0]["CheckID"], "web1-ttl");
+    assert_eq!(v["Checks"][0]["Notes"], "generation=3");
+
+    s.put("/v1/agent/check/warn/web1-ttl", None)
+        .await
+        .assert_write_ok();
+    let r = s.get("/v1/agent/health/service/id/web1").await;
+    assert_eq!(
+        (r.status, r.json()["AggregatedStatus"].clone()),
+        (429, "warning".into())
+    );
+
+    s.put("/v1/agent/check/pass/web1-ttl", None)
+        .await
+        .assert_write_ok();
+    let r = s.get("/v1/agent/health/service/id/web1?format=text").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "passing"));
+
+    let r = s.get("/v1/agent/health/service/id/nope").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"AggregatedStatus": "critical", "Service": null, "Checks": null})
+    );
+    let r = s.get("/v1/agent/health/service/id/nope?format=text").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (404, "ServiceId nope not found")
+    );
+}

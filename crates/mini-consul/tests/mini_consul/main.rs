@@ -9,6 +9,7 @@ mod alias;
 mod blocking;
 mod errors;
 mod health;
+mod metrics;
 mod probes;
 mod process;
 mod rs_consul_client;
