@@ -190,19 +190,35 @@ impl Consul {
     /// The notes of the instance's check; `None` when the agent has no such check.
     async fn stored_notes(&self, key: &InstanceKey) -> Result<Option<String>, RegistryError> {
         let check = check_id(key);
-        let filter = format!("CheckID == \"{check}\"");
-        let (status, body) = self
-            .call(
-                Method::GET,
-                &format!("/v1/agent/checks?filter={}", query_escape(&filter)),
-                None,
+        Ok(self.agent_health(key).await?.and_then(|e| {
+            e.checks
+                .into_iter()
+                .find(|c| c.check_id == check)
+                .map(|c| c.notes)
+        }))
+    }
+
+    /// The instance's service and checks as the agent holds them
+    /// (`/v1/agent/health/service/id/:id`: one service's worth of work for the agent, however
+    /// many it holds, where a filtered `agent/checks` or `health/service` read scans them all);
+    /// `None` when the agent has no such service.
+    async fn agent_health(&self, key: &InstanceKey) -> Result<Option<HealthEntry>, RegistryError> {
+        let path = format!("/v1/agent/health/service/id/{}", service_id(key));
+        let (status, body) = self.call(Method::GET, &path, None).await?;
+        match status {
+            StatusCode::NOT_FOUND => return Ok(None),
+            // The aggregate status is the status code: passing, warning, critical.
+            StatusCode::OK | StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {}
+            _ => {
+                expect_ok(status, &body, "agent/health/service/id")?;
+            }
+        }
+        serde_json::from_slice(&body).map(Some).map_err(|e| {
+            RegistryError::unavailable(
+                KIND,
+                format!("consul: unreadable agent/health/service/id answer: {e}"),
             )
-            .await?;
-        expect_ok(status, &body, "agent/checks")?;
-        let checks: BTreeMap<String, HealthCheck> = serde_json::from_slice(&body).map_err(|e| {
-            RegistryError::unavailable(KIND, format!("consul: unreadable agent/checks answer: {e}"))
-        })?;
-        Ok(checks.get(&check).map(|c| c.notes.clone()))
+        })
     }
 
     /// Registers the service and its TTL check, and passes the check.
@@ -285,19 +301,25 @@ pub(crate) fn parse_health_notes(
     };
     Ok(entries
         .into_iter()
-        .filter_map(|e| {
-            let alive = !e.checks.iter().any(|c| c.status == "critical");
-            let notes = e
-                .checks
-                .iter()
-                .find(|c| c.service_id == e.service.id)
-                .map(|c| c.notes.clone())
-                .unwrap_or_default();
-            e.service
-                .into_instance(service, &notes)
-                .map(|i| (i, alive, notes))
-        })
+        .filter_map(|e| e.into_copy(service))
         .collect())
+}
+
+impl HealthEntry {
+    /// The twinreg instance of this entry, whether it is alive (no critical check), and its
+    /// check's notes; `None` for a service that is not twinreg's.
+    fn into_copy(self, service: &ServiceName) -> Option<(Instance, bool, String)> {
+        let alive = !self.checks.iter().any(|c| c.status == "critical");
+        let notes = self
+            .checks
+            .iter()
+            .find(|c| c.service_id == self.service.id)
+            .map(|c| c.notes.clone())
+            .unwrap_or_default();
+        self.service
+            .into_instance(service, &notes)
+            .map(|i| (i, alive, notes))
+    }
 }
 
 /// [`parse_health`]'s fallback when the answer does not read as a whole.
@@ -345,19 +367,6 @@ pub(crate) fn notes_replica(notes: &str) -> Option<&str> {
     notes
         .split_whitespace()
         .find_map(|t| t.strip_prefix("replica="))
-}
-
-/// Percent-encodes a query value (everything but unreserved characters).
-fn query_escape(v: &str) -> String {
-    let mut out = String::with_capacity(v.len() * 2);
-    for b in v.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 pub(crate) fn parse_notes(notes: &str) -> (u32, u64) {
@@ -475,7 +484,7 @@ fn is_unknown(status: StatusCode, body: &Bytes) -> bool {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct HealthEntry {
+pub(crate) struct HealthEntry {
     service: AgentService,
     #[serde(default)]
     checks: Vec<HealthCheck>,
@@ -500,6 +509,8 @@ struct AgentService {
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct HealthCheck {
+    #[serde(rename = "CheckID", default)]
+    check_id: String,
     #[serde(default)]
     status: String,
     #[serde(default)]
