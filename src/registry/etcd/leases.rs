@@ -68,6 +68,9 @@ pub(super) struct Leases {
     ids: std::sync::RwLock<BTreeMap<u32, i64>>,
     /// Other replicas' leases as announced: lease → replica.
     pub(super) peers: std::sync::RwLock<HashMap<i64, String>>,
+    /// Bumped each time the leases are forgotten, so that of many calls failing on the same
+    /// lost lease only the first makes new ones (see [`Leases::forget_since`]).
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -90,11 +93,24 @@ impl Leases {
 
     /// Forgets every data lease and the tombstones' lease (etcd lost them); the announcement is
     /// put again, with the next lease granted.
-    pub(super) async fn forget_all(&self) {
+    /// The current epoch: taken before a call, handed to [`Leases::forget_since`] if it fails
+    /// on a lease etcd no longer knows.
+    pub(super) fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Forgets every lease unless that was already done since `epoch`: calls in flight on a lost
+    /// lease all fail, and were each to forget, every one would drop the new leases the one
+    /// before it had just made (their keys left to lapse with them).
+    pub(super) async fn forget_since(&self, epoch: u64) {
         let mut own = self.state.lock().await;
+        if self.epoch() != epoch {
+            return;
+        }
         own.tombstone = None;
         own.announce = None;
         self.ids.write().expect("not poisoned").clear();
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     pub(super) fn count(&self) -> usize {

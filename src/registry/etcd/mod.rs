@@ -4,13 +4,15 @@
 //! the replica that holds it ([`leases`]: one per TTL class, kept alive by the replica, never by
 //! a client's heartbeat). The value is JSON holding the record's fields plus `Op`, `Addr` and
 //! `Metadata`, so etcd's own gRPC name resolver reads it as an endpoint of target
-//! `{prefix}/{service}`. Writes are guarded transactions ([`txn`]); the replica follows the
-//! whole prefix with one watch ([`follow`]).
+//! `{prefix}/{service}`. Writes are guarded transactions ([`txn`]), client registrations
+//! grouped into shared ones ([`commit`]); the replica follows the whole prefix with one watch
+//! ([`follow`]).
 //!
 //! Connections: each pooled object is one HTTP/2 connection to one member (members are dealt out
 //! round-robin), dialed by [`super::transport`] so TLS handshakes are counted, DNS is resolved at
 //! every reconnect, and reconnects resume the TLS session.
 
+mod commit;
 mod connect;
 mod errors;
 mod follow;
@@ -88,6 +90,8 @@ pub struct Etcd {
     leadership: std::sync::Mutex<Option<i64>>,
     pool: Arc<WarmPool<EtcdConnect>>,
     leases: Leases,
+    /// Client registrations waiting for their group transaction ([`commit`]).
+    commit: commit::Queue,
 }
 
 impl Etcd {
@@ -138,6 +142,7 @@ impl Etcd {
                 leadership: std::sync::Mutex::new(None),
                 pool: pool.clone(),
                 leases: Leases::default(),
+                commit: commit::Queue::default(),
             },
             pool,
         ))
@@ -159,12 +164,13 @@ impl Etcd {
                 .client_where(|c: &EtcdConn| Some(c.member) != avoid)
                 .await?;
             let member = conn.member;
+            let epoch = self.leases.epoch();
             match op(conn).await {
                 // A shared lease this replica cached is gone (the cluster was wiped or restored
                 // from a backup): forget it, so the retry grants and announces a new one.
                 Err(e) if e.message.contains("requested lease not found") && !lease_retried => {
                     tracing::warn!(error = %e, "etcd no longer knows a lease of this replica; granting a new one");
-                    self.leases.forget_all().await;
+                    self.leases.forget_since(epoch).await;
                     lease_retried = true;
                 }
                 Err(e) if e.unreachable && attempt < self.attempts => {
@@ -290,7 +296,7 @@ impl Registry for Etcd {
     }
 
     async fn register_new(&self, instance: &Instance) -> Result<Written, RegistryError> {
-        self.failover(|c| self.register_new_once(c, instance)).await
+        self.register_grouped(instance).await
     }
 
     async fn held(&self, key: &InstanceKey) -> Result<Option<Held>, RegistryError> {
@@ -312,6 +318,7 @@ impl Registry for Etcd {
         stop: tokio_util::sync::CancellationToken,
     ) {
         tokio::spawn(self.clone().keep_leases_alive(out.clone(), stop.clone()));
+        tokio::spawn(self.clone().commit_registers(stop.clone()));
         tokio::spawn(self.follow(out, stop));
     }
 

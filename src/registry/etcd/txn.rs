@@ -82,7 +82,7 @@ pub(super) async fn revoke_quietly(client: &mut Client, lease: i64) {
     }
 }
 
-fn encode(instance: &Instance) -> Result<Vec<u8>, RegistryError> {
+pub(super) fn encode(instance: &Instance) -> Result<Vec<u8>, RegistryError> {
     serde_json::to_vec(&Record::from_instance(instance))
         .map_err(|e| RegistryError::rejected(KIND, format!("encoding the record: {e}")))
 }
@@ -265,7 +265,7 @@ impl Etcd {
 
     /// Runs one nested transaction per item, [`BATCH`] per round trip; each item's outcome
     /// (whether its guard held) and the revision its writes landed at.
-    async fn nested(
+    pub(super) async fn nested(
         &self,
         conn: &EtcdConn,
         items: Vec<Option<Txn>>,
