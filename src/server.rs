@@ -129,7 +129,7 @@ pub async fn run(
         metrics.clone(),
         stop.clone(),
     );
-    let state = AppState {
+    let state = AppState::new(crate::api::Shared {
         coordinator: coordinator.clone(),
         authz: Authorizer::new(&settings.authz),
         metrics: metrics.clone(),
@@ -138,7 +138,7 @@ pub async fn run(
         certs: certs.clone(),
         limits: Arc::new(settings.limits.clone()),
         requests: Requests::new(&settings.limits, metrics.clone()),
-    };
+    });
     let connections = Connections::new(&settings.limits, metrics.clone());
 
     let background = TaskTracker::new();

@@ -85,3 +85,16 @@ pub fn readable_service(
     authorize_read(st, peer, &service)?;
     Ok(service)
 }
+
+/// Logs a request line: at debug for a heartbeat answered OK (`quiet`), which is most of the
+/// traffic of a large fleet and says nothing new, at info for everything else.
+macro_rules! request_line {
+    ($quiet:expr, $($field:tt)*) => {
+        if $quiet {
+            tracing::debug!($($field)*)
+        } else {
+            tracing::info!($($field)*)
+        }
+    };
+}
+pub(crate) use request_line;

@@ -399,7 +399,9 @@ async fn observe(State(st): State<AppState>, req: HttpRequest, next: Next) -> Ht
     let target = resp.extensions().get::<Target>();
     let (service, instance) = target.map_or(("", ""), |t| (t.0.as_str(), t.1.as_str()));
     let registries = front::outcomes_logged(&resp);
-    tracing::info!(
+    let quiet = route == "grpc.Heartbeat" && code == Code::Ok;
+    front::request_line!(
+        quiet,
         request_id = request_id.as_str(),
         %method,
         path = uri.path(),

@@ -104,7 +104,9 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
     let service = segments.next().unwrap_or("");
     let instance = segments.nth(1).unwrap_or("");
     let registries = front::outcomes_logged(&resp);
-    tracing::info!(
+    let quiet = route == "heartbeat" && resp.status().is_success();
+    front::request_line!(
+        quiet,
         request_id = request_id.as_str(),
         %method,
         path,
@@ -295,13 +297,19 @@ async fn heartbeat(
         degraded: bool,
         registries: &'a crate::replicate::Outcomes,
     }
+    let degraded = report.outcomes.degraded();
     let resp = Json(Answer {
         ok: true,
-        degraded: report.outcomes.degraded(),
+        degraded,
         registries: &report.outcomes,
     })
     .into_response();
-    Ok(logged(resp, &report.outcomes))
+    // A heartbeat answered OK is logged at debug only: its registries' part is not even
+    // formatted unless that line is wanted (or something is degraded).
+    if degraded || tracing::enabled!(tracing::Level::DEBUG) {
+        return Ok(logged(resp, &report.outcomes));
+    }
+    Ok(resp)
 }
 
 async fn deregister(

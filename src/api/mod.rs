@@ -21,9 +21,26 @@ pub mod http;
 pub mod layers;
 pub mod status;
 
-/// What every handler needs.
+/// What every handler needs, behind one reference count: axum clones the state for every
+/// extractor of every request, and one increment is cheaper than one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct Shared {
     pub coordinator: Arc<Coordinator>,
     pub authz: Arc<Authorizer>,
     pub metrics: Arc<Metrics>,
