@@ -3,7 +3,8 @@
 //! - `suite` starts the servers, runs every measurement of BENCHMARKS.md and prints the report;
 //! - `run` drives twinreg's REST API (or the echo server) over mutual TLS;
 //! - `echo` is a do-nothing mTLS server, the ceiling of any front on this machine;
-//! - `baseline` does the same registrations straight against etcd.
+//! - `baseline` does the same registrations straight against etcd;
+//! - `liveness` kills a replica under heartbeats and times the expiry of instances that stop.
 //!
 //! Each run prints exactly one JSON line on stdout (see `stats::Report`); progress goes to
 //! stderr. The generator runs on a current-thread runtime by default: it shares the machine with
@@ -13,6 +14,7 @@ mod baseline;
 mod client;
 mod driver;
 mod echo;
+mod liveness;
 mod run;
 mod stats;
 mod suite;
@@ -54,6 +56,9 @@ enum Command {
     Echo(EchoArgs),
     /// Register and heartbeat straight against etcd, as a service without twinreg would.
     Baseline(BaselineArgs),
+    /// Heartbeat registered instances through one replica, SIGKILL it, move the heartbeats to
+    /// another, count the instances lost, then stop and time each instance's expiry.
+    Liveness(liveness::LivenessArgs),
 }
 
 #[derive(Args)]
@@ -330,6 +335,7 @@ fn main() -> ExitCode {
         Command::Run(a) => Some(a.load.threads),
         Command::Baseline(a) => Some(a.load.threads),
         Command::Echo(a) => a.threads,
+        Command::Liveness(_) => Some(1),
         Command::Suite(_) => unreachable!("handled above"),
     };
     if let Command::Run(RunArgs { load, .. }) | Command::Baseline(BaselineArgs { load, .. }) =
@@ -353,6 +359,7 @@ fn main() -> ExitCode {
             Command::Echo(args) => {
                 echo::serve(args.listen, &args.cert, &args.key, &args.client_ca).await
             }
+            Command::Liveness(args) => liveness::run(args).await.map(|v| println!("{v}")),
             Command::Suite(_) => unreachable!("handled above"),
         }
     });

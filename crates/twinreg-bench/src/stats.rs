@@ -54,6 +54,11 @@ impl Recorder {
         }
     }
 
+    /// A few of the failures, as described.
+    pub fn sample(&self) -> &[String] {
+        &self.sample
+    }
+
     pub fn lag(&mut self, lag: Duration) {
         self.max_lag = self.max_lag.max(lag);
     }

@@ -25,9 +25,12 @@ pub struct Run<'a> {
     /// Kept alive for the run; stopped on drop.
     _consul: Server,
     _echo: Server,
-    _a: Server,
+    a: Server,
     b: Server,
     consul_kind: String,
+    /// Base URL of the Consul agent, and the curl flags that reach it.
+    consul_url: String,
+    curl_tls: Vec<String>,
     progress: Progress,
     /// One line per measurement, as `twinreg-bench run/baseline` printed it.
     results: Vec<Value>,
@@ -90,7 +93,11 @@ impl<'a> Run<'a> {
             .arg(format!(
                 "--initial-advertise-peer-urls=http://127.0.0.1:{pp}"
             ))
-            .arg(format!("--initial-cluster=bench=http://127.0.0.1:{pp}"));
+            .arg(format!("--initial-cluster=bench=http://127.0.0.1:{pp}"))
+            .arg(format!(
+                "--listen-metrics-urls=http://127.0.0.1:{}",
+                servers::ETCD_METRICS_PORT
+            ));
         let etcd = Server::spawn("etcd", cmd, &logs)?;
         wait_ready(
             &format!("https://127.0.0.1:{ep}/health"),
@@ -127,7 +134,9 @@ impl<'a> Run<'a> {
                     "18301",
                     "-serf-wan-port",
                     "18302",
-                ]);
+                ])
+                // Cumulative request counts on /v1/agent/metrics?format=prometheus.
+                .args(["-hcl", "telemetry { prometheus_retention_time = \"1h\" }"]);
                 (
                     Server::spawn("consul", cmd, &logs)?,
                     format!("http://127.0.0.1:{cp}"),
@@ -175,10 +184,7 @@ impl<'a> Run<'a> {
         ]);
         let echo = Server::spawn("echo", cmd, &logs)?;
 
-        let config = |name: &str,
-                      ports: (u16, u16),
-                      coalesce: bool|
-         -> Result<PathBuf, SuiteError> {
+        let config = |name: &str, ports: (u16, u16)| -> Result<PathBuf, SuiteError> {
             let path = dir.join(format!("{name}.toml"));
             let text = format!(
                 "[server]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\n\
@@ -186,7 +192,6 @@ impl<'a> Run<'a> {
                  [tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nclient_ca = \"{ca}\"\n\n\
                  [etcd]\nendpoints = [\"https://127.0.0.1:{ep}\"]\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\n\
                  [consul]\naddress = \"{consul_url}\"\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\n\
-                 [heartbeat]\ncoalesce = {coalesce}\n\n\
                  # The load generator is one identity; the per-identity rate limit would measure itself.\n\
                  [limits]\nrequests_per_second = 0\nmax_concurrent_streams = 1024\n",
                 ports.0,
@@ -198,9 +203,9 @@ impl<'a> Run<'a> {
             std::fs::write(&path, text).map_err(|e| SuiteError::Setup(e.to_string()))?;
             Ok(path)
         };
-        let a_cfg = config("a", servers::A, false)?;
-        let b_cfg = config("b", servers::B, true)?;
-        config("c", servers::C, false)?;
+        let a_cfg = config("a", servers::A)?;
+        let b_cfg = config("b", servers::B)?;
+        config("c", servers::C)?;
         let check = Command::new(&twinreg)
             .args(["check-config", "--config"])
             .arg(&a_cfg)
@@ -238,9 +243,11 @@ impl<'a> Run<'a> {
             etcd,
             _consul: consul,
             _echo: echo,
-            _a: a,
+            a,
             b,
             consul_kind,
+            consul_url,
+            curl_tls,
             progress,
             results: Vec::new(),
             errors: Vec::new(),
@@ -378,7 +385,6 @@ impl<'a> Run<'a> {
             let base = self.baseline_args();
             let tw = self.run_args(a, "twinreg", "bench");
             let echo = self.run_args(servers::ECHO_PORT, "echo", "bench");
-            let twb = self.run_args(servers::B.0, "twinreg-coalesce", "bench");
             let with = |mut v: Vec<String>, more: &[&str]| {
                 v.extend(more.iter().map(|s| s.to_string()));
                 v
@@ -411,13 +417,6 @@ impl<'a> Run<'a> {
                     with(tw.clone(), &["--op", "heartbeat"]),
                     "hb_ops_a",
                     "hb_p99_a",
-                ),
-                (
-                    "heartbeat c64 twinreg, coalescing",
-                    "heartbeat_c64_twinreg_coalesce",
-                    with(twb, &["--op", "heartbeat"]),
-                    "hb_ops_b",
-                    "hb_p99_b",
                 ),
             ];
             for (name, measure, args, ops, p99) in steps {
@@ -522,7 +521,7 @@ impl<'a> Run<'a> {
             "registry ops per heartbeat ({} instances)",
             p.paced_instances
         ));
-        let paced = self.paced_args("paced", p.paced_instances, 30, p.paced_interval);
+        let paced = self.paced_args("paced", p.paced_instances, p.paced_interval);
         self.bench(
             "paced_register",
             0,
@@ -542,7 +541,7 @@ impl<'a> Run<'a> {
         // (g) RSS of B with many instances.
         self.progress
             .step(&format!("RSS with {} instances", p.rss_instances));
-        let rss_args = self.paced_args("rss", p.rss_instances, 300, p.rss_interval);
+        let rss_args = self.paced_args("rss", p.rss_instances, p.rss_interval);
         self.bench(
             "rss_register",
             0,
@@ -572,6 +571,17 @@ impl<'a> Run<'a> {
         .concat();
         self.bench("rss_heartbeat", 0, &hb)?;
         let rss = self.b.rss_mib();
+        let leases_held = [servers::A.1, servers::B.1]
+            .map(|admin| metric_sum(admin, "twinreg_leases_held", &[]).unwrap_or(0.0));
+
+        // (i) B is SIGKILLed under those heartbeats, which move to A; then they stop.
+        self.progress.step(&format!(
+            "replica killed under {} instances",
+            p.rss_instances
+        ));
+        let live = self.liveness(p.rss_instances, p.rss_interval)?;
+        let rss_a = self.a.rss_mib();
+        let consul_passing = self.consul_passing("rss");
 
         // (h) TLS handshakes to the registries, on A.
         let handshakes_end = metric_sum(servers::A.1, "twinreg_registry_tls_handshakes_total", &[]);
@@ -633,7 +643,7 @@ impl<'a> Run<'a> {
             ],
         );
         row(&mut out, ["---", "---", "---", "---", "---"]);
-        let pairs: [(&str, &str, &str, &str); 6] = [
+        let pairs: [(&str, &str, &str, &str); 4] = [
             (
                 "register ops/s, c{c} (etcd direct)",
                 "reg_ops_base",
@@ -647,27 +657,15 @@ impl<'a> Run<'a> {
                 targets::NONE,
             ),
             (
-                "heartbeat ops/s, c{c}, coalescing off (echo)",
+                "heartbeat ops/s, c{c} (echo)",
                 "hb_ops_echo",
                 "hb_ops_a",
-                targets::HEARTBEAT_OPS_OFF,
+                targets::HEARTBEAT_OPS,
             ),
             (
-                "heartbeat ops/s, c{c}, coalescing on (echo)",
-                "hb_ops_echo",
-                "hb_ops_b",
-                targets::HEARTBEAT_OPS_ON,
-            ),
-            (
-                "heartbeat p99 µs, c{c}, coalescing off (echo)",
+                "heartbeat p99 µs, c{c} (echo)",
                 "hb_p99_echo",
                 "hb_p99_a",
-                targets::NONE,
-            ),
-            (
-                "heartbeat p99 µs, c{c}, coalescing on (echo)",
-                "hb_p99_echo",
-                "hb_p99_b",
                 targets::NONE,
             ),
         ];
@@ -725,9 +723,9 @@ impl<'a> Run<'a> {
             &mut out,
             [
                 &format!(
-                    "registry heartbeat ops per client heartbeat ({} inst., every {}, coalescing on)",
+                    "registry requests per client heartbeat ({} inst., ttl {}, every ttl/3), from etcd's and Consul's own counts",
                     p.paced_instances,
-                    secs(p.paced_interval)
+                    secs(p.paced_interval * 3)
                 ),
                 "—",
                 &format!("{per_hb}; sent {paced_rate} over {sent} heartbeats"),
@@ -760,6 +758,86 @@ impl<'a> Run<'a> {
                 &rss,
                 "—",
                 targets::RSS,
+            ],
+        );
+        let rss_a = rss_a.map_or("n/a".into(), |(now, peak)| {
+            format!("{now:.1} MiB ({peak:.1} MiB)")
+        });
+        row(
+            &mut out,
+            [
+                &format!(
+                    "RSS of the survivor after taking over {} instances and expiring them (peak)",
+                    p.rss_instances
+                ),
+                "—",
+                &rss_a,
+                "—",
+                targets::RSS,
+            ],
+        );
+        row(
+            &mut out,
+            [
+                &format!(
+                    "etcd leases held with {} instances registered (twinreg-a, twinreg-b)",
+                    p.rss_instances
+                ),
+                "—",
+                &format!(
+                    "{} in etcd ({:.0}, {:.0}); {} TTL classes",
+                    live["etcd_leases_at_start"],
+                    leases_held[0],
+                    leases_held[1],
+                    twinreg::registry::etcd::LEASE_TTLS.len()
+                ),
+                "—",
+                targets::LEASES,
+            ],
+        );
+        row(
+            &mut out,
+            [
+                &format!(
+                    "replica SIGKILLed under {} instances heartbeating: lost / deleted / heartbeat errors after",
+                    p.rss_instances
+                ),
+                "—",
+                &format!(
+                    "{} / {} / {} of {}",
+                    live["lost"],
+                    live["deleted_while_heartbeating"],
+                    live["errors_after_kill"],
+                    live["heartbeats_after_kill"]
+                ),
+                "—",
+                targets::LOST,
+            ],
+        );
+        let ms = |k: &str| {
+            live[k]
+                .as_i64()
+                .map_or("n/a".into(), |v| format!("{v:+} ms"))
+        };
+        row(
+            &mut out,
+            [
+                &format!(
+                    "expiry after the last heartbeat, {} instances stopping at once, past ttl {}: p50 / p99 / max (never expired)",
+                    p.rss_instances,
+                    secs(p.rss_interval * 3)
+                ),
+                "—",
+                &format!(
+                    "{} / {} / {} ({}); Consul passing after: {}",
+                    ms("expiry_late_ms_p50"),
+                    ms("expiry_late_ms_p99"),
+                    ms("expiry_late_ms_max"),
+                    live["never_expired"],
+                    consul_passing.map_or("n/a".into(), |n| n.to_string())
+                ),
+                "—",
+                targets::EXPIRY,
             ],
         );
         row(
@@ -807,9 +885,11 @@ impl<'a> Run<'a> {
         Ok(out)
     }
 
-    /// `run` args for a paced scenario on B as client `who`.
-    fn paced_args(&self, who: &str, instances: u64, ttl: u32, interval: Duration) -> Vec<String> {
-        let mut v = self.run_args(servers::B.0, "twinreg-coalesce", who);
+    /// `run` args for a paced scenario on B as client `who`: each instance heartbeats every
+    /// `interval`, a third of its TTL, as clients are told to.
+    fn paced_args(&self, who: &str, instances: u64, interval: Duration) -> Vec<String> {
+        let mut v = self.run_args(servers::B.0, "twinreg-b", who);
+        let ttl = (interval.as_secs() * 3).max(3);
         v.extend([
             "--service".into(),
             who.into(),
@@ -876,17 +956,20 @@ impl<'a> Run<'a> {
         }
         let _ = bg.kill();
         let _ = bg.wait();
-        let hb_ops = |labels: &[&str]| {
-            let mut l = vec!["op=\"heartbeat\""];
-            l.extend_from_slice(labels);
-            metric_sum(admin, "twinreg_registry_operations_total", &l).unwrap_or(0.0)
+        // What the registries themselves served (every replica's background work included:
+        // lease keep-alives, announcements, the Consul replica check, watches and blocking
+        // queries), and what twinreg counts of its own registry operations.
+        let counts = |run: &Self| {
+            [
+                run.etcd_requests(),
+                run.consul_requests(),
+                [servers::A.1, servers::B.1]
+                    .iter()
+                    .filter_map(|&a| metric_sum(a, "twinreg_registry_operations_total", &[]))
+                    .reduce(|x, y| x + y),
+            ]
         };
-        let before = [
-            hb_ops(&[]),
-            hb_ops(&["registry=\"etcd\""]),
-            hb_ops(&["registry=\"consul\""]),
-            hb_ops(&["outcome=\"breaker_open\""]),
-        ];
+        let before = counts(self);
         let measured = [
             paced.to_vec(),
             vec![
@@ -901,26 +984,17 @@ impl<'a> Run<'a> {
         ]
         .concat();
         let v = self.bench("paced_heartbeat", 0, &measured)?;
-        let after = [
-            hb_ops(&[]),
-            hb_ops(&["registry=\"etcd\""]),
-            hb_ops(&["registry=\"consul\""]),
-            hb_ops(&["outcome=\"breaker_open\""]),
-        ];
+        let after = counts(self);
         let sent = v["ops"].as_u64().unwrap_or(0) + v["errors"].as_u64().unwrap_or(0);
-        let per = |i: usize| {
-            if sent == 0 {
-                "n/a".to_owned()
-            } else {
-                format!("{:.3}", (after[i] - before[i]) / sent as f64)
-            }
+        let per = |i: usize| match (before[i], after[i]) {
+            (Some(b), Some(a)) if sent > 0 => format!("{:.4}", (a - b) / sent as f64),
+            _ => "n/a".to_owned(),
         };
         let text = format!(
-            "{} (etcd {}, consul {}; breaker-skipped {})",
+            "etcd {}, Consul {} (twinreg's own count of registry operations: {})",
             per(0),
             per(1),
-            per(2),
-            per(3)
+            per(2)
         );
         let rate = format!(
             "{:.0}/s of {:.0}/s scheduled",
@@ -931,6 +1005,110 @@ impl<'a> Run<'a> {
             "  registry heartbeat operations per client heartbeat: {text} over {sent} heartbeats"
         );
         Ok((text, rate, sent))
+    }
+
+    /// gRPC messages etcd received (unary calls and stream messages alike), from its `/metrics`.
+    fn etcd_requests(&self) -> Option<f64> {
+        let text = http_get(servers::ETCD_METRICS_PORT, "/metrics")?;
+        Some(sum_series(&text, "grpc_server_msg_received_total"))
+    }
+
+    /// HTTP requests the Consul agent served, from its Prometheus metrics.
+    fn consul_requests(&self) -> Option<f64> {
+        let text = self.curl(&format!(
+            "{}/v1/agent/metrics?format=prometheus",
+            self.consul_url
+        ))?;
+        Some(sum_series(&text, "consul_api_http_count"))
+    }
+
+    /// Instances of `service` Consul reports passing.
+    fn consul_passing(&self, service: &str) -> Option<usize> {
+        let text = self.curl(&format!(
+            "{}/v1/health/service/{service}?passing",
+            self.consul_url
+        ))?;
+        serde_json::from_str::<Vec<Value>>(&text)
+            .ok()
+            .map(|v| v.len())
+    }
+
+    /// A GET through curl with the registries' TLS flags; the body of a 2xx answer.
+    fn curl(&self, url: &str) -> Option<String> {
+        let out = Command::new("curl")
+            .args(["-sSf", "--max-time", "30"])
+            .args(&self.curl_tls)
+            .arg(url)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// (i): `twinreg-bench liveness` on the `rss` instances registered on B: heartbeats at
+    /// ttl/3 through B, B SIGKILLed, the heartbeats moved to A for four TTLs, then stopped and
+    /// each expiry timed.
+    fn liveness(&mut self, instances: u64, interval: Duration) -> Result<Value, SuiteError> {
+        let ttl = (interval.as_secs() * 3).max(3);
+        let args: Vec<String> = vec![
+            "liveness".into(),
+            "--url".into(),
+            format!("https://127.0.0.1:{}", servers::B.0),
+            "--failover-url".into(),
+            format!("https://127.0.0.1:{}", servers::A.0),
+            "--kill-pid".into(),
+            self.b.pid().to_string(),
+            "--ca".into(),
+            self.cert("ca.pem"),
+            "--cert".into(),
+            self.cert("rss.pem"),
+            "--key".into(),
+            self.cert("rss-key.pem"),
+            "--etcd".into(),
+            format!("https://127.0.0.1:{}", servers::ETCD_PORT),
+            "--etcd-ca".into(),
+            self.cert("ca.pem"),
+            "--etcd-cert".into(),
+            self.cert("server.pem"),
+            "--etcd-key".into(),
+            self.cert("server-key.pem"),
+            "--service".into(),
+            "rss".into(),
+            "--instances".into(),
+            instances.to_string(),
+            "--ttl".into(),
+            ttl.to_string(),
+            "--concurrency".into(),
+            self.plan.concurrency.to_string(),
+            "--before-kill".into(),
+            secs(interval * 2),
+            "--after-kill".into(),
+            secs(interval * 12),
+        ];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs.join("twinreg-bench.log"))
+            .map_err(|e| SuiteError::Measure(e.to_string()))?;
+        let out = Command::new(&self.bench)
+            .args(&args)
+            .stderr(log)
+            .output()
+            .map_err(|e| SuiteError::Measure(format!("twinreg-bench liveness: {e}")))?;
+        if !out.status.success() {
+            return Err(SuiteError::Measure(format!(
+                "twinreg-bench {} failed; see {}",
+                args.join(" "),
+                self.logs.join("twinreg-bench.log").display()
+            )));
+        }
+        let mut v: Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| SuiteError::Measure(format!("twinreg-bench printed no report: {e}")))?;
+        v["measure"] = "liveness".into();
+        eprintln!("  liveness: {v}");
+        self.results.push(v.clone());
+        Ok(v)
     }
 
     /// Waits (at most `settle_max`) until no breaker is open and no repair is pending, so one
@@ -954,6 +1132,16 @@ impl<'a> Run<'a> {
 fn quiet(admin: u16) -> bool {
     metric_sum(admin, "twinreg_breaker_state", &[]) == Some(0.0)
         && metric_sum(admin, "twinreg_repairs_pending", &[]).is_none_or(|n| n == 0.0)
+}
+
+/// The sum of every series of `name` in a Prometheus text.
+fn sum_series(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| series.split('{').next() == Some(name))
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum()
 }
 
 /// The sum of the series of `name` whose labels contain every one of `labels`, from the replica's

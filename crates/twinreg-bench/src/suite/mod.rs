@@ -5,10 +5,13 @@
 //!
 //! - (a) register throughput at concurrency 64: etcd directly (baseline) against twinreg;
 //! - (b) heartbeat throughput at concurrency 64: the echo server (the ceiling of any front here)
-//!   against twinreg with heartbeat coalescing off (replica A) and on (replica B);
+//!   against twinreg (replica A);
 //! - (c) p50 latency at concurrency 1, register and heartbeat: baseline against twinreg A;
-//! - (d) start-up time to `/readyz`; (e) registry operations per client heartbeat (B);
-//! - (f) register p99 while etcd is frozen; (g) RSS with many instances (B);
+//! - (d) start-up time to `/readyz`; (e) requests etcd and Consul serve per client heartbeat,
+//!   from their own metrics, clients heartbeating at ttl/3 through B;
+//! - (f) register p99 while etcd is frozen; (g) RSS and etcd leases with many instances (B);
+//! - (i) B SIGKILLed under those instances' heartbeats (`liveness`): instances lost, then each
+//!   expiry timed once they all stop;
 //! - (h) TLS handshakes to the registries after start-up, after the runs, after an idle gap.
 //!
 //! (a)–(c) alternate the targets within each round and report the median over the rounds, so a

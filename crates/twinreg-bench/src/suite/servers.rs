@@ -11,6 +11,9 @@ use super::SuiteError;
 /// The ports a run uses: none collides with `scripts/dev.sh` or another test.
 pub const ETCD_PORT: u16 = 23790;
 pub const ETCD_PEER_PORT: u16 = 23800;
+/// etcd's `/metrics` in plain HTTP (`--listen-metrics-urls`), read to count the requests it
+/// serves.
+pub const ETCD_METRICS_PORT: u16 = 23810;
 pub const CONSUL_PORT: u16 = 18500;
 pub const ECHO_PORT: u16 = 19443;
 /// twinreg replicas: (public, admin).
@@ -22,6 +25,7 @@ pub fn all_ports() -> Vec<u16> {
     vec![
         ETCD_PORT,
         ETCD_PEER_PORT,
+        ETCD_METRICS_PORT,
         CONSUL_PORT,
         ECHO_PORT,
         A.0,
