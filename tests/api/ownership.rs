@@ -175,3 +175,159 @@ async fn a_client_bouncing_between_replicas_stays_registered_then_expires() {
     let r = clients[0].put(&format!("{p}/heartbeat")).await;
     assert_eq!(r.status, 404, "{}", r.text);
 }
+
+/// Ten thousand instances whose heartbeats stop at once: none goes before its TTL, every one is
+/// gone from both registries within its TTL and a few seconds, and the owner removed them in
+/// batches (its expiry counter says all of them), not by leaving leases to lapse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_instances_stopping_at_once_all_expire_on_time() {
+    use futures::StreamExt;
+    const MANY: usize = 10_000;
+    // Long enough for a debug build to register them all well inside it.
+    const TTL: u64 = 60;
+    let (etcd, consul) = tokio::join!(Etcd::start(), Consul::start());
+    let gw = Gateway::start(&etcd, &consul).await;
+    gw.wait_both_up().await;
+    let client = gw.client("payments");
+    let started = tokio::time::Instant::now();
+    let failed: Vec<String> = futures::stream::iter(0..MANY)
+        .map(|i| {
+            let client = &client;
+            async move {
+                let body = json!({"address": "10.0.0.1", "port": 80, "ttl_seconds": TTL});
+                let r = client
+                    .put_json(&path("payments", &format!("i{i}")), &body)
+                    .await;
+                // A Consul copy may be late (the debug-built test agent times out under this
+                // load): the answer is still 200 and the repairer writes it.
+                (r.status != 200).then(|| format!("i{i}: {} {}", r.status, r.text))
+            }
+        })
+        .buffer_unordered(64)
+        .filter_map(|f| async move { f })
+        .collect()
+        .await;
+    let registered = started.elapsed();
+    assert!(
+        failed.is_empty(),
+        "{} failed, e.g. {:?}",
+        failed.len(),
+        &failed[..1]
+    );
+    assert!(
+        registered < Duration::from_secs(TTL - 10),
+        "registering took {registered:?}: the test needs it well inside the TTL"
+    );
+    let deletes = deletes_of(&etcd).await;
+    // Still all there once registered: nothing expires before its TTL.
+    assert_eq!(etcd.instances().await.len(), MANY);
+    assert!(!consul.instances().await.is_empty());
+    assert!(deletes.lock().unwrap().is_empty());
+
+    testkit::eventually(
+        Duration::from_secs(TTL + 10),
+        "every instance to expire from etcd",
+        || async { etcd.instances().await.is_empty().then_some(()) },
+    )
+    .await;
+    let gone = started.elapsed();
+    // Consul takes two calls per instance (the fence read, the deregistration): the debug-built
+    // test agent cannot keep up with 10,000 at once, what times out goes to the repairer, and it
+    // drains later. (Release builds: within the TTL + 0.5 s, BENCHMARKS.md.)
+    let left = testkit::eventually(Duration::from_secs(120), "Consul to be empty", || async {
+        let n = consul.instances().await.len();
+        (n == 0).then_some(n)
+    })
+    .await;
+    assert_eq!(left, 0);
+    assert!(
+        gone <= Duration::from_secs(TTL + 4) + registered,
+        "the last expiry came {gone:?} after the first register (ttl {TTL} s, registering took {registered:?})"
+    );
+    assert_eq!(
+        deletes.lock().unwrap().len(),
+        MANY,
+        "one DELETE per instance"
+    );
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert_eq!(
+        testkit::metric(&metrics, "twinreg_instances_expired_total", &[]),
+        MANY as f64
+    );
+    assert_eq!(
+        testkit::metric(&metrics, "twinreg_owned_instances", &[]),
+        0.0
+    );
+}
+
+/// etcd wiped (every key and lease gone) while the client's heartbeats move between two
+/// replicas: the heartbeats keep being answered, and every instance is back in etcd, on a live
+/// lease of a replica, with its copy in Consul kept all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_wiped_while_ownership_moves_gets_every_instance_back() {
+    let (mut etcd, consul) = tokio::join!(Etcd::start(), Consul::start());
+    let (a, b) = tokio::join!(
+        Gateway::start(&etcd, &consul),
+        Gateway::start(&etcd, &consul)
+    );
+    a.wait_both_up().await;
+    b.wait_both_up().await;
+    let clients = [a.client("payments"), b.client("payments")];
+    for i in 0..N {
+        let r = clients[i % 2]
+            .put_json(&path("payments", &format!("m{i}")), &short("10.0.0.2"))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let beat = |round: usize| {
+        let clients = &clients;
+        async move {
+            let mut refused = Vec::new();
+            for i in 0..N {
+                // Each instance moves to the other replica every round.
+                let r = clients[(i + round) % 2]
+                    .put(&format!("{}/heartbeat", path("payments", &format!("m{i}"))))
+                    .await;
+                if r.status != 200 {
+                    refused.push(format!("m{i}: {} {}", r.status, r.text));
+                }
+            }
+            refused
+        }
+    };
+    assert!(beat(1).await.is_empty());
+    etcd.restart_wiped().await;
+    for round in 2..10 {
+        let refused = beat(round).await;
+        // Consul holds every copy throughout: no heartbeat may go unanswered.
+        assert!(refused.is_empty(), "round {round}: {refused:?}");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let back = testkit::eventually(
+        Duration::from_secs(15),
+        "every instance back in etcd",
+        || async {
+            let now = etcd.instances().await;
+            (now.len() == N).then_some(now)
+        },
+    )
+    .await;
+    // Each on a lease etcd knows (granted after the wipe), not a number left from before it.
+    let mut client = etcd.client().await;
+    let live: BTreeSet<i64> = client
+        .leases()
+        .await
+        .unwrap()
+        .leases()
+        .iter()
+        .map(|l| l.id())
+        .collect();
+    for (key, _, lease) in &back {
+        assert!(
+            live.contains(lease),
+            "{key} rides lease {lease}, unknown to etcd"
+        );
+    }
+    assert_eq!(consul.instances().await.len(), N);
+    assert!(beat(10).await.is_empty());
+}
