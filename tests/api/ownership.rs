@@ -184,7 +184,7 @@ async fn ten_thousand_instances_stopping_at_once_all_expire_on_time() {
     use futures::StreamExt;
     const MANY: usize = 10_000;
     // Long enough for a debug build to register them all well inside it.
-    const TTL: u64 = 60;
+    const TTL: u64 = 120;
     let (etcd, consul) = tokio::join!(Etcd::start(), Consul::start());
     let gw = Gateway::start(&etcd, &consul).await;
     gw.wait_both_up().await;
