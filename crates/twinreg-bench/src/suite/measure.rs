@@ -310,25 +310,7 @@ impl<'a> Run<'a> {
 
     /// One measurement (a child `twinreg-bench`), its report line kept and summarised.
     fn bench(&mut self, measure: &str, round: u32, args: &[String]) -> Result<Value, SuiteError> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.logs.join("twinreg-bench.log"))
-            .map_err(|e| SuiteError::Measure(e.to_string()))?;
-        let out = Command::new(&self.bench)
-            .args(args)
-            .stderr(log)
-            .output()
-            .map_err(|e| SuiteError::Measure(format!("twinreg-bench {args:?}: {e}")))?;
-        if !out.status.success() {
-            return Err(SuiteError::Measure(format!(
-                "twinreg-bench {} failed; see {}",
-                args.join(" "),
-                self.logs.join("twinreg-bench.log").display()
-            )));
-        }
-        let mut v: Value = serde_json::from_slice(&out.stdout)
-            .map_err(|e| SuiteError::Measure(format!("twinreg-bench printed no report: {e}")))?;
+        let mut v = self.child(args)?;
         v["measure"] = measure.into();
         v["round"] = round.into();
         let errors = v["errors"].as_u64().unwrap_or(0);
@@ -1086,16 +1068,25 @@ impl<'a> Run<'a> {
             "--after-kill".into(),
             secs(interval * 12),
         ];
+        let mut v = self.child(&args)?;
+        v["measure"] = "liveness".into();
+        eprintln!("  liveness: {v}");
+        self.results.push(v.clone());
+        Ok(v)
+    }
+
+    /// Runs a child `twinreg-bench` (its stderr into the run's log), its one JSON report line.
+    fn child(&self, args: &[String]) -> Result<Value, SuiteError> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.logs.join("twinreg-bench.log"))
             .map_err(|e| SuiteError::Measure(e.to_string()))?;
         let out = Command::new(&self.bench)
-            .args(&args)
+            .args(args)
             .stderr(log)
             .output()
-            .map_err(|e| SuiteError::Measure(format!("twinreg-bench liveness: {e}")))?;
+            .map_err(|e| SuiteError::Measure(format!("twinreg-bench {args:?}: {e}")))?;
         if !out.status.success() {
             return Err(SuiteError::Measure(format!(
                 "twinreg-bench {} failed; see {}",
@@ -1103,12 +1094,8 @@ impl<'a> Run<'a> {
                 self.logs.join("twinreg-bench.log").display()
             )));
         }
-        let mut v: Value = serde_json::from_slice(&out.stdout)
-            .map_err(|e| SuiteError::Measure(format!("twinreg-bench printed no report: {e}")))?;
-        v["measure"] = "liveness".into();
-        eprintln!("  liveness: {v}");
-        self.results.push(v.clone());
-        Ok(v)
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| SuiteError::Measure(format!("twinreg-bench printed no report: {e}")))
     }
 
     /// Waits (at most `settle_max`) until no breaker is open and no repair is pending, so one
