@@ -9,7 +9,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::Request;
-use axum::routing::future::RouteFuture;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -328,8 +327,8 @@ pub async fn run(
 /// gRPC services, everything else to the REST router.
 #[derive(Clone)]
 struct Front {
-    rest: axum::Router,
-    grpc: axum::Router,
+    rest: api::layers::Edge<api::http::Rest>,
+    grpc: api::layers::Edge<api::grpc::GrpcEdge>,
 }
 
 fn is_grpc<B>(req: &Request<B>) -> bool {
@@ -341,7 +340,7 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
 impl Service<Request<Incoming>> for Front {
     type Response = axum::response::Response;
     type Error = Infallible;
-    type Future = RouteFuture<Infallible>;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Infallible>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Both routers are always ready.

@@ -9,10 +9,9 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::extract::{Request as HttpRequest, State};
-use axum::middleware::{self, Next};
+use axum::extract::Request as HttpRequest;
 use axum::response::Response as HttpResponse;
 use futures::Stream;
 use serde_json::{Map, Value};
@@ -24,7 +23,7 @@ use tonic_health::server::HealthReporter;
 use super::AppState;
 use super::error::failure;
 use super::front;
-use super::layers::{Bounded, request_id, with_request_id};
+use super::layers::{Edge, Rules, Seen};
 use crate::api::error::{ApiError, ErrorCode, OutcomesLog, into_status};
 use crate::authz::Peer;
 use crate::merge::view_index;
@@ -53,7 +52,7 @@ pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// The gRPC services, as an axum router to sit beside the REST one: `twinreg.v1.Registry`,
 /// `grpc.health.v1.Health` and reflection (v1 and v1alpha). The health statuses start
 /// NOT_SERVING; [`health_loop`] keeps them up to date through the returned reporter.
-pub async fn router(state: AppState) -> (axum::Router, HealthReporter) {
+pub async fn router(state: AppState) -> (Edge<GrpcEdge>, HealthReporter) {
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, false).await;
     let registry =
@@ -76,15 +75,7 @@ pub async fn router(state: AppState) -> (axum::Router, HealthReporter) {
                 .expect("the compiled-in descriptor sets are valid"),
         )
         .prepare();
-    let router = routes
-        .into_axum_router()
-        .layer(Bounded {
-            timeout: state.limits.request_timeout,
-            waits: is_stream,
-            on_timeout: timed_out,
-        })
-        .layer(middleware::from_fn_with_state(state, observe));
-    (with_request_id(router), reporter)
+    (Edge::new(routes.into_axum_router(), state), reporter)
 }
 
 /// Keeps the health statuses of "" and `twinreg.v1.Registry` at SERVING while the coordinator is
@@ -367,69 +358,70 @@ fn route_label(path: &str) -> &'static str {
     }
 }
 
-/// Counts and logs every gRPC call like REST's `observe`; the `status` label is the gRPC status
-/// code the call answered with in its headers (0 when it started OK; a stream's final status
-/// travels in trailers, after this). Also turns tonic's own error for a message over the 64 KiB
-/// cap (OUT_OF_RANGE, raised before any handler runs) into the API's INVALID_ARGUMENT.
-async fn observe(State(st): State<AppState>, req: HttpRequest, next: Next) -> HttpResponse {
-    let route = route_label(req.uri().path());
-    let method = req.method().clone();
-    let peer = req.extensions().get::<Arc<Peer>>().cloned();
-    let uri = req.uri().clone();
-    let request_id = request_id(&req);
-    let start = Instant::now();
-    let mut resp = match front::rate_limit(&st, peer.as_deref()) {
-        Ok(()) => next.run(req).await,
-        Err(e) => into_status(e).into_http(),
-    };
-    let mut code = resp
-        .headers()
-        .get("grpc-status")
-        .map_or(Code::Ok, |v| Code::from_bytes(v.as_bytes()));
-    if code == Code::OutOfRange && uri.path().starts_with("/twinreg.v1.Registry/") {
-        let too_large = ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("request message exceeds {} KiB", MAX_BODY_BYTES / 1024),
-        );
-        resp = into_status(too_large).into_http();
-        code = Code::InvalidArgument;
+/// The gRPC edge: streams wait by design, errors are gRPC statuses.
+pub struct GrpcEdge;
+
+impl Rules for GrpcEdge {
+    /// Streams wait by design; unary calls are answered within the request timeout.
+    fn waits(req: &HttpRequest) -> bool {
+        matches!(
+            route_label(req.uri().path()),
+            "grpc.Watch" | "grpc.health.Watch" | "grpc.reflection"
+        )
     }
-    st.metrics.observe_request(route, &method, code as u16);
-    let identity = peer.as_deref().map_or("", |p| p.identity.as_str());
-    let target = resp.extensions().get::<Target>();
-    let (service, instance) = target.map_or(("", ""), |t| (t.0.as_str(), t.1.as_str()));
-    let registries = front::outcomes_logged(&resp);
-    let quiet = route == "grpc.Heartbeat" && code == Code::Ok;
-    front::request_line!(
-        quiet,
-        request_id = request_id.as_str(),
-        %method,
-        path = uri.path(),
-        grpc_status = code as i32,
-        identity,
-        service,
-        instance,
-        registries,
-        took_ms = start.elapsed().as_millis() as u64,
-        "grpc request"
-    );
-    resp
-}
 
-/// Streams wait by design; unary calls are answered within the request timeout.
-fn is_stream(req: &HttpRequest) -> bool {
-    matches!(
-        route_label(req.uri().path()),
-        "grpc.Watch" | "grpc.health.Watch" | "grpc.reflection"
-    )
-}
+    fn timed_out(limit: Duration) -> HttpResponse {
+        into_status(ApiError::unavailable(
+            format!("not answered within {} ms; retry", limit.as_millis()),
+            super::error::retry_after(),
+        ))
+        .into_http()
+    }
 
-fn timed_out(limit: std::time::Duration) -> HttpResponse {
-    into_status(ApiError::unavailable(
-        format!("not answered within {} ms; retry", limit.as_millis()),
-        super::error::retry_after(),
-    ))
-    .into_http()
+    fn refused(e: ApiError) -> HttpResponse {
+        into_status(e).into_http()
+    }
+
+    /// Counts and logs every gRPC call like REST's; the `status` label is the gRPC status code
+    /// the call answered with in its headers (0 when it started OK; a stream's final status
+    /// travels in trailers, after this). Also turns tonic's own error for a message over the
+    /// 64 KiB cap (OUT_OF_RANGE, raised before any handler runs) into the API's
+    /// INVALID_ARGUMENT.
+    fn finish(st: &AppState, seen: &Seen, mut resp: HttpResponse) -> HttpResponse {
+        let path = seen.uri.path();
+        let route = route_label(path);
+        let mut code = resp
+            .headers()
+            .get("grpc-status")
+            .map_or(Code::Ok, |v| Code::from_bytes(v.as_bytes()));
+        if code == Code::OutOfRange && path.starts_with("/twinreg.v1.Registry/") {
+            let too_large = ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("request message exceeds {} KiB", MAX_BODY_BYTES / 1024),
+            );
+            resp = into_status(too_large).into_http();
+            code = Code::InvalidArgument;
+        }
+        st.metrics.observe_request(route, &seen.method, code as u16);
+        let target = resp.extensions().get::<Target>();
+        let (service, instance) = target.map_or(("", ""), |t| (t.0.as_str(), t.1.as_str()));
+        let registries = front::outcomes_logged(&resp);
+        let quiet = route == "grpc.Heartbeat" && code == Code::Ok;
+        front::request_line!(
+            quiet,
+            request_id = seen.request_id(),
+            method = %seen.method,
+            path,
+            grpc_status = code as i32,
+            identity = seen.identity(),
+            service,
+            instance,
+            registries,
+            took_ms = seen.took_ms(),
+            "grpc request"
+        );
+        resp
+    }
 }
 
 /// The service and instance a call acted on, attached to its response for the request log.

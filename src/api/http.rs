@@ -1,14 +1,13 @@
 //! REST endpoints of the API contract (`docs/api.md`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, MatchedPath, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Extension, Json};
@@ -17,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::{failure, retry_after};
-use super::layers::{Bounded, request_id, with_request_id};
+use super::layers::{Edge, Rules, Seen};
 use super::{AppState, front};
 use crate::api::error::{ApiError, ErrorCode, OutcomesLog};
 use crate::authz::Peer;
@@ -29,7 +28,7 @@ use crate::watch::view::View;
 /// Longest a long poll may wait, and its default when `index` is given without `wait`.
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
 
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState) -> Edge<Rest> {
     let router = Router::new()
         .route(
             "/v1/services/{service}/instances/{id}",
@@ -43,82 +42,87 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/services/{service}/instances", get(list))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(Bounded {
-            timeout: state.limits.request_timeout,
-            waits: is_long_poll,
-            on_timeout: timed_out,
-        })
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .with_state(state);
-    with_request_id(router)
+        .with_state(state.clone());
+    Edge::new(router, state)
 }
 
-/// A long poll waits by design; everything else is answered within the request timeout.
-fn is_long_poll(req: &Request) -> bool {
-    req.extensions()
-        .get::<MatchedPath>()
-        .is_some_and(|p| p.as_str() == "/v1/services/{service}/instances")
-        && req.uri().query().is_some_and(|q| q.contains("index="))
-}
-
-fn timed_out(limit: Duration) -> Response {
-    ApiError::unavailable(
-        format!(
-            "not answered within {} ms; retry after the Retry-After delay",
-            limit.as_millis()
-        ),
-        retry_after(),
-    )
-    .into_response()
-}
-
-/// Counts every answer by route and status, and logs it.
-async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let route: &'static str = match req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(MatchedPath::as_str)
-    {
-        Some("/v1/services/{service}/instances/{id}") => "instance",
-        Some("/v1/services/{service}/instances/{id}/heartbeat") => "heartbeat",
-        Some("/v1/services") => "services",
-        Some("/v1/services/{service}/instances") => "instances",
+/// The route a path matches, as the `route` label of `twinreg_http_requests_total`: the routes of
+/// [`router`], read from the path's segments (each parameter is one non-empty segment).
+fn route_label(path: &str) -> &'static str {
+    let mut parts = [""; 8];
+    let mut n = 0;
+    for segment in path.split('/') {
+        if n == parts.len() {
+            return "other";
+        }
+        parts[n] = segment;
+        n += 1;
+    }
+    match &parts[..n] {
+        ["", "v1", "services"] => "services",
+        ["", "v1", "services", s, "instances"] if !s.is_empty() => "instances",
+        ["", "v1", "services", s, "instances", i] if !s.is_empty() && !i.is_empty() => "instance",
+        ["", "v1", "services", s, "instances", i, "heartbeat"]
+            if !s.is_empty() && !i.is_empty() =>
+        {
+            "heartbeat"
+        }
         _ => "other",
-    };
-    let method = req.method().clone();
-    // Cheap to keep: an Arc and a shared-bytes URI, no copy per request.
-    let peer = req.extensions().get::<Arc<Peer>>().cloned();
-    let uri = req.uri().clone();
-    let request_id = request_id(&req);
-    let start = Instant::now();
-    let resp = match front::rate_limit(&st, peer.as_deref()) {
-        Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
-    };
-    let status = resp.status().as_u16();
-    st.metrics.observe_request(route, &method, status);
-    let identity = peer.as_deref().map_or("", |p| p.identity.as_str());
-    let path = uri.path();
-    // `/v1/services/{service}/instances/{id}...`, as sent (the log shows what was asked).
-    let mut segments = path.split('/').skip(3);
-    let service = segments.next().unwrap_or("");
-    let instance = segments.nth(1).unwrap_or("");
-    let registries = front::outcomes_logged(&resp);
-    let quiet = route == "heartbeat" && resp.status().is_success();
-    front::request_line!(
-        quiet,
-        request_id = request_id.as_str(),
-        %method,
-        path,
-        status,
-        identity,
-        service,
-        instance,
-        registries,
-        took_ms = start.elapsed().as_millis() as u64,
-        "request"
-    );
-    resp
+    }
+}
+
+/// The REST edge: long polls wait by design, errors are the API's JSON.
+pub struct Rest;
+
+impl Rules for Rest {
+    /// A long poll waits by design; everything else is answered within the request timeout.
+    fn waits(req: &Request) -> bool {
+        route_label(req.uri().path()) == "instances"
+            && req.uri().query().is_some_and(|q| q.contains("index="))
+    }
+
+    fn timed_out(limit: Duration) -> Response {
+        ApiError::unavailable(
+            format!(
+                "not answered within {} ms; retry after the Retry-After delay",
+                limit.as_millis()
+            ),
+            retry_after(),
+        )
+        .into_response()
+    }
+
+    fn refused(e: ApiError) -> Response {
+        e.into_response()
+    }
+
+    /// Counts every answer by route and status, and logs it.
+    fn finish(st: &AppState, seen: &Seen, resp: Response) -> Response {
+        let path = seen.uri.path();
+        let route = route_label(path);
+        let status = resp.status().as_u16();
+        st.metrics.observe_request(route, &seen.method, status);
+        // `/v1/services/{service}/instances/{id}...`, as sent (the log shows what was asked).
+        let mut segments = path.split('/').skip(3);
+        let service = segments.next().unwrap_or("");
+        let instance = segments.nth(1).unwrap_or("");
+        let registries = front::outcomes_logged(&resp);
+        let quiet = route == "heartbeat" && resp.status().is_success();
+        front::request_line!(
+            quiet,
+            request_id = seen.request_id(),
+            method = %seen.method,
+            path,
+            status,
+            identity = seen.identity(),
+            service,
+            instance,
+            registries,
+            took_ms = seen.took_ms(),
+            "request"
+        );
+        resp
+    }
 }
 
 /// Attaches each registry's outcome to the response, for the request log line.

@@ -1,30 +1,37 @@
-//! The plumbing every request on the public listener goes through, REST and gRPC alike, from
-//! tower-http:
+//! The edge every request on the public listener goes through, REST and gRPC alike, in one
+//! service wrapped around each front's router:
 //!
 //! - a request ID: the caller's `X-Request-Id` when it is a sane token (at most 64 of
 //!   `[A-Za-z0-9._:-]`, so logs cannot be forged or flooded through it), else a new random one;
 //!   sent back on the answer;
+//! - the per-identity rate limit (429 with Retry-After, in the front's own error envelope);
 //! - the request timeout (`limits.request_timeout`) for every request that does not wait by
-//!   design (a long poll, a watch stream), answered as the API's own `unavailable` error.
+//!   design (a long poll, a watch stream), answered as the API's own `unavailable` error;
+//! - the request count and the one log line per request, which stay the fronts' own
+//!   ([`Rules::finish`]): they carry fields (identity, target, each registry's outcome) a
+//!   generic trace layer cannot know, in the flat shape operators already parse.
 //!
-//! The one log line per request stays the fronts' own (`api::http`, `api::grpc`): it carries
-//! fields (identity, target, each registry's outcome) a generic trace layer cannot know, in the
-//! flat shape operators already parse.
+//! One service, not a stack of `Router::layer`s: axum boxes every route again for each layer it
+//! is given, and a heartbeat through five boxed layers cost twinreg more than the heartbeat itself
+//! (BENCHMARKS.md). Here the router is called once, with one boxed future per request.
 
 use std::convert::Infallible;
+use std::marker::PhantomData;
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, Uri};
 use axum::response::Response;
-use tower::util::BoxCloneSyncService;
-use tower::{Layer, Service, ServiceBuilder};
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
-use tower_http::timeout::TimeoutLayer;
+use futures::future::BoxFuture;
+use tower::{Service, ServiceExt};
+
+use super::{AppState, front};
+use crate::api::error::ApiError;
+use crate::authz::Peer;
 
 /// The header carrying a request's ID, both ways.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -38,107 +45,138 @@ fn sane(v: &HeaderValue) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(b))
 }
 
-/// New IDs: 64 random bits in hex.
-#[derive(Clone, Copy, Default)]
-struct RandomId;
+/// A new ID: 64 random bits in hex.
+fn new_id() -> HeaderValue {
+    HeaderValue::from_str(&format!("{:016x}", rand::random::<u64>()))
+        .expect("hex digits are a valid header value")
+}
 
-impl MakeRequestId for RandomId {
-    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
-        HeaderValue::from_str(&format!("{:016x}", rand::random::<u64>()))
-            .ok()
-            .map(RequestId::new)
+/// What the edge saw of a request before the router took it, for the front's log line.
+pub struct Seen {
+    pub method: Method,
+    pub uri: Uri,
+    pub peer: Option<Arc<Peer>>,
+    pub request_id: HeaderValue,
+    pub start: Instant,
+}
+
+impl Seen {
+    pub fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or_default()
+    }
+
+    pub fn identity(&self) -> &str {
+        self.peer.as_deref().map_or("", |p| p.identity.as_str())
+    }
+
+    pub fn took_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
     }
 }
 
-/// Every request gets a sane `X-Request-Id` (the caller's, or a new one in place of a missing or
-/// unsafe one) before anything else sees it, and its answer carries the same.
-pub fn with_request_id(router: Router) -> Router {
-    router
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(RandomId))
-        .layer(axum::middleware::map_request(
-            |mut req: Request| async move {
-                if req.headers().get(REQUEST_ID).is_some_and(|v| !sane(v)) {
-                    req.headers_mut().remove(REQUEST_ID);
-                }
-                req
-            },
-        ))
+/// What differs between the REST and the gRPC edge.
+pub trait Rules: Send + Sync + 'static {
+    /// Whether the request waits by design (no request timeout).
+    fn waits(req: &Request) -> bool;
+    /// The answer to a request the router did not answer within `limit`.
+    fn timed_out(limit: Duration) -> Response;
+    /// The answer to a request refused before the router (the rate limit).
+    fn refused(e: ApiError) -> Response;
+    /// Counts and logs the answer; may replace it (gRPC's own errors become the API's).
+    fn finish(st: &AppState, seen: &Seen, resp: Response) -> Response;
 }
 
-/// The request's ID (set by [`with_request_id`]).
-pub fn request_id(req: &Request) -> String {
-    req.headers()
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned()
+/// A front's router behind the edge.
+pub struct Edge<R> {
+    router: Router,
+    st: AppState,
+    rules: PhantomData<fn() -> R>,
 }
 
-/// Requests for which `waits` is false are answered within `timeout`, else with `on_timeout`.
-#[derive(Clone, Copy)]
-pub struct Bounded {
-    pub timeout: Duration,
-    pub waits: fn(&Request) -> bool,
-    pub on_timeout: fn(Duration) -> Response,
-}
-
-type Boxed = BoxCloneSyncService<Request, Response, Infallible>;
-
-impl<S> Layer<S> for Bounded
-where
-    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
-    S::Future: Send + 'static,
-{
-    type Service = BoundedService;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        let on_timeout = self.on_timeout;
-        let timeout = self.timeout;
-        // tower-http answers a timeout with a bare status; the API's error replaces it (the
-        // handlers' own 503s always carry a body with a content type).
-        let timed = ServiceBuilder::new()
-            .map_response(move |resp: Response| {
-                let bare = resp.status() == StatusCode::SERVICE_UNAVAILABLE
-                    && !resp.headers().contains_key(header::CONTENT_TYPE);
-                if bare { on_timeout(timeout) } else { resp }
-            })
-            .layer(TimeoutLayer::with_status_code(
-                StatusCode::SERVICE_UNAVAILABLE,
-                timeout,
-            ))
-            .service(inner.clone());
-        BoundedService {
-            timed: BoxCloneSyncService::new(timed),
-            untimed: BoxCloneSyncService::new(inner),
-            waits: self.waits,
+impl<R> Clone for Edge<R> {
+    fn clone(&self) -> Self {
+        Self {
+            router: self.router.clone(),
+            st: self.st.clone(),
+            rules: PhantomData,
         }
     }
 }
 
-/// [`Bounded`] applied: a request that waits by design goes to the untimed service.
-#[derive(Clone)]
-pub struct BoundedService {
-    timed: Boxed,
-    untimed: Boxed,
-    waits: fn(&Request) -> bool,
+impl<R: Rules> Edge<R> {
+    pub fn new(router: Router, st: AppState) -> Self {
+        Self {
+            router,
+            st,
+            rules: PhantomData,
+        }
+    }
 }
 
-impl Service<Request> for BoundedService {
+impl<R: Rules, B> Service<axum::http::Request<B>> for Edge<R>
+where
+    B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
     type Response = Response;
     type Error = Infallible;
-    type Future = <Boxed as Service<Request>>::Future;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // Both wrap axum routes, which are always ready.
+        // An axum router is always ready.
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
-        if (self.waits)(&req) {
-            self.untimed.call(req)
-        } else {
-            self.timed.call(req)
-        }
+    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+        let mut req = req.map(Body::new);
+        let request_id = match req.headers().get(REQUEST_ID) {
+            Some(v) if sane(v) => v.clone(),
+            _ => {
+                let id = new_id();
+                req.headers_mut().insert(REQUEST_ID, id.clone());
+                id
+            }
+        };
+        let seen = Seen {
+            method: req.method().clone(),
+            // Cheap to keep: shared bytes, no copy per request.
+            uri: req.uri().clone(),
+            peer: req.extensions().get::<Arc<Peer>>().cloned(),
+            request_id,
+            start: Instant::now(),
+        };
+        let waits = R::waits(&req);
+        let router = self.router.clone();
+        let st = self.st.clone();
+        Box::pin(async move {
+            let resp = match front::rate_limit(&st, seen.peer.as_deref()) {
+                Err(e) => R::refused(e),
+                Ok(()) if waits => router.oneshot(req).await?,
+                Ok(()) => {
+                    let limit = st.limits.request_timeout;
+                    match tokio::time::timeout(limit, router.oneshot(req)).await {
+                        Ok(resp) => resp?,
+                        Err(_) => R::timed_out(limit),
+                    }
+                }
+            };
+            let mut resp = R::finish(&st, &seen, resp);
+            resp.headers_mut().insert(REQUEST_ID, seen.request_id);
+            Ok(resp)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sane_ids_are_kept_and_others_are_not() {
+        assert!(sane(&HeaderValue::from_static("req-1.a:b_c")));
+        assert!(!sane(&HeaderValue::from_static("")));
+        assert!(!sane(&HeaderValue::from_static("a b")));
+        assert!(!sane(&HeaderValue::from_str(&"x".repeat(65)).unwrap()));
+        assert!(sane(&new_id()));
     }
 }
