@@ -453,3 +453,28 @@ async fn list(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::route_label;
+
+    #[test]
+    fn route_labels_follow_the_routes_and_nothing_else() {
+        assert_eq!(route_label("/v1/services"), "services");
+        assert_eq!(route_label("/v1/services/pay/instances"), "instances");
+        assert_eq!(route_label("/v1/services/pay/instances/a-1"), "instance");
+        assert_eq!(
+            route_label("/v1/services/pay/instances/a-1/heartbeat"),
+            "heartbeat"
+        );
+        // Empty parameters, trailing separators and longer paths match no route.
+        assert_eq!(route_label("/v1/services//instances"), "other");
+        assert_eq!(route_label("/v1/services/pay/instances/"), "other");
+        assert_eq!(
+            route_label("/v1/services/pay/instances/a/heartbeat/x"),
+            "other"
+        );
+        assert_eq!(route_label("/v1/services/pay/other"), "other");
+        assert_eq!(route_label("/a/b/c/d/e/f/g/h/i"), "other");
+    }
+}
