@@ -120,12 +120,7 @@ async fn a_killed_replicas_instances_are_taken_over_before_its_leases_lapse() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_bouncing_between_replicas_stays_registered_then_expires() {
     let (etcd, consul) = tokio::join!(Etcd::start(), Consul::start());
-    let (a, b) = tokio::join!(
-        Gateway::start(&etcd, &consul),
-        Gateway::start(&etcd, &consul)
-    );
-    a.wait_both_up().await;
-    b.wait_both_up().await;
+    let (a, b) = two_replicas(&etcd, &consul).await;
     let clients = [a.client("payments"), b.client("payments")];
     let p = path("payments", "bouncer");
     let r = clients[0]
@@ -266,12 +261,7 @@ async fn ten_thousand_instances_stopping_at_once_all_expire_on_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_wiped_while_ownership_moves_gets_every_instance_back() {
     let (mut etcd, consul) = tokio::join!(Etcd::start(), Consul::start());
-    let (a, b) = tokio::join!(
-        Gateway::start(&etcd, &consul),
-        Gateway::start(&etcd, &consul)
-    );
-    a.wait_both_up().await;
-    b.wait_both_up().await;
+    let (a, b) = two_replicas(&etcd, &consul).await;
     let clients = [a.client("payments"), b.client("payments")];
     for i in 0..N {
         let r = clients[i % 2]
@@ -313,15 +303,7 @@ async fn etcd_wiped_while_ownership_moves_gets_every_instance_back() {
     )
     .await;
     // Each on a lease etcd knows (granted after the wipe), not a number left from before it.
-    let mut client = etcd.client().await;
-    let live: BTreeSet<i64> = client
-        .leases()
-        .await
-        .unwrap()
-        .leases()
-        .iter()
-        .map(|l| l.id())
-        .collect();
+    let live: BTreeSet<i64> = etcd.lease_ids().await.into_iter().collect();
     for (key, _, lease) in &back {
         assert!(
             live.contains(lease),
@@ -330,4 +312,12 @@ async fn etcd_wiped_while_ownership_moves_gets_every_instance_back() {
     }
     assert_eq!(consul.instances().await.len(), N);
     assert!(beat(10).await.is_empty());
+}
+
+/// Two replicas on the same registries, each with both registries up.
+async fn two_replicas(etcd: &Etcd, consul: &Consul) -> (Gateway, Gateway) {
+    let (a, b) = tokio::join!(Gateway::start(etcd, consul), Gateway::start(etcd, consul));
+    a.wait_both_up().await;
+    b.wait_both_up().await;
+    (a, b)
 }

@@ -78,15 +78,7 @@ async fn identical_reregister_leaves_one_record_and_changes_replace() {
     let (_, lease) = env.etcd_record("payments", "pay-1").await.unwrap();
     // No lease per write: the record stays on its class's shared lease, and the leases in etcd
     // are that one and the replica's announcement's, however often it is written.
-    let mut etcd = env.etcd.client().await;
-    let live: Vec<i64> = etcd
-        .leases()
-        .await
-        .unwrap()
-        .leases()
-        .iter()
-        .map(|l| l.id())
-        .collect();
+    let live = env.etcd.lease_ids().await;
     assert!(live.contains(&lease), "{live:?}");
     assert!(live.len() <= 2, "leases: {live:?}");
 

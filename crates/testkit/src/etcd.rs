@@ -230,6 +230,13 @@ impl Etcd {
             .expect("connecting to etcd")
     }
 
+    /// The IDs of the leases etcd holds now.
+    pub async fn lease_ids(&self) -> Vec<i64> {
+        let mut c = self.client().await;
+        let resp = c.leases().await.expect("listing etcd's leases");
+        resp.leases().iter().map(|l| l.id()).collect()
+    }
+
     /// Every key under `prefix`, with its value.
     pub async fn dump(&self, prefix: &str) -> Vec<(String, serde_json::Value, i64)> {
         let mut c = self.client().await;
