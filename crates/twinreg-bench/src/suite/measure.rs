@@ -285,10 +285,9 @@ impl<'a> Run<'a> {
         ]
     }
 
-    fn baseline_args(&self) -> Vec<String> {
-        let p = self.plan;
-        vec![
-            "baseline".into(),
+    /// The flags that reach the run's etcd over mutual TLS.
+    fn etcd_args(&self) -> [String; 8] {
+        [
             "--etcd".into(),
             format!("https://127.0.0.1:{}", servers::ETCD_PORT),
             "--etcd-ca".into(),
@@ -297,6 +296,14 @@ impl<'a> Run<'a> {
             self.cert("server.pem"),
             "--etcd-key".into(),
             self.cert("server-key.pem"),
+        ]
+    }
+
+    fn baseline_args(&self) -> Vec<String> {
+        let p = self.plan;
+        let mut args = vec!["baseline".into()];
+        args.extend(self.etcd_args());
+        args.extend([
             "--concurrency".into(),
             p.concurrency.to_string(),
             "--instances".into(),
@@ -305,7 +312,8 @@ impl<'a> Run<'a> {
             secs(p.duration),
             "--warmup".into(),
             secs(p.warmup),
-        ]
+        ]);
+        args
     }
 
     /// One measurement (a child `twinreg-bench`), its report line kept and summarised.
@@ -1033,7 +1041,7 @@ impl<'a> Run<'a> {
     /// each expiry timed.
     fn liveness(&mut self, instances: u64, interval: Duration) -> Result<Value, SuiteError> {
         let ttl = (interval.as_secs() * 3).max(3);
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "liveness".into(),
             "--url".into(),
             format!("https://127.0.0.1:{}", servers::B.0),
@@ -1047,14 +1055,9 @@ impl<'a> Run<'a> {
             self.cert("rss.pem"),
             "--key".into(),
             self.cert("rss-key.pem"),
-            "--etcd".into(),
-            format!("https://127.0.0.1:{}", servers::ETCD_PORT),
-            "--etcd-ca".into(),
-            self.cert("ca.pem"),
-            "--etcd-cert".into(),
-            self.cert("server.pem"),
-            "--etcd-key".into(),
-            self.cert("server-key.pem"),
+        ];
+        args.extend(self.etcd_args());
+        args.extend([
             "--service".into(),
             "rss".into(),
             "--instances".into(),
@@ -1067,7 +1070,7 @@ impl<'a> Run<'a> {
             secs(interval * 2),
             "--after-kill".into(),
             secs(interval * 12),
-        ];
+        ]);
         let mut v = self.child(&args)?;
         v["measure"] = "liveness".into();
         eprintln!("  liveness: {v}");
