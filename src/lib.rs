@@ -7,7 +7,7 @@
 //! - [`tls`] terminates mutual TLS on the one public listener; [`server`] accepts connections,
 //!   reads the caller's identity from its certificate once per connection and hands each request
 //!   to the router.
-//! - [`api`] is the front: [`api::layers`] gives every request an ID and a timeout (tower-http);
+//! - [`api`] is the front: [`api::layers`] is the edge of every request (ID, rate limit, timeout, count and log line);
 //!   [`api::http`] (REST with axum) and [`api::grpc`] (gRPC with tonic, the same operations
 //!   through the same [`api::front`] code) turn requests into validated [`model`] types (parse,
 //!   don't validate twice), [`authz`] decides whether the caller may act on the service, and
