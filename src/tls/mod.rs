@@ -382,9 +382,7 @@ pub fn registry_client_config(
     };
     // A resumed session skips the certificates: after a reload it would keep the old identity
     // (and the old trust decision), so a reload starts the session cache afresh.
-    let sessions = Arc::new(Sessions(RwLock::new(Arc::new(
-        ClientSessionMemoryCache::new(SESSION_CACHE),
-    ))));
+    let sessions = Arc::new(Sessions(RwLock::new(SessionCache::fresh(None))));
     cfg.resumption = Resumption::store(sessions.clone());
     let mut paths: Vec<PathBuf> = ca.iter().cloned().collect();
     if let Some((c, k)) = &cert_key {
@@ -400,6 +398,8 @@ pub fn registry_client_config(
             identity.as_ref().map(Arc::downgrade),
             Arc::downgrade(&sessions),
         );
+        // The first call is the start-up load (`Certs::add`): nothing to forget yet.
+        let loaded = std::sync::atomic::AtomicBool::new(false);
         certs.add(
             section,
             paths,
@@ -430,9 +430,12 @@ pub fn registry_client_config(
                 {
                     *id.0.write().expect("not poisoned") = next;
                 }
-                if let Some(s) = sessions.upgrade() {
-                    *s.0.write().expect("not poisoned") =
-                        Arc::new(ClientSessionMemoryCache::new(SESSION_CACHE));
+                if loaded.swap(true, std::sync::atomic::Ordering::Relaxed)
+                    && let Some(s) = sessions.upgrade()
+                {
+                    *s.0.write().expect("not poisoned") = SessionCache::fresh(Some(
+                        std::time::Instant::now() + TICKETS_IGNORED_AFTER_RELOAD,
+                    ));
                 }
                 Ok(expiries)
             }),
@@ -444,13 +447,48 @@ pub fn registry_client_config(
 /// Sessions remembered for resumption per registry client config (rustls' default size).
 const SESSION_CACHE: usize = 256;
 
+/// How long after a reload sessions handed to the cache are not kept. A connection whose
+/// handshake began before the reload presented the old certificate, and its session (a TLS 1.3
+/// ticket comes after the handshake) would let the next connection resume that old identity,
+/// and every resumed connection passes it on. A handshake to a registry is bounded by the
+/// 3 s connect timeout and the ticket follows it within a round trip; connections made in this
+/// window simply do full handshakes.
+const TICKETS_IGNORED_AFTER_RELOAD: Duration = Duration::from_secs(10);
+
 /// The session cache of a registry client config; replaced (emptied) by a reload.
 #[derive(Debug)]
-struct Sessions(RwLock<Arc<ClientSessionMemoryCache>>);
+struct Sessions(RwLock<SessionCache>);
+
+#[derive(Debug, Clone)]
+struct SessionCache {
+    cache: Arc<ClientSessionMemoryCache>,
+    /// Until then, sessions offered to the cache are dropped (see
+    /// [`TICKETS_IGNORED_AFTER_RELOAD`]).
+    ignore_until: Option<std::time::Instant>,
+}
+
+impl SessionCache {
+    fn fresh(ignore_until: Option<std::time::Instant>) -> Self {
+        Self {
+            cache: Arc::new(ClientSessionMemoryCache::new(SESSION_CACHE)),
+            ignore_until,
+        }
+    }
+}
 
 impl Sessions {
     fn cache(&self) -> Arc<ClientSessionMemoryCache> {
-        self.0.read().expect("not poisoned").clone()
+        self.0.read().expect("not poisoned").cache.clone()
+    }
+
+    /// The cache to store a new session in, or none while sessions may still come from
+    /// connections made before the last reload.
+    fn cache_for_new_session(&self) -> Option<Arc<ClientSessionMemoryCache>> {
+        let c = self.0.read().expect("not poisoned");
+        match c.ignore_until {
+            Some(t) if std::time::Instant::now() < t => None,
+            _ => Some(c.cache.clone()),
+        }
     }
 }
 
@@ -464,7 +502,9 @@ impl ClientSessionStore for Sessions {
     }
 
     fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
-        self.cache().set_tls12_session(server_name, value)
+        if let Some(cache) = self.cache_for_new_session() {
+            cache.set_tls12_session(server_name, value)
+        }
     }
 
     fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
@@ -480,7 +520,9 @@ impl ClientSessionStore for Sessions {
         server_name: ServerName<'static>,
         value: Tls13ClientSessionValue,
     ) {
-        self.cache().insert_tls13_ticket(server_name, value)
+        if let Some(cache) = self.cache_for_new_session() {
+            cache.insert_tls13_ticket(server_name, value)
+        }
     }
 
     fn take_tls13_ticket(
@@ -701,6 +743,133 @@ mod tests {
         assert_eq!(
             build(&format!("{}{}", crl(&ca, 86400), crl(&other, 86400))),
             Ok(())
+        );
+    }
+
+    /// Drives two in-memory TLS connections until neither has anything left to send.
+    fn pump(client: &mut rustls::ClientConnection, server: &mut rustls::ServerConnection) {
+        loop {
+            let mut moved = false;
+            let mut buf = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut buf).unwrap();
+            }
+            if !buf.is_empty() {
+                moved = true;
+                server.read_tls(&mut buf.as_slice()).unwrap();
+                server.process_new_packets().unwrap();
+            }
+            buf.clear();
+            while server.wants_write() {
+                server.write_tls(&mut buf).unwrap();
+            }
+            if !buf.is_empty() {
+                moved = true;
+                client.read_tls(&mut buf.as_slice()).unwrap();
+                client.process_new_packets().unwrap();
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// A session ticket that reaches a connection made before a reload (TLS 1.3 tickets arrive
+    /// after the handshake) must not let a connection made after it resume the old identity:
+    /// the registry would go on seeing the certificate that was rotated away.
+    #[test]
+    fn a_ticket_arriving_after_a_reload_does_not_carry_the_old_identity_over() {
+        install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        let ca = crate::certs::CertAuthority::new("registry CA").unwrap();
+        let server = ca.server(&["localhost"]).unwrap();
+        let old = ca.client(&crate::certs::ClientNames::cn("old")).unwrap();
+        let new = ca.client(&crate::certs::ClientNames::cn("new")).unwrap();
+        std::fs::write(p("ca.pem"), &ca.cert_pem).unwrap();
+        std::fs::write(p("client.pem"), &old.cert_pem).unwrap();
+        std::fs::write(p("client-key.pem"), &old.key_pem).unwrap();
+        let certs = Certs::new(crate::metrics::Metrics::new());
+        let client_cfg = Arc::new(
+            registry_client_config(
+                "etcd",
+                Some(&p("ca.pem")),
+                Some((&p("client.pem"), &p("client-key.pem"))),
+                (Handshakes::default(), RegistryKind::Etcd),
+                &certs,
+            )
+            .unwrap(),
+        );
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap())
+            .unwrap();
+        let server_cfg = Arc::new(
+            ServerConfig::builder()
+                .with_client_cert_verifier(
+                    WebPkiClientVerifier::builder(Arc::new(roots))
+                        .build()
+                        .unwrap(),
+                )
+                .with_single_cert(
+                    vec![CertificateDer::from_pem_slice(server.cert_pem.as_bytes()).unwrap()],
+                    PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+        );
+        let name = ServerName::try_from("localhost").unwrap();
+        let connect = || {
+            (
+                rustls::ClientConnection::new(client_cfg.clone(), name.clone()).unwrap(),
+                rustls::ServerConnection::new(server_cfg.clone()).unwrap(),
+            )
+        };
+        let presented = |s: &rustls::ServerConnection| s.peer_certificates().unwrap()[0].to_vec();
+
+        // Resumption works: a second connection resumes the first one's session.
+        let (mut c0, mut s0) = connect();
+        pump(&mut c0, &mut s0);
+        let (mut c0, mut s0) = connect();
+        pump(&mut c0, &mut s0);
+        assert_eq!(c0.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+
+        // A connection on the old certificate whose handshake is done, its ticket still in flight.
+        let (mut c1, mut s1) = connect();
+        while c1.is_handshaking() {
+            let mut buf = Vec::new();
+            while c1.wants_write() {
+                c1.write_tls(&mut buf).unwrap();
+            }
+            s1.read_tls(&mut buf.as_slice()).unwrap();
+            s1.process_new_packets().unwrap();
+            buf.clear();
+            while s1.wants_write() {
+                s1.write_tls(&mut buf).unwrap();
+            }
+            c1.read_tls(&mut buf.as_slice()).unwrap();
+            c1.process_new_packets().unwrap();
+        }
+        let mut fin = Vec::new();
+        while c1.wants_write() {
+            c1.write_tls(&mut fin).unwrap();
+        }
+        s1.read_tls(&mut fin.as_slice()).unwrap();
+        s1.process_new_packets().unwrap();
+        assert_eq!(presented(&s1), old.der);
+
+        // The rotation, then the ticket lands.
+        std::fs::write(p("client.pem"), &new.cert_pem).unwrap();
+        std::fs::write(p("client-key.pem"), &new.key_pem).unwrap();
+        assert_eq!(certs.reload(true), (1, 0));
+        pump(&mut c1, &mut s1);
+
+        let (mut c2, mut s2) = connect();
+        pump(&mut c2, &mut s2);
+        assert!(!c2.is_handshaking() && !s2.is_handshaking());
+        assert!(
+            presented(&s2) == new.der,
+            "a connection after the reload presented the old certificate ({:?} handshake)",
+            c2.handshake_kind()
         );
     }
 }

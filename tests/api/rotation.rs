@@ -329,16 +329,22 @@ async fn registry_client_certificates_rotate_and_reconnects_use_them() {
         .client(&ClientNames::cn("twinreg"))
         .unwrap();
     rotate_and_cut(foreign).await;
-    eventually(
+    let last = std::sync::Mutex::new(String::new());
+    let waited = tokio::time::timeout(
         Duration::from_secs(30),
-        "etcd to refuse the foreign certificate",
-        || async {
+        eventually(Duration::from_secs(3600), "", || async {
             let r = c
                 .put_json(&path("payments", "a"), &body("10.0.0.1", 80))
                 .await;
+            *last.lock().unwrap() = format!("{} {}", r.status, r.text);
             (r.status == 200 && !etcd_ok(&r)).then_some(())
-        },
+        }),
     )
     .await;
+    assert!(
+        waited.is_ok(),
+        "etcd never refused the foreign certificate within 30s; last answer: {}",
+        last.lock().unwrap()
+    );
     drop(etcd);
 }
