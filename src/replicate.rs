@@ -1204,6 +1204,36 @@ mod tests {
         assert_eq!(consul.holds(&i.key).unwrap(), i);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_of_repairs_is_queue_entries_not_tasks() {
+        let (c, etcd, _consul) = coordinator(1000);
+        etcd.set_mode(Mode::Down);
+        c.register(instance("first"), ME).await.unwrap();
+        let tasks = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        let n = 1000;
+        for k in 0..n {
+            c.register(instance(&format!("p{k}")), ME).await.unwrap();
+        }
+        assert_eq!(c.repairer().pending(), n + 1);
+        let now = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        assert!(
+            now <= tasks,
+            "{n} more repairs took {} more tasks",
+            now - tasks
+        );
+        etcd.set_mode(Mode::Up);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(c.repairer().pending(), 0, "the backlog did not drain");
+        for k in 0..n {
+            let key = instance(&format!("p{k}")).key;
+            assert!(etcd.holds(&key).is_some(), "p{k} was not repaired");
+        }
+    }
+
     #[tokio::test]
     async fn recovery_after_an_outage_is_paced() {
         let rate = 20;
