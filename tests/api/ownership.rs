@@ -321,3 +321,84 @@ async fn two_replicas(etcd: &Etcd, consul: &Consul) -> (Gateway, Gateway) {
     b.wait_both_up().await;
     (a, b)
 }
+
+/// A replica starting over a prefix that holds more instances than fit in one gRPC answer (etcd
+/// clients refuse answers over 4 MiB by default; 25,000 records are about 6 MiB) on a lease no
+/// replica announces: its reads page through the prefix, it takes every instance over onto its
+/// own leases, and listing the service through it returns all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_instances_than_one_etcd_answer_holds_are_all_taken_over_and_listed() {
+    use etcd_client::{GetOptions, PutOptions, Txn, TxnOp};
+    const MANY: usize = 25_000;
+    let (etcd, consul) = tokio::join!(Etcd::start(), Consul::start());
+    let mut c = etcd.client().await;
+    let orphan_lease = c.lease_grant(120, None).await.unwrap().id();
+    for chunk in (0..MANY).collect::<Vec<_>>().chunks(100) {
+        let ops: Vec<TxnOp> = chunk
+            .iter()
+            .map(|i| {
+                let value = json!({
+                    "service": "payments", "id": format!("o{i}"), "address": "10.0.0.1",
+                    "port": 80, "tags": ["a-tag-long-enough-to-make-the-record-realistic"],
+                    "meta": {"version": "1.2.3", "zone": "eu-west-1a"}, "ttl_seconds": 30,
+                    "generation": 1, "Op": 0, "Addr": "10.0.0.1:80",
+                    "Metadata": {"version": "1.2.3", "zone": "eu-west-1a"},
+                });
+                TxnOp::put(
+                    format!("/services/payments/o{i}"),
+                    value.to_string(),
+                    Some(PutOptions::new().with_lease(orphan_lease)),
+                )
+            })
+            .collect();
+        c.txn(Txn::new().and_then(ops)).await.unwrap();
+    }
+    let size: usize = {
+        let r = c
+            .get(
+                "/services/payments/",
+                Some(GetOptions::new().with_prefix().with_limit(1)),
+            )
+            .await
+            .unwrap();
+        r.kvs()[0].value().len() * MANY
+    };
+    assert!(
+        size > 4 << 20,
+        "the records take {size} bytes: not past one answer"
+    );
+
+    let gw = Gateway::start(&etcd, &consul).await;
+    gw.wait_both_up().await;
+    testkit::eventually(
+        Duration::from_secs(90),
+        "every orphan to be taken over",
+        || async {
+            let (_, m) = gw.admin_get("/metrics").await;
+            (testkit::metric(&m, "twinreg_owned_instances", &[]) == MANY as f64).then_some(())
+        },
+    )
+    .await;
+    let keys = c
+        .get(
+            "/services/payments/",
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(keys.kvs().len(), MANY);
+    let left = keys
+        .kvs()
+        .iter()
+        .filter(|kv| kv.lease() == orphan_lease)
+        .count();
+    assert_eq!(left, 0, "{left} keys still on the dead replica's lease");
+
+    let r = gw
+        .client("payments")
+        .get("/v1/services/payments/instances")
+        .await;
+    assert_eq!(r.status, 200, "{}", &r.text[..r.text.len().min(500)]);
+    let listed = r.json["instances"].as_array().map_or(0, Vec::len);
+    assert_eq!(listed, MANY, "{}", &r.text[..r.text.len().min(500)]);
+}

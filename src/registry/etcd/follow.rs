@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{EventType, GetOptions, KeyValue, WatchOptions};
+use etcd_client::{EventType, KeyValue, WatchOptions};
 use tokio_util::sync::CancellationToken;
 
 use super::leases::{Announcement, REPLICAS_DIR};
@@ -139,17 +139,14 @@ impl Etcd {
         };
         let mut client = conn.client.clone();
         let root = format!("{}/", self.prefix);
-        let resp = match client
-            .get(root.as_str(), Some(GetOptions::new().with_prefix()))
-            .await
-        {
+        let resp = match super::range::read_dir(&mut client, &root, false).await {
             Ok(r) => r,
             Err(e) => return Some(to_err(e)),
         };
-        let rev = resp.header().map_or(0, |h| h.revision());
+        let rev = resp.revision;
         // Announcements first: they tell whose lease each key is on.
         let mut announced = HashSet::new();
-        for kv in resp.kvs() {
+        for kv in &resp.kvs {
             if let Kind::Replica(r) = self.classify(kv.key()) {
                 self.learn_replica(&r, kv.value());
                 announced.insert(r);
@@ -162,7 +159,7 @@ impl Etcd {
             .retain(|_, r| announced.contains(r));
         let mut held = Vec::new();
         let mut orphans = Vec::new();
-        for kv in resp.kvs() {
+        for kv in &resp.kvs {
             if let Kind::Instance(key) = self.classify(kv.key())
                 && let Some(h) = self.held_of(key, kv)
             {
@@ -286,12 +283,11 @@ impl Etcd {
         let conn = self.pool.client().await?;
         let mut client = conn.client.clone();
         let root = format!("{}/", self.prefix);
-        let resp = client
-            .get(root.as_str(), Some(GetOptions::new().with_prefix()))
+        let pages = super::range::read_dir(&mut client, &root, false)
             .await
             .map_err(to_err)?;
-        Ok(resp
-            .kvs()
+        Ok(pages
+            .kvs
             .iter()
             .filter(|kv| leases.contains(&kv.lease()))
             .filter_map(|kv| match self.classify(kv.key()) {

@@ -18,6 +18,7 @@ mod errors;
 mod follow;
 mod keepalive;
 mod leases;
+mod range;
 mod record;
 mod txn;
 mod watch;
@@ -34,7 +35,7 @@ use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{ConnectOptions, GetOptions};
+use etcd_client::ConnectOptions;
 
 use crate::metrics::Handshakes;
 use crate::model::{Instance, InstanceId, InstanceKey, ServiceName};
@@ -199,12 +200,11 @@ impl Etcd {
     ) -> Result<BTreeMap<InstanceId, u64>, RegistryError> {
         let mut client = conn.client.clone();
         let dir = format!("{}/{TOMBSTONE_DIR}/{service}/", self.prefix);
-        let resp = client
-            .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
+        let pages = range::read_dir(&mut client, &dir, false)
             .await
             .map_err(to_err)?;
-        Ok(resp
-            .kvs()
+        Ok(pages
+            .kvs
             .iter()
             .filter_map(|kv| {
                 let id = std::str::from_utf8(kv.key().strip_prefix(dir.as_bytes())?).ok()?;
@@ -237,25 +237,20 @@ impl Etcd {
     ) -> Result<Vec<Instance>, RegistryError> {
         let mut client = conn.client.clone();
         let dir = format!("{}/{}/", self.prefix, service);
-        let resp = client
-            .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
+        let pages = range::read_dir(&mut client, &dir, false)
             .await
             .map_err(to_err)?;
-        Ok(decode_dir(&dir, service, resp.kvs()))
+        Ok(decode_dir(&dir, service, &pages.kvs))
     }
 
     async fn services_once(&self, conn: EtcdConn) -> Result<BTreeSet<ServiceName>, RegistryError> {
         let mut client = conn.client.clone();
         let root = format!("{}/", self.prefix);
-        let resp = client
-            .get(
-                root.as_str(),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            )
+        let pages = range::read_dir(&mut client, &root, true)
             .await
             .map_err(to_err)?;
-        Ok(resp
-            .kvs()
+        Ok(pages
+            .kvs
             .iter()
             .filter_map(|kv| {
                 let rest = kv.key().strip_prefix(root.as_bytes())?;

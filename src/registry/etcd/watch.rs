@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{EventType, GetOptions, WatchOptions};
+use etcd_client::{EventType, WatchOptions};
 use tokio::time::Instant;
 
 use super::{Etcd, KIND, KeyRead, decode_dir, decode_kv, to_err};
@@ -94,13 +94,13 @@ impl Etcd {
         let start = match *revision {
             Some(rev) => rev + 1,
             None => {
-                let resp = match client.get(dir, Some(GetOptions::new().with_prefix())).await {
+                let resp = match super::range::read_dir(&mut client, dir, false).await {
                     Ok(r) => r,
                     Err(e) => return End::Broken(to_err(e)),
                 };
-                let rev = resp.header().map_or(0, |h| h.revision());
+                let rev = resp.revision;
                 if !out
-                    .send(Feed::Snapshot(decode_dir(dir, service, resp.kvs())))
+                    .send(Feed::Snapshot(decode_dir(dir, service, &resp.kvs)))
                     .await
                 {
                     return End::Closed;
