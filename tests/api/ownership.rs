@@ -324,15 +324,18 @@ async fn two_replicas(etcd: &Etcd, consul: &Consul) -> (Gateway, Gateway) {
 
 /// A replica starting over a prefix that holds more instances than fit in one gRPC answer (etcd
 /// clients refuse answers over 4 MiB by default; 25,000 records are about 6 MiB) on a lease no
-/// replica announces: its reads page through the prefix, it takes every instance over onto its
-/// own leases, and listing the service through it returns all of them.
+/// replica announces: its reads page through the prefix, it keeps that lease alive while it takes
+/// every instance over onto its own leases (none lapses, though the lease is 8 s and the take-over
+/// longer), and listing the service through it returns all of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_instances_than_one_etcd_answer_holds_are_all_taken_over_and_listed() {
     use etcd_client::{GetOptions, PutOptions, Txn, TxnOp};
     const MANY: usize = 25_000;
     let (etcd, consul) = tokio::join!(Etcd::start(), Consul::start());
     let mut c = etcd.client().await;
-    let orphan_lease = c.lease_grant(120, None).await.unwrap().id();
+    // The shortest class: without its lease kept alive meanwhile, keys would lapse before
+    // a debug build has taken 25,000 over.
+    let orphan_lease = c.lease_grant(8, None).await.unwrap().id();
     for chunk in (0..MANY).collect::<Vec<_>>().chunks(100) {
         let ops: Vec<TxnOp> = chunk
             .iter()
@@ -368,6 +371,7 @@ async fn more_instances_than_one_etcd_answer_holds_are_all_taken_over_and_listed
         "the records take {size} bytes: not past one answer"
     );
 
+    let deletes = deletes_of(&etcd).await;
     let gw = Gateway::start(&etcd, &consul).await;
     gw.wait_both_up().await;
     testkit::eventually(
@@ -393,6 +397,11 @@ async fn more_instances_than_one_etcd_answer_holds_are_all_taken_over_and_listed
         .filter(|kv| kv.lease() == orphan_lease)
         .count();
     assert_eq!(left, 0, "{left} keys still on the dead replica's lease");
+    let deleted = deletes.lock().unwrap().len();
+    assert_eq!(
+        deleted, 0,
+        "{deleted} keys lapsed before they were taken over"
+    );
 
     let r = gw
         .client("payments")

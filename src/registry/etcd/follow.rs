@@ -8,8 +8,9 @@
 //!   while this one was not watching, or before it started): reported for take-over.
 //! - An instance key deleted in the same revision as its tombstone was put is a deregistration
 //!   or an expiry; deleted alone, it vanished (its lease lapsed, someone deleted it).
-//! - An announcement deleted: that replica is gone. Its keys are read and reported as orphans at
-//!   once, while its leases still have most of their TTL to run.
+//! - An announcement deleted: that replica is gone. Its leases are kept alive from here on (for
+//!   a bounded time, [`super::leases::BRIDGE_FOR`]), and its keys are read and reported as
+//!   orphans at once.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -159,11 +160,13 @@ impl Etcd {
             .retain(|_, r| announced.contains(r));
         let mut held = Vec::new();
         let mut orphans = Vec::new();
+        let mut orphan_leases = HashSet::new();
         for kv in &resp.kvs {
             if let Kind::Instance(key) = self.classify(kv.key())
                 && let Some(h) = self.held_of(key, kv)
             {
                 if h.holder == Holder::Other && kv.lease() != 0 {
+                    orphan_leases.insert(kv.lease());
                     orphans.push(h.clone());
                 }
                 held.push(h);
@@ -178,6 +181,8 @@ impl Etcd {
         {
             return None;
         }
+        // Kept alive while they are taken over (a lease etcd no longer knows is dropped).
+        self.leases.bridge(orphan_leases);
         if !orphans.is_empty() && !out.send(Observed::Orphans(orphans)).await {
             return None;
         }
@@ -261,7 +266,8 @@ impl Etcd {
                 }
             }
             for (replica, leases) in dead {
-                tracing::info!(%replica, "twinreg replica gone from etcd; taking its instances over");
+                tracing::info!(%replica, "twinreg replica gone from etcd; keeping its leases alive while taking its instances over");
+                self.leases.bridge(leases.iter().copied());
                 match self.keys_on(&leases).await {
                     Ok(orphans) if orphans.is_empty() => {}
                     Ok(orphans) => {

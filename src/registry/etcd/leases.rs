@@ -10,6 +10,12 @@
 //! - The announcement `{prefix}/.replicas/{replica}` (on a lease of [`ANNOUNCE_TTL`], kept alive
 //!   with the others) lists those leases. A lease is announced before the first key is written
 //!   on it, so a key whose lease no live replica announces was left by a replica that died.
+//! - When a replica dies, the survivors keep its data leases alive for [`BRIDGE_FOR`] (a
+//!   handful of keepalives, whatever the number of keys on them) while they move its keys onto
+//!   their own leases, so no key lapses while the take-over works through a large share (a
+//!   hundred thousand guarded writes take longer than the few seconds a 10 s lease has left).
+//!   A key nobody took over in that time lapses with the lease, as it would have at once; if
+//!   every replica is gone, nobody bridges and everything lapses within its class TTL.
 //! - Tombstones share one lease per [`TOMBSTONE_ROTATE`], of `TOMBSTONE_TTL + TOMBSTONE_ROTATE`,
 //!   never kept alive: a tombstone lives between one and one and a third hours.
 
@@ -34,6 +40,8 @@ pub const LEASE_TTLS: [u32; 7] = [8, 10, 15, 20, 30, 45, 60];
 pub const ANNOUNCE_TTL: i64 = 3;
 /// How often every lease of the replica is kept alive.
 pub const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
+/// How long survivors keep a dead replica's data leases alive while they take its keys over.
+pub const BRIDGE_FOR: Duration = Duration::from_secs(120);
 /// How often tombstones move to a new lease.
 pub const TOMBSTONE_ROTATE: Duration = Duration::from_secs(1200);
 /// Where replicas announce themselves, beside the services (no service name starts with '.').
@@ -68,6 +76,8 @@ pub(super) struct Leases {
     ids: std::sync::RwLock<BTreeMap<u32, i64>>,
     /// Other replicas' leases as announced: lease → replica.
     pub(super) peers: std::sync::RwLock<HashMap<i64, String>>,
+    /// Dead replicas' data leases kept alive while their keys are taken over: lease → until.
+    bridged: std::sync::Mutex<HashMap<i64, Instant>>,
     /// Bumped each time the leases are forgotten, so that of many calls failing on the same
     /// lost lease only the first makes new ones (see [`Leases::forget_since`]).
     epoch: std::sync::atomic::AtomicU64,
@@ -115,6 +125,31 @@ impl Leases {
 
     pub(super) fn count(&self) -> usize {
         self.ids.read().expect("not poisoned").len()
+    }
+
+    /// Keeps `leases` (a dead replica's) alive for [`BRIDGE_FOR`] from now, along with this
+    /// replica's own.
+    pub(super) fn bridge(&self, leases: impl IntoIterator<Item = i64>) {
+        let until = Instant::now() + BRIDGE_FOR;
+        let mut bridged = self.bridged.lock().expect("not poisoned");
+        for l in leases {
+            if l != 0 && !self.is_mine(l) {
+                bridged.entry(l).or_insert(until);
+            }
+        }
+    }
+
+    /// The bridged leases still due a keepalive (those past their time are dropped).
+    fn bridged_now(&self) -> Vec<i64> {
+        let now = Instant::now();
+        let mut bridged = self.bridged.lock().expect("not poisoned");
+        bridged.retain(|_, until| *until > now);
+        bridged.keys().copied().collect()
+    }
+
+    /// Stops bridging `lease` (etcd no longer knows it).
+    fn unbridge(&self, lease: i64) {
+        self.bridged.lock().expect("not poisoned").remove(&lease);
     }
 
     /// The replica that announced `lease`, if a live one did.
@@ -252,6 +287,16 @@ impl Etcd {
                     Err(_) => {
                         tracing::debug!(lease, "etcd: keeping a shared lease alive timed out")
                     }
+                }
+            }
+            for lease in self.leases.bridged_now() {
+                if let Ok(Ok(0)) = tokio::time::timeout(
+                    KEEPALIVE_EVERY * 2,
+                    conn.keepalive.keep_alive(&conn.client, lease),
+                )
+                .await
+                {
+                    self.leases.unbridge(lease);
                 }
             }
             let mut own = self.leases.state.lock().await;
