@@ -336,6 +336,15 @@ async fn more_instances_than_one_etcd_answer_holds_are_all_taken_over_and_listed
     // The shortest class: without its lease kept alive meanwhile, keys would lapse before
     // a debug build has taken 25,000 over.
     let orphan_lease = c.lease_grant(8, None).await.unwrap().id();
+    // Kept alive by the test while the records are written (a slow machine takes longer than
+    // 8 s), and left to twinreg from its start on.
+    let (mut keeper, _answers) = c.lease_keep_alive(orphan_lease).await.unwrap();
+    let writer_alive = tokio::spawn(async move {
+        loop {
+            let _ = keeper.keep_alive().await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
     for chunk in (0..MANY).collect::<Vec<_>>().chunks(100) {
         let ops: Vec<TxnOp> = chunk
             .iter()
@@ -372,6 +381,7 @@ async fn more_instances_than_one_etcd_answer_holds_are_all_taken_over_and_listed
     );
 
     let deletes = deletes_of(&etcd).await;
+    writer_alive.abort();
     let gw = Gateway::start(&etcd, &consul).await;
     gw.wait_both_up().await;
     testkit::eventually(
