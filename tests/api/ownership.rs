@@ -382,6 +382,7 @@ async fn more_instances_than_one_etcd_answer_holds_are_all_taken_over_and_listed
 
     let deletes = deletes_of(&etcd).await;
     writer_alive.abort();
+    let last_kept = tokio::time::Instant::now();
     let gw = Gateway::start(&etcd, &consul).await;
     gw.wait_both_up().await;
     testkit::eventually(
@@ -407,6 +408,17 @@ async fn more_instances_than_one_etcd_answer_holds_are_all_taken_over_and_listed
         .filter(|kv| kv.lease() == orphan_lease)
         .count();
     assert_eq!(left, 0, "{left} keys still on the dead replica's lease");
+    // The dead replica's lease is still kept alive by the survivor past its own 8 s TTL.
+    tokio::time::sleep_until(last_kept + Duration::from_secs(12)).await;
+    let ttl = c
+        .lease_time_to_live(orphan_lease, None)
+        .await
+        .unwrap()
+        .ttl();
+    assert!(
+        ttl > 0,
+        "the orphaned lease lapsed (ttl {ttl}): nobody kept it alive"
+    );
     let deleted = deletes.lock().unwrap().len();
     assert_eq!(
         deleted, 0,
