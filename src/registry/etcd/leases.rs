@@ -273,42 +273,18 @@ impl Etcd {
             let ids = self.leases.ids.read().expect("not poisoned").clone();
             let mut lost = Vec::new();
             for (class, lease) in &ids {
-                match tokio::time::timeout(
-                    KEEPALIVE_EVERY * 2,
-                    conn.keepalive.keep_alive(&conn.client, *lease),
-                )
-                .await
-                {
-                    Ok(Ok(0)) => lost.push(*class),
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
-                        tracing::debug!(lease, error = %e, "etcd: keeping a shared lease alive failed")
-                    }
-                    Err(_) => {
-                        tracing::debug!(lease, "etcd: keeping a shared lease alive timed out")
-                    }
+                if renew(&conn, *lease).await == Some(0) {
+                    lost.push(*class);
                 }
             }
             for lease in self.leases.bridged_now() {
-                if let Ok(Ok(0)) = tokio::time::timeout(
-                    KEEPALIVE_EVERY * 2,
-                    conn.keepalive.keep_alive(&conn.client, lease),
-                )
-                .await
-                {
+                if renew(&conn, lease).await == Some(0) {
                     self.leases.unbridge(lease);
                 }
             }
             let mut own = self.leases.state.lock().await;
             let announce_lost = match own.announce {
-                Some(l) => matches!(
-                    tokio::time::timeout(
-                        KEEPALIVE_EVERY * 2,
-                        conn.keepalive.keep_alive(&conn.client, l)
-                    )
-                    .await,
-                    Ok(Ok(0))
-                ),
+                Some(l) => renew(&conn, l).await == Some(0),
                 None => !ids.is_empty(),
             };
             if lost.is_empty() && !announce_lost {
@@ -339,6 +315,27 @@ impl Etcd {
             if let Err(e) = client.lease_revoke(l).await {
                 tracing::debug!(error = %describe(&e), "etcd: withdrawing this replica's announcement failed");
             }
+        }
+    }
+}
+
+/// Renews `lease` once, bounded by two keepalive periods: its new TTL (0 when etcd no longer
+/// knows it), or `None` when the renewal failed or timed out (logged; the next round retries).
+async fn renew(conn: &EtcdConn, lease: i64) -> Option<i64> {
+    match tokio::time::timeout(
+        KEEPALIVE_EVERY * 2,
+        conn.keepalive.keep_alive(&conn.client, lease),
+    )
+    .await
+    {
+        Ok(Ok(ttl)) => Some(ttl),
+        Ok(Err(e)) => {
+            tracing::debug!(lease, error = %e, "etcd: keeping a lease alive failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(lease, "etcd: keeping a lease alive timed out");
+            None
         }
     }
 }
