@@ -46,6 +46,11 @@ pub const MAX_COALESCE_FRACTION: f64 = 0.5;
 const EXPIRE_CHUNK: usize = 500;
 /// Writes at once while copying adopted instances into the other registry.
 const ADOPT_CONCURRENCY: usize = 16;
+/// Heartbeats for instances this replica does not own that take them over at once (each reads
+/// and writes both registries). The rest wait, and are answered from memory if the instance was
+/// adopted meanwhile: after a replica dies, its clients' heartbeats arrive here before the
+/// follow reports its instances, and must not all become registry round trips at once.
+const TAKEOVER_CONCURRENCY: usize = 32;
 
 /// A replica id: `hint` (host name or listen address, made safe for keys and IDs) and 8 random
 /// hex digits, new at every start.
@@ -201,6 +206,9 @@ pub struct Coordinator {
     owned: Arc<Owned>,
     metrics: Arc<Metrics>,
     repair: Arc<Repairer>,
+    takeovers: tokio::sync::Semaphore,
+    /// Woken whenever instances are adopted (see [`Self::adopt`]).
+    adopted: tokio::sync::Notify,
 }
 
 impl Coordinator {
@@ -241,6 +249,8 @@ impl Coordinator {
             owned,
             metrics,
             repair,
+            takeovers: tokio::sync::Semaphore::new(TAKEOVER_CONCURRENCY),
+            adopted: tokio::sync::Notify::new(),
         })
     }
 
@@ -449,8 +459,15 @@ impl Coordinator {
         key: &InstanceKey,
         identity: &str,
     ) -> Result<WriteReport, Failure> {
-        if let Some(copies) = self.owned.touch(key, identity) {
-            let outcomes: Vec<Outcome> = self
+        match self.owned.touch(key, identity) {
+            Some(copies) => self.owner_answer(copies),
+            None => self.take_over_on_heartbeat(key, identity).await,
+        }
+    }
+
+    /// The answer of the owner to a heartbeat, from what it knows of the copies.
+    fn owner_answer(&self, copies: [Copy; REGISTRIES]) -> Result<WriteReport, Failure> {
+        let outcomes: Vec<Outcome> = self
                 .members
                 .iter()
                 .enumerate()
@@ -459,11 +476,11 @@ impl Coordinator {
                     let error = match copies[m] {
                         // The registry failed its last call (or its breaker is open): the copy
                         // is kept there, but nothing can read it now.
-                        Copy::Held(_) if out_of_service(member) => Some(format!(
+                        Copy::Held(_) | Copy::Adopting if out_of_service(member) => Some(format!(
                             "{kind} is not answering (last failure: {}); twinreg keeps its copy and checks again every few seconds",
                             member.breaker.last_failure()
                         )),
-                        Copy::Held(_) => {
+                        Copy::Held(_) | Copy::Adopting => {
                             self.metrics.coalesced(kind);
                             None
                         }
@@ -480,15 +497,13 @@ impl Coordinator {
                     }
                 })
                 .collect();
-            if outcomes.iter().all(|o| o.error.is_some()) {
-                return Err(Failure::Unavailable(Outcomes(outcomes)));
-            }
-            return Ok(WriteReport {
-                outcomes: Outcomes(outcomes),
-                existed: true,
-            });
+        if outcomes.iter().all(|o| o.error.is_some()) {
+            return Err(Failure::Unavailable(Outcomes(outcomes)));
         }
-        self.take_over_on_heartbeat(key, identity).await
+        Ok(WriteReport {
+            outcomes: Outcomes(outcomes),
+            existed: true,
+        })
     }
 
     /// A heartbeat for an instance this replica does not own.
@@ -497,6 +512,23 @@ impl Coordinator {
         key: &InstanceKey,
         identity: &str,
     ) -> Result<WriteReport, Failure> {
+        // Waits for a turn, answering from memory as soon as the instance is adopted (or taken
+        // over by an earlier heartbeat) meanwhile.
+        let _permit = loop {
+            let adopted = self.adopted.notified();
+            tokio::pin!(adopted);
+            adopted.as_mut().enable();
+            if let Some(copies) = self.owned.touch(key, identity) {
+                return self.owner_answer(copies);
+            }
+            tokio::select! {
+                p = self.takeovers.acquire() => break p.expect("never closed"),
+                _ = adopted => {}
+            }
+        };
+        if let Some(copies) = self.owned.touch(key, identity) {
+            return self.owner_answer(copies);
+        }
         let started = Instant::now();
         let replies = self
             .fan_out("heartbeat", |r| async move { r.held(key).await })
@@ -647,7 +679,8 @@ impl Coordinator {
                 .iter()
                 .filter_map(|s| match s.copies[m] {
                     Copy::Held(rev) => Some((s.instance.clone(), rev)),
-                    Copy::Missing => {
+                    // Not this replica's copy (yet): nothing of its own to remove.
+                    Copy::Missing | Copy::Adopting => {
                         self.repair.settle(kind, &s.instance.key);
                         None
                     }
@@ -682,7 +715,7 @@ impl Coordinator {
     }
 
     /// Acts on what a registry reports of the copies (see [`Observed`]).
-    pub async fn observed(&self, kind: RegistryKind, what: Observed) {
+    pub async fn observed(self: &Arc<Self>, kind: RegistryKind, what: Observed) {
         let Some(m) = self.member_of(kind) else {
             return;
         };
@@ -696,7 +729,7 @@ impl Coordinator {
                     // Deregistered through another replica (or expired by the holder).
                     tracing::debug!(registry = %kind, instance = %key, "deregistered elsewhere: no longer owned here");
                     self.owned.remove(&key);
-                } else if state.copies[m] != Copy::Missing {
+                } else if matches!(state.copies[m], Copy::Held(_)) {
                     tracing::info!(registry = %kind, instance = %key, "a copy vanished behind twinreg's back; writing it again");
                     self.restore(m, &state.instance);
                 }
@@ -707,7 +740,7 @@ impl Coordinator {
                 for state in self.owned.of(service.as_ref()) {
                     match by_key.get(&state.instance.key) {
                         Some(h) => self.observed_copy(m, h),
-                        None if state.copies[m] != Copy::Missing => {
+                        None if matches!(state.copies[m], Copy::Held(_)) => {
                             tracing::info!(registry = %kind, instance = %state.instance.key, "a copy is missing; writing it again");
                             self.restore(m, &state.instance);
                         }
@@ -720,7 +753,7 @@ impl Coordinator {
                     self.restore(m, &state.instance);
                 }
             }
-            Observed::Orphans(orphans) => self.adopt(m, orphans).await,
+            Observed::Orphans(orphans) => self.adopt(m, orphans),
         }
     }
 
@@ -738,13 +771,18 @@ impl Coordinator {
                 }
             }
             Holder::Me => {}
+            // Ownership moves by the primary's guarded write: only its copy says who owns an
+            // instance now. A backup's copy still naming another replica is one not rewritten
+            // yet (this replica is adopting a dead one's instances, or took one over), and is
+            // left to that rewrite.
+            Holder::Replica(_) if m != 0 => {}
             Holder::Replica(other) if h.instance.generation >= mine => {
                 tracing::debug!(instance = %key, replica = %other, "taken over by another replica: no longer owned here");
                 self.owned.remove(key);
             }
             // Changed behind twinreg's back (another tool, an older record): written again.
             _ => {
-                if h.instance.generation <= mine && state.copies[m] != Copy::Missing {
+                if h.instance.generation <= mine && matches!(state.copies[m], Copy::Held(_)) {
                     tracing::info!(instance = %key, "a copy changed behind twinreg's back; writing it again");
                     self.restore(m, &state.instance);
                 }
@@ -753,9 +791,13 @@ impl Coordinator {
     }
 
     /// Takes over the copies a replica that went away held in registry `m`, then writes them
-    /// into the other registries under this replica too. The take-over is guarded: where
-    /// another replica was faster, this one leaves it.
-    async fn adopt(&self, m: usize, orphans: Vec<Held>) {
+    /// into the other registries under this replica too. They are owned here at once, before
+    /// any write: their clients' heartbeats, arriving now that the load balancer moved them, are
+    /// answered from memory (both registries still hold the copies; the dead replica's leases
+    /// are kept alive meanwhile) instead of each becoming a take-over of its own. The writes run
+    /// in the background, in batches. The take-over is guarded: where another replica was
+    /// faster, the primary's watch reports its copy and this replica lets the instance go.
+    fn adopt(self: &Arc<Self>, m: usize, orphans: Vec<Held>) {
         let orphans: Vec<Held> = orphans
             .into_iter()
             .filter(|h| !self.owned.contains(&h.instance.key))
@@ -763,7 +805,19 @@ impl Coordinator {
         if orphans.is_empty() {
             return;
         }
+        for h in &orphans {
+            let mut copies = [Copy::Adopting; REGISTRIES];
+            copies[m] = Copy::Held(h.revision);
+            self.owned.insert(h.instance.clone(), "", copies);
+        }
+        self.adopted.notify_waiters();
+        let c = self.clone();
+        tokio::spawn(async move { c.take_over_adopted(m, orphans).await });
+    }
+
+    async fn take_over_adopted(&self, m: usize, orphans: Vec<Held>) {
         let member = &self.members[m];
+        let kind = member.registry.kind();
         let mut adopted = Vec::new();
         for chunk in orphans.chunks(EXPIRE_CHUNK) {
             let (r, _) = self
@@ -774,13 +828,25 @@ impl Coordinator {
             match r {
                 Ok(revs) => {
                     for (h, rev) in chunk.iter().zip(revs) {
-                        if let Some(rev) = rev {
-                            adopted.push((h.instance.clone(), rev));
+                        let i = &h.instance;
+                        match rev {
+                            Some(rev) => {
+                                self.owned
+                                    .set_copy(&i.key, i.generation, m, Copy::Held(rev));
+                                adopted.push(i.clone());
+                            }
+                            // Changed since it was read: taken over by another replica,
+                            // deregistered or rewritten; the primary's watch reports which.
+                            None => {}
                         }
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(registry = %member.registry.kind(), error = %e, "taking over a gone replica's instances failed")
+                    tracing::warn!(registry = %kind, count = chunk.len(), error = %e, "taking over a gone replica's instances failed; the repairer writes them again");
+                    for h in chunk {
+                        self.restore(m, &h.instance);
+                        adopted.push(h.instance.clone());
+                    }
                 }
             }
         }
@@ -792,17 +858,6 @@ impl Coordinator {
             "took over the instances of a replica that went away"
         );
         self.metrics.took_over(adopted.len());
-        for (instance, rev) in &adopted {
-            let mut copies = [Copy::Missing; REGISTRIES];
-            copies[m] = Copy::Held(*rev);
-            // Held elsewhere until written: a failed write goes to the repairer below.
-            for (o, c) in copies.iter_mut().enumerate() {
-                if o != m && o < self.members.len() {
-                    *c = Copy::Held(0);
-                }
-            }
-            self.owned.insert(instance.clone(), "", copies);
-        }
         let adopted = &adopted;
         join_all(
             self.members
@@ -811,9 +866,14 @@ impl Coordinator {
                 .filter(|(o, _)| *o != m)
                 .map(|(o, other)| async move {
                     for chunk in adopted.chunks(ADOPT_CONCURRENCY) {
+                        // Those expired or taken elsewhere meanwhile are not written again.
+                        let chunk: Vec<&Instance> = chunk
+                            .iter()
+                            .filter(|i| self.owned.is_alive(&i.key, i.generation))
+                            .collect();
                         let writes =
-                            join_all(chunk.iter().map(|(i, _)| self.write_again(other, i))).await;
-                        for ((i, _), r) in chunk.iter().zip(writes) {
+                            join_all(chunk.iter().map(|i| self.write_again(other, i))).await;
+                        for (i, r) in chunk.iter().zip(writes) {
                             match r {
                                 Ok(w) => {
                                     self.owned.set_copy(&i.key, i.generation, o, Copy::from(w))
@@ -1172,6 +1232,112 @@ mod tests {
         etcd.taken_over_by(&i, "other");
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!a.owned().contains(&i.key));
+    }
+
+    /// What etcd's follow reports of the instances of a replica that went away.
+    fn orphans_of(etcd: &Arc<Memory>, instances: &[Instance]) -> Vec<Held> {
+        instances
+            .iter()
+            .map(|i| Held {
+                instance: i.clone(),
+                revision: etcd.revision_of(&i.key).expect("held"),
+                holder: Holder::Other,
+                live: true,
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_replicas_instances_are_answered_from_memory_once_reported() {
+        let (a, etcd, consul) = coordinator(100);
+        let fleet: Vec<Instance> = (0..100).map(|n| instance(&format!("i{n}"))).collect();
+        for i in &fleet {
+            a.register(i.clone(), ME).await.unwrap();
+        }
+        drop(a);
+        let b = replica_of(&etcd, &consul);
+        // The registries are slow to take the writes over: the answers must not wait on them.
+        etcd.set_mode(Mode::Hang);
+        consul.set_mode(Mode::Hang);
+        b.observed(
+            RegistryKind::Etcd,
+            Observed::Orphans(orphans_of(&etcd, &fleet)),
+        )
+        .await;
+        for i in &fleet {
+            let r = tokio::time::timeout(Duration::from_millis(10), b.heartbeat(&i.key, ME))
+                .await
+                .expect("answered without waiting on a registry")
+                .unwrap();
+            assert!(!r.outcomes.degraded(), "{:?}", r.outcomes);
+        }
+        // Consul's copies still name the dead replica until rewritten: that does not make it
+        // their owner again.
+        b.observed(
+            RegistryKind::Consul,
+            Observed::Snapshot {
+                service: Some(fleet[0].key.service.clone()),
+                held: fleet
+                    .iter()
+                    .map(|i| Held {
+                        instance: i.clone(),
+                        revision: 0,
+                        holder: Holder::Replica("dead".into()),
+                        live: true,
+                    })
+                    .collect(),
+            },
+        )
+        .await;
+        assert_eq!(b.owned().len(), fleet.len());
+        // Once the registries answer, the copies are taken over and rewritten.
+        etcd.set_mode(Mode::Up);
+        consul.set_mode(Mode::Up);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        for i in &fleet {
+            let s = b.owned().get(&i.key).expect("owned");
+            assert!(
+                s.copies
+                    .iter()
+                    .all(|c| matches!(c, Copy::Held(r) if *r > 0)),
+                "{:?}",
+                s.copies
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_waiting_to_take_over_are_answered_once_the_instances_are_adopted() {
+        let (a, etcd, consul) = coordinator(100);
+        let fleet: Vec<Instance> = (0..200).map(|n| instance(&format!("i{n}"))).collect();
+        for i in &fleet {
+            a.register(i.clone(), ME).await.unwrap();
+        }
+        drop(a);
+        let orphans = orphans_of(&etcd, &fleet);
+        let b = replica_of(&etcd, &consul);
+        etcd.set_mode(Mode::Hang);
+        consul.set_mode(Mode::Hang);
+        // Heartbeats reach B before the follow reports the dead replica's instances.
+        let beats: Vec<_> = fleet
+            .iter()
+            .map(|i| {
+                let (b, key) = (b.clone(), i.key.clone());
+                tokio::spawn(async move { b.heartbeat(&key, ME).await.is_ok() })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        b.observed(RegistryKind::Etcd, Observed::Orphans(orphans))
+            .await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let mut answered = 0;
+        for beat in beats {
+            if beat.is_finished() && beat.await.unwrap() {
+                answered += 1;
+            }
+        }
+        // Only those already reading the registries wait for them.
+        assert_eq!(answered, fleet.len() - TAKEOVER_CONCURRENCY);
     }
 
     #[tokio::test]

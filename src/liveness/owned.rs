@@ -36,6 +36,9 @@ pub enum Copy {
     Held(Revision),
     /// Not there (a write failed or the registry lost it): being restored.
     Missing,
+    /// Held by a replica that went away, and being written under this one (adoption): there,
+    /// and not to be restored meanwhile.
+    Adopting,
 }
 
 impl From<Written> for Copy {

@@ -96,6 +96,15 @@ impl Memory {
             .map(|(i, _)| i.clone())
     }
 
+    /// The revision a copy was written at.
+    pub fn revision_of(&self, key: &InstanceKey) -> Option<Revision> {
+        self.records
+            .lock()
+            .expect("not poisoned")
+            .get(key)
+            .map(|(_, r)| *r)
+    }
+
     /// Every copy held.
     pub fn len(&self) -> usize {
         self.records.lock().expect("not poisoned").len()
