@@ -827,17 +827,14 @@ impl Coordinator {
                 .await;
             match r {
                 Ok(revs) => {
+                    // A copy changed since it was read (taken over by another replica,
+                    // deregistered, rewritten) has no revision: the watch reports which.
                     for (h, rev) in chunk.iter().zip(revs) {
                         let i = &h.instance;
-                        match rev {
-                            Some(rev) => {
-                                self.owned
-                                    .set_copy(&i.key, i.generation, m, Copy::Held(rev));
-                                adopted.push(i.clone());
-                            }
-                            // Changed since it was read: taken over by another replica,
-                            // deregistered or rewritten; the primary's watch reports which.
-                            None => {}
+                        if let Some(rev) = rev {
+                            self.owned
+                                .set_copy(&i.key, i.generation, m, Copy::Held(rev));
+                            adopted.push(i.clone());
                         }
                     }
                 }
