@@ -42,8 +42,6 @@ pub struct HeartbeatSettings {
 /// The largest `heartbeat.coalesce` an old configuration may give (it is then ignored).
 pub const MAX_COALESCE_FRACTION: f64 = 0.5;
 
-/// Copies per expiry or take-over call to one registry: big batches, each within its deadline.
-const EXPIRE_CHUNK: usize = 500;
 /// Writes at once while copying adopted instances into the other registry.
 const ADOPT_CONCURRENCY: usize = 16;
 /// Heartbeats for instances this replica does not own that take them over at once (each reads
@@ -686,7 +684,7 @@ impl Coordinator {
                     }
                 })
                 .collect();
-            for chunk in copies.chunks(EXPIRE_CHUNK) {
+            for chunk in copies.chunks(member.registry.batch()) {
                 let (r, _) = self
                     .call(member, "expire", |reg| async move { reg.expire(chunk).await })
                     .await;
@@ -819,7 +817,7 @@ impl Coordinator {
         let member = &self.members[m];
         let kind = member.registry.kind();
         let mut adopted = Vec::new();
-        for chunk in orphans.chunks(EXPIRE_CHUNK) {
+        for chunk in orphans.chunks(member.registry.batch()) {
             let (r, _) = self
                 .call(member, "take_over", |reg| async move {
                     reg.take_over(chunk).await
@@ -1192,7 +1190,8 @@ mod tests {
         assert_eq!(
             calls,
             (20, 20),
-            "10,000 expiries in batches of {EXPIRE_CHUNK}"
+            "10,000 expiries in batches of {}",
+            etcd.batch()
         );
     }
 

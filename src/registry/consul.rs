@@ -595,6 +595,11 @@ impl Registry for Consul {
         results.into_iter().collect()
     }
 
+    fn batch(&self) -> usize {
+        // A few rounds of the calls one batch runs at once, well inside the deadline.
+        4 * liveness::CONCURRENCY
+    }
+
     fn start(
         self: Arc<Self>,
         followed: Followed,

@@ -247,6 +247,13 @@ pub trait Registry: Send + Sync + 'static {
     ) {
     }
 
+    /// Copies one [`Self::expire`] or [`Self::take_over`] call should carry, so that it fits in
+    /// the registry's deadline: etcd writes a batch in a few transactions, Consul one call (two,
+    /// for an expiry) per copy.
+    fn batch(&self) -> usize {
+        500
+    }
+
     /// Leases this replica holds in the registry now (etcd), for metrics.
     fn leases_held(&self) -> usize {
         0
