@@ -733,17 +733,16 @@ impl Coordinator {
                 }
             }
             Observed::Snapshot { service, held } => {
-                let by_key: std::collections::HashMap<&InstanceKey, &Held> =
-                    held.iter().map(|h| (&h.instance.key, h)).collect();
-                for state in self.owned.of(service.as_ref()) {
-                    match by_key.get(&state.instance.key) {
-                        Some(h) => self.observed_copy(m, h),
-                        None if matches!(state.copies[m], Copy::Held(_)) => {
-                            tracing::info!(registry = %kind, instance = %state.instance.key, "a copy is missing; writing it again");
-                            self.restore(m, &state.instance);
-                        }
-                        None => {}
-                    }
+                // Whole services of 100,000 copies come this way: nothing owned is cloned but
+                // what must be written again.
+                for h in &held {
+                    self.observed_copy(m, h);
+                }
+                let present: std::collections::HashSet<&InstanceKey> =
+                    held.iter().map(|h| &h.instance.key).collect();
+                for instance in self.owned.held_but_absent(service.as_ref(), m, &present) {
+                    tracing::info!(registry = %kind, instance = %instance.key, "a copy is missing; writing it again");
+                    self.restore(m, &instance);
                 }
             }
             Observed::LostAll => {
@@ -758,10 +757,9 @@ impl Coordinator {
     /// One copy as registry `m` holds it, against what this replica owns.
     fn observed_copy(&self, m: usize, h: &Held) {
         let key = &h.instance.key;
-        let Some(state) = self.owned.get(key) else {
+        let Some((mine, copies)) = self.owned.brief(key) else {
             return;
         };
-        let mine = state.instance.generation;
         match &h.holder {
             Holder::Me if h.instance.generation == mine => {
                 if h.revision != 0 {
@@ -780,7 +778,10 @@ impl Coordinator {
             }
             // Changed behind twinreg's back (another tool, an older record): written again.
             _ => {
-                if h.instance.generation <= mine && matches!(state.copies[m], Copy::Held(_)) {
+                if h.instance.generation <= mine
+                    && matches!(copies[m], Copy::Held(_))
+                    && let Some(state) = self.owned.get(key)
+                {
                     tracing::info!(instance = %key, "a copy changed behind twinreg's back; writing it again");
                     self.restore(m, &state.instance);
                 }

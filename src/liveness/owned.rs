@@ -71,7 +71,9 @@ struct Entry {
 pub struct Owned {
     epoch: Instant,
     map: RwLock<HashMap<InstanceKey, Arc<Entry>>>,
-    wheel: Mutex<BTreeMap<u64, Vec<InstanceKey>>>,
+    /// The entries themselves, not their keys (no second copy of every key): an entry that was
+    /// replaced in the map (a re-registration, a take-over) is dropped when its bucket comes due.
+    wheel: Mutex<BTreeMap<u64, Vec<Arc<Entry>>>>,
     services: Mutex<BTreeMap<ServiceName, usize>>,
     followed: watch::Sender<BTreeSet<ServiceName>>,
     /// Per identity: heartbeats per second its owned instances may send.
@@ -128,13 +130,13 @@ impl Owned {
             .map
             .write()
             .expect("not poisoned")
-            .insert(key.clone(), entry);
+            .insert(key, entry.clone());
         self.wheel
             .lock()
             .expect("not poisoned")
             .entry(Self::bucket(deadline))
             .or_default()
-            .push(key);
+            .push(entry);
         match old {
             Some(old) => {
                 let old = old.state.lock().expect("not poisoned").clone();
@@ -172,6 +174,31 @@ impl Owned {
         Some(state)
     }
 
+    /// The owned generation and the copies, without a copy of the record.
+    pub fn brief(&self, key: &InstanceKey) -> Option<(u64, [Copy; REGISTRIES])> {
+        let map = self.map.read().expect("not poisoned");
+        let state = map.get(key)?.state.lock().expect("not poisoned");
+        Some((state.instance.generation, state.copies))
+    }
+
+    /// The owned instances of `service` (every service when `None`) that registry `member`
+    /// should hold, as this replica wrote them, but that are not among `present`.
+    pub fn held_but_absent(
+        &self,
+        service: Option<&ServiceName>,
+        member: usize,
+        present: &std::collections::HashSet<&InstanceKey>,
+    ) -> Vec<Instance> {
+        let map = self.map.read().expect("not poisoned");
+        map.iter()
+            .filter(|(k, _)| service.is_none_or(|s| k.service == *s) && !present.contains(k))
+            .filter_map(|(_, e)| {
+                let state = e.state.lock().expect("not poisoned");
+                matches!(state.copies[member], Copy::Held(_)).then(|| state.instance.clone())
+            })
+            .collect()
+    }
+
     pub fn contains(&self, key: &InstanceKey) -> bool {
         self.map.read().expect("not poisoned").contains_key(key)
     }
@@ -205,7 +232,7 @@ impl Owned {
     /// wheel entries are dropped; entries whose deadline moved on go to their new bucket.)
     pub fn due(&self, now: Instant) -> Vec<State> {
         let now_ms = self.ms(now);
-        let due: Vec<InstanceKey> = {
+        let due: Vec<Arc<Entry>> = {
             let mut wheel = self.wheel.lock().expect("not poisoned");
             let later = wheel.split_off(&(Self::bucket(now_ms) + 1));
             let due = std::mem::replace(&mut *wheel, later);
@@ -215,27 +242,32 @@ impl Owned {
             return Vec::new();
         }
         let mut expired = Vec::new();
-        let mut again: Vec<(u64, InstanceKey)> = Vec::new();
+        let mut again: Vec<(u64, Arc<Entry>)> = Vec::new();
         {
             let mut map = self.map.write().expect("not poisoned");
-            for key in due {
-                let Some(entry) = map.get(&key) else { continue };
+            for entry in due {
                 let deadline = entry.deadline.load(Ordering::Relaxed);
+                let state = entry.state.lock().expect("not poisoned");
+                let key = &state.instance.key;
+                // Removed or replaced since: not this entry's bucket any more.
+                if !map.get(key).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+                    continue;
+                }
                 if deadline <= now_ms {
-                    let entry = map.remove(&key).expect("just seen");
-                    expired.push(entry.state.lock().expect("not poisoned").clone());
-                } else if Self::bucket(deadline) > Self::bucket(now_ms) {
-                    again.push((Self::bucket(deadline), key));
+                    map.remove(key);
+                    expired.push(state.clone());
                 } else {
-                    // Due later within this very bucket: look again at the next tick.
-                    again.push((Self::bucket(now_ms) + 1, key));
+                    // Due later within this very bucket: looked at again at the next tick.
+                    let b = Self::bucket(deadline).max(Self::bucket(now_ms) + 1);
+                    drop(state);
+                    again.push((b, entry));
                 }
             }
         }
         {
             let mut wheel = self.wheel.lock().expect("not poisoned");
-            for (b, key) in again {
-                wheel.entry(b).or_default().push(key);
+            for (b, entry) in again {
+                wheel.entry(b).or_default().push(entry);
             }
         }
         for s in &expired {
@@ -259,15 +291,6 @@ impl Owned {
         let map = self.map.read().expect("not poisoned");
         map.values()
             .map(|e| e.state.lock().expect("not poisoned").clone())
-            .collect()
-    }
-
-    /// The owned instances of `service` (of every service when `None`).
-    pub fn of(&self, service: Option<&ServiceName>) -> Vec<State> {
-        let map = self.map.read().expect("not poisoned");
-        map.iter()
-            .filter(|(k, _)| service.is_none_or(|s| k.service == *s))
-            .map(|(_, e)| e.state.lock().expect("not poisoned").clone())
             .collect()
     }
 
