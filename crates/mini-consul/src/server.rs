@@ -70,7 +70,15 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |req| crate::http::serve(state.clone(), req));
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Consul's Go HTTP/2 server allows 250 concurrent streams and does not drop a connection
+    // because its client cancelled requests that waited too long (it bounds handlers, not
+    // resets). hyper's default sends GOAWAY after 20 streams reset before the server took them
+    // up, which a loaded agent's clients with deadlines reach at once.
+    builder
+        .http2()
+        .max_concurrent_streams(250)
+        .max_pending_accept_reset_streams(4096);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     if let Err(e) = watcher.watch(conn.into_owned()).await {
         tracing::debug!(error = %e, "connection ended with an error");
