@@ -53,7 +53,10 @@ pub struct RepairSettings {
 /// A write to re-drive.
 #[derive(Debug, Clone)]
 pub enum RepairOp {
-    Register(Instance),
+    /// Write the owned instance of this generation again. The record is read from the owned set
+    /// when the write runs (a backlog of 100,000 holds keys, not 100,000 more records), and a
+    /// repair of an instance no longer owned and alive at that generation is dropped.
+    Register(InstanceKey, u64),
     /// Remove the instance unless the registry holds a registration newer than the generation.
     Deregister(InstanceKey, u64),
     /// An expiry that did not land: removes the copy only where it is still at this revision.
@@ -63,8 +66,8 @@ pub enum RepairOp {
 impl RepairOp {
     fn key(&self) -> &InstanceKey {
         match self {
-            Self::Register(i) | Self::Expire(i, _) => &i.key,
-            Self::Deregister(k, _) => k,
+            Self::Expire(i, _) => &i.key,
+            Self::Register(k, _) | Self::Deregister(k, _) => k,
         }
     }
 }
@@ -343,18 +346,21 @@ impl Repairer {
         ticket: u64,
     ) -> (InstanceKey, u64, Attempt) {
         let key = op.key().clone();
-        if let RepairOp::Register(i) = &op
-            && !self.owned.is_alive(&i.key, i.generation)
-        {
-            return (key, ticket, Attempt::Gone);
-        }
+        let record = match &op {
+            RepairOp::Register(k, generation) => match self.owned.alive_record(k, *generation) {
+                Some(i) => Some(i),
+                None => return (key, ticket, Attempt::Gone),
+            },
+            _ => None,
+        };
         // Bounded write rate per registry: a registry that just came back is not stampeded.
         target.limiter.until_ready().await;
         let registry = &target.registry;
         let kind = registry.kind();
         let result = tokio::time::timeout(target.deadline, async {
             match &op {
-                RepairOp::Register(i) => {
+                RepairOp::Register(..) => {
+                    let i = record.as_ref().expect("read above");
                     let w = registry.register(i).await?;
                     if !self.owned.is_alive(&i.key, i.generation) {
                         // Deregistered or expired while the write was on its way: the copy it

@@ -442,7 +442,7 @@ impl Coordinator {
             .set_copy(&instance.key, instance.generation, m, Copy::Missing);
         self.repair.submit(
             self.members[m].registry.kind(),
-            RepairOp::Register(instance.clone()),
+            RepairOp::Register(instance.key.clone(), instance.generation),
         );
     }
 

@@ -286,6 +286,19 @@ impl Owned {
         })
     }
 
+    /// The record of the instance while it is owned at `generation` and heard from within its
+    /// TTL.
+    pub fn alive_record(&self, key: &InstanceKey, generation: u64) -> Option<Instance> {
+        let now = self.ms(Instant::now());
+        let map = self.map.read().expect("not poisoned");
+        let e = map.get(key)?;
+        if e.deadline.load(Ordering::Relaxed) <= now {
+            return None;
+        }
+        let state = e.state.lock().expect("not poisoned");
+        (state.instance.generation == generation).then(|| state.instance.clone())
+    }
+
     /// Every owned instance (for a registry that lost all of them).
     pub fn all(&self) -> Vec<State> {
         let map = self.map.read().expect("not poisoned");
