@@ -46,9 +46,17 @@ const FOLLOW_MIN_GAP: Duration = Duration::from_millis(500);
 /// (2.5 s at 100,000 instances), so following costs Consul a bounded share of its time.
 const FOLLOW_GAP_PER_INSTANCE: Duration = Duration::from_micros(20);
 
-/// How long a follow waits after an answer of `instances` entries before asking again.
-fn follow_gap(instances: usize) -> Duration {
-    FOLLOW_MIN_GAP + FOLLOW_GAP_PER_INSTANCE * u32::try_from(instances).unwrap_or(u32::MAX)
+/// ... and at least this many times what reading the last answer took here (a loaded machine or
+/// a slow build reads a large service's answer slower, and its agent serializes it slower too):
+/// following costs this replica at most a fifth of a core.
+const FOLLOW_GAP_PER_READ: u32 = 4;
+
+/// How long a follow waits after an answer of `instances` entries, which took `read` to decode,
+/// before asking again.
+fn follow_gap(instances: usize, read: Duration) -> Duration {
+    FOLLOW_MIN_GAP
+        + (FOLLOW_GAP_PER_INSTANCE * u32::try_from(instances).unwrap_or(u32::MAX))
+            .max(read * FOLLOW_GAP_PER_READ)
 }
 
 /// Holder of a copy from its check's notes, as seen by `me`.
@@ -248,10 +256,13 @@ impl Consul {
                     if !changed {
                         continue;
                     }
+                    let decoding = tokio::time::Instant::now();
                     let Ok(entries) = parse_health_notes(&service, &body) else {
                         continue;
                     };
-                    let next = tokio::time::Instant::now() + follow_gap(entries.len());
+                    drop(body);
+                    let next =
+                        tokio::time::Instant::now() + follow_gap(entries.len(), decoding.elapsed());
                     let held = entries
                         .into_iter()
                         .map(|(instance, live, notes)| Held {
@@ -295,9 +306,15 @@ mod tests {
 
     #[test]
     fn a_large_service_is_followed_less_often() {
-        assert_eq!(follow_gap(0), FOLLOW_MIN_GAP);
-        assert_eq!(follow_gap(100_000), Duration::from_millis(2500));
-        assert!(follow_gap(10) < follow_gap(10_000));
+        let fast = Duration::from_millis(1);
+        assert_eq!(follow_gap(0, Duration::ZERO), FOLLOW_MIN_GAP);
+        assert_eq!(follow_gap(100_000, fast), Duration::from_millis(2500));
+        assert!(follow_gap(10, fast) < follow_gap(10_000, fast));
+        // An answer that was slow to read here is read less often.
+        assert_eq!(
+            follow_gap(10_000, Duration::from_secs(1)),
+            FOLLOW_MIN_GAP + Duration::from_secs(4)
+        );
     }
 
     #[test]
