@@ -49,6 +49,9 @@ const ADOPT_CONCURRENCY: usize = 16;
 /// adopted meanwhile: after a replica dies, its clients' heartbeats arrive here before the
 /// follow reports its instances, and must not all become registry round trips at once.
 const TAKEOVER_CONCURRENCY: usize = 32;
+/// How long a deregistration is remembered (see [`Coordinator::deregistered`]): longer than any
+/// take-over by heartbeat can take (four registry calls, each within its deadline).
+const DEREGISTERED_MEMORY: Duration = Duration::from_secs(60);
 
 /// A replica id: `hint` (host name or listen address, made safe for keys and IDs) and 8 random
 /// hex digits, new at every start.
@@ -207,6 +210,11 @@ pub struct Coordinator {
     takeovers: tokio::sync::Semaphore,
     /// Woken whenever instances are adopted (see [`Self::adopt`]).
     adopted: tokio::sync::Notify,
+    /// Instances deregistered lately (here, or elsewhere as the etcd watch showed), and when. A
+    /// take-over by heartbeat that read the copies before a deregistration removed them must
+    /// not make the instance owned afterwards: it would answer its heartbeats, and restore its
+    /// copies, as if it had never been deregistered.
+    deregistered: std::sync::Mutex<std::collections::HashMap<InstanceKey, Instant>>,
 }
 
 impl Coordinator {
@@ -249,6 +257,7 @@ impl Coordinator {
             repair,
             takeovers: tokio::sync::Semaphore::new(TAKEOVER_CONCURRENCY),
             adopted: tokio::sync::Notify::new(),
+            deregistered: Default::default(),
         })
     }
 
@@ -617,6 +626,21 @@ impl Coordinator {
         if copies.iter().all(|c| *c == Copy::Missing) {
             return Err(Failure::Unavailable(outcomes));
         }
+        if self.deregistered_since(key, started) {
+            // Deregistered while this take-over ran: the copies it wrote after the delete are
+            // removed again (fenced at the record's generation: a newer registration stays), and
+            // the client is told to register again.
+            tracing::info!(instance = %key, "deregistered during a take-over by heartbeat; not taken over");
+            for (m, c) in copies.iter().enumerate() {
+                if matches!(c, Copy::Held(_)) {
+                    self.repair.submit(
+                        self.members[m].registry.kind(),
+                        RepairOp::Deregister(key.clone(), record.generation),
+                    );
+                }
+            }
+            return Err(Failure::UnknownInstance(outcomes));
+        }
         self.owned.insert(record.clone(), identity, copies);
         self.metrics.took_over(1);
         for m in missing {
@@ -634,7 +658,27 @@ impl Coordinator {
             .0
     }
 
+    /// Remembers that `key` was deregistered now (see [`Self::deregistered`]).
+    fn note_deregistered(&self, key: &InstanceKey) {
+        let now = Instant::now();
+        let mut d = self.deregistered.lock().expect("not poisoned");
+        if d.len() >= 4096 {
+            d.retain(|_, at| now.duration_since(*at) < DEREGISTERED_MEMORY);
+        }
+        d.insert(key.clone(), now);
+    }
+
+    /// Whether `key` was deregistered at or after `since`.
+    fn deregistered_since(&self, key: &InstanceKey, since: Instant) -> bool {
+        self.deregistered
+            .lock()
+            .expect("not poisoned")
+            .get(key)
+            .is_some_and(|at| *at >= since)
+    }
+
     pub async fn deregister(&self, key: &InstanceKey) -> Result<WriteReport, Failure> {
+        self.note_deregistered(key);
         // Not owned any more: neither expired nor restored by this replica from now on.
         self.owned.remove(key);
         // Fences this delete: a registration written after it (a newer generation) survives it,
@@ -720,6 +764,9 @@ impl Coordinator {
         match what {
             Observed::Put(h) => self.observed_copy(m, &h),
             Observed::Gone { key, deregistered } => {
+                if deregistered {
+                    self.note_deregistered(&key);
+                }
                 let Some(state) = self.owned.get(&key) else {
                     return;
                 };
@@ -1335,6 +1382,55 @@ mod tests {
         }
         // Only those already reading the registries wait for them.
         assert_eq!(answered, fleet.len() - TAKEOVER_CONCURRENCY);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deregistration_during_a_take_over_by_heartbeat_is_not_undone() {
+        let (a, etcd, consul) = coordinator(100);
+        let b = replica_of(&etcd, &consul);
+        let i = instance("p");
+        a.register(i.clone(), ME).await.unwrap();
+        // B takes the instance over in etcd; its Consul write hangs, and meanwhile the
+        // instance is deregistered through A: etcd's copy goes, Consul's delete hangs too.
+        consul.set_mode(Mode::HangWrites);
+        let beat = {
+            let (b, key) = (b.clone(), i.key.clone());
+            tokio::spawn(async move { b.heartbeat(&key, ME).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(etcd.holds(&i.key).is_some(), "B took the etcd copy over");
+        let dereg = {
+            let (a, key) = (a.clone(), i.key.clone());
+            tokio::spawn(async move { a.deregister(&key).await.is_ok() })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // What B's etcd watch reports at once.
+        b.observed(
+            RegistryKind::Etcd,
+            Observed::Gone {
+                key: i.key.clone(),
+                deregistered: true,
+            },
+        )
+        .await;
+        assert!(etcd.holds(&i.key).is_none());
+        let answer = beat.await.unwrap();
+        assert!(dereg.await.unwrap());
+        assert!(
+            matches!(answer, Err(Failure::UnknownInstance(_))),
+            "{answer:?}"
+        );
+        assert!(
+            !b.owned().contains(&i.key),
+            "B owns a deregistered instance"
+        );
+        consul.set_mode(Mode::Up);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(consul.holds(&i.key).is_none(), "left in Consul");
+        assert!(matches!(
+            b.heartbeat(&i.key, ME).await,
+            Err(Failure::UnknownInstance(_))
+        ));
     }
 
     #[tokio::test]

@@ -22,6 +22,8 @@ pub enum Mode {
     Down,
     /// Every call waits forever (a frozen registry).
     Hang,
+    /// Reads answer; every write waits forever.
+    HangWrites,
 }
 
 pub struct Memory {
@@ -56,13 +58,14 @@ impl Memory {
             Mode::Up => 0,
             Mode::Down => 1,
             Mode::Hang => 2,
+            Mode::HangWrites => 3,
         };
         self.mode.store(v, Ordering::SeqCst);
     }
 
     async fn gate(&self) -> Result<(), RegistryError> {
         match self.mode.load(Ordering::SeqCst) {
-            0 => {
+            0 | 3 => {
                 self.calls.fetch_add(1, Ordering::SeqCst);
                 Ok(())
             }
@@ -72,6 +75,13 @@ impl Memory {
             )),
             _ => std::future::pending().await,
         }
+    }
+
+    async fn gate_write(&self) -> Result<(), RegistryError> {
+        if self.mode.load(Ordering::SeqCst) == 3 {
+            std::future::pending::<()>().await;
+        }
+        self.gate().await
     }
 
     fn wrote(&self) -> Revision {
@@ -165,7 +175,7 @@ impl Registry for Memory {
     }
 
     async fn register(&self, instance: &Instance) -> Result<Written, RegistryError> {
-        self.gate().await?;
+        self.gate_write().await?;
         let mut r = self.records.lock().expect("not poisoned");
         if r.get(&instance.key)
             .is_some_and(|(old, _)| old.generation > instance.generation)
@@ -183,7 +193,7 @@ impl Registry for Memory {
     }
 
     async fn take_over(&self, copies: &[Held]) -> Result<Vec<Option<Revision>>, RegistryError> {
-        self.gate().await?;
+        self.gate_write().await?;
         let mut out = Vec::with_capacity(copies.len());
         for c in copies {
             let mut r = self.records.lock().expect("not poisoned");
@@ -200,7 +210,7 @@ impl Registry for Memory {
     }
 
     async fn expire(&self, copies: &[(Instance, Revision)]) -> Result<Vec<bool>, RegistryError> {
-        self.gate().await?;
+        self.gate_write().await?;
         let mut out = Vec::with_capacity(copies.len());
         for (i, expected) in copies {
             let mut r = self.records.lock().expect("not poisoned");
@@ -218,7 +228,7 @@ impl Registry for Memory {
     }
 
     async fn deregister(&self, key: &InstanceKey, generation: u64) -> Result<bool, RegistryError> {
-        self.gate().await?;
+        self.gate_write().await?;
         let mut r = self.records.lock().expect("not poisoned");
         match r.get(key) {
             Some((old, _)) if old.generation <= generation => {
