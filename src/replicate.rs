@@ -210,11 +210,12 @@ pub struct Coordinator {
     takeovers: tokio::sync::Semaphore,
     /// Woken whenever instances are adopted (see [`Self::adopt`]).
     adopted: tokio::sync::Notify,
-    /// Instances deregistered lately (here, or elsewhere as the etcd watch showed), and when. A
-    /// take-over by heartbeat that read the copies before a deregistration removed them must
-    /// not make the instance owned afterwards: it would answer its heartbeats, and restore its
-    /// copies, as if it had never been deregistered.
-    deregistered: std::sync::Mutex<std::collections::HashMap<InstanceKey, Instant>>,
+    /// Instances deregistered lately (here, or elsewhere as the etcd watch showed): the
+    /// deregistration's generation, and when. A take-over by heartbeat that reads a copy a
+    /// deregistration has not removed yet (or removes while the take-over runs) must not make
+    /// the instance owned: it would answer its heartbeats, and restore its copies, as if it had
+    /// never been deregistered. A registration newer than the deregistration is not affected.
+    deregistered: std::sync::Mutex<std::collections::HashMap<InstanceKey, (u64, Instant)>>,
 }
 
 impl Coordinator {
@@ -566,6 +567,21 @@ impl Coordinator {
                 Failure::UnknownInstance(out)
             });
         };
+        if self.deregistration_of(&record).is_some() {
+            // A leftover of a deregistration still on its way (or re-driven by the repairer).
+            let out = Outcomes(
+                replies
+                    .iter()
+                    .map(|r| {
+                        let mut o = r.outcome();
+                        o.error
+                            .get_or_insert_with(|| "deregistered; register it again".to_owned());
+                        o
+                    })
+                    .collect(),
+            );
+            return Err(Failure::UnknownInstance(out));
+        }
         let mut copies = [Copy::Missing; REGISTRIES];
         let mut outs = Vec::with_capacity(self.members.len());
         let mut missing = Vec::new();
@@ -626,16 +642,16 @@ impl Coordinator {
         if copies.iter().all(|c| *c == Copy::Missing) {
             return Err(Failure::Unavailable(outcomes));
         }
-        if self.deregistered_since(key, started) {
+        if let Some(generation) = self.deregistration_of(&record) {
             // Deregistered while this take-over ran: the copies it wrote after the delete are
-            // removed again (fenced at the record's generation: a newer registration stays), and
-            // the client is told to register again.
+            // removed again (fenced: a newer registration stays), and the client is told to
+            // register again.
             tracing::info!(instance = %key, "deregistered during a take-over by heartbeat; not taken over");
             for (m, c) in copies.iter().enumerate() {
                 if matches!(c, Copy::Held(_)) {
                     self.repair.submit(
                         self.members[m].registry.kind(),
-                        RepairOp::Deregister(key.clone(), record.generation),
+                        RepairOp::Deregister(key.clone(), generation),
                     );
                 }
             }
@@ -658,32 +674,31 @@ impl Coordinator {
             .0
     }
 
-    /// Remembers that `key` was deregistered now (see [`Self::deregistered`]).
-    fn note_deregistered(&self, key: &InstanceKey) {
+    /// Remembers that `key` was deregistered at `generation` (see [`Self::deregistered`]).
+    fn note_deregistered(&self, key: &InstanceKey, generation: u64) {
         let now = Instant::now();
         let mut d = self.deregistered.lock().expect("not poisoned");
         if d.len() >= 4096 {
-            d.retain(|_, at| now.duration_since(*at) < DEREGISTERED_MEMORY);
+            d.retain(|_, (_, at)| now.duration_since(*at) < DEREGISTERED_MEMORY);
         }
-        d.insert(key.clone(), now);
+        let g = d.get(key).map_or(generation, |(g, _)| generation.max(*g));
+        d.insert(key.clone(), (g, now));
     }
 
-    /// Whether `key` was deregistered at or after `since`.
-    fn deregistered_since(&self, key: &InstanceKey, since: Instant) -> bool {
-        self.deregistered
-            .lock()
-            .expect("not poisoned")
-            .get(key)
-            .is_some_and(|at| *at >= since)
+    /// The generation `record` was deregistered at lately, if it was.
+    fn deregistration_of(&self, record: &Instance) -> Option<u64> {
+        let d = self.deregistered.lock().expect("not poisoned");
+        let (g, at) = d.get(&record.key)?;
+        (*g > record.generation && at.elapsed() < DEREGISTERED_MEMORY).then_some(*g)
     }
 
     pub async fn deregister(&self, key: &InstanceKey) -> Result<WriteReport, Failure> {
-        self.note_deregistered(key);
-        // Not owned any more: neither expired nor restored by this replica from now on.
-        self.owned.remove(key);
         // Fences this delete: a registration written after it (a newer generation) survives it,
         // in particular when this delete is re-driven late by the repairer.
         let generation = next_generation();
+        self.note_deregistered(key, generation);
+        // Not owned any more: neither expired nor restored by this replica from now on.
+        self.owned.remove(key);
         let replies = self
             .fan_out("deregister", |r| async move {
                 r.deregister(key, generation).await
@@ -765,7 +780,8 @@ impl Coordinator {
             Observed::Put(h) => self.observed_copy(m, &h),
             Observed::Gone { key, deregistered } => {
                 if deregistered {
-                    self.note_deregistered(&key);
+                    // Every registration of it written before now was deregistered.
+                    self.note_deregistered(&key, next_generation());
                 }
                 let Some(state) = self.owned.get(&key) else {
                     return;
@@ -1431,6 +1447,46 @@ mod tests {
             b.heartbeat(&i.key, ME).await,
             Err(Failure::UnknownInstance(_))
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_heartbeat_does_not_take_over_what_a_deregistration_is_still_removing() {
+        let (a, etcd, consul) = coordinator(100);
+        let b = replica_of(&etcd, &consul);
+        let i = instance("p");
+        a.register(i.clone(), ME).await.unwrap();
+        // Deregistered through A: etcd's copy goes at once, Consul's delete hangs.
+        consul.set_mode(Mode::HangWrites);
+        let dereg = {
+            let (a, key) = (a.clone(), i.key.clone());
+            tokio::spawn(async move { a.deregister(&key).await.is_ok() })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(etcd.holds(&i.key).is_none());
+        b.observed(
+            RegistryKind::Etcd,
+            Observed::Gone {
+                key: i.key.clone(),
+                deregistered: true,
+            },
+        )
+        .await;
+        // A heartbeat reaching B now finds Consul's copy still there: it is a leftover.
+        let answer = tokio::time::timeout(Duration::from_millis(100), b.heartbeat(&i.key, ME))
+            .await
+            .expect("answered without writing");
+        assert!(
+            matches!(answer, Err(Failure::UnknownInstance(_))),
+            "{answer:?}"
+        );
+        assert!(!b.owned().contains(&i.key));
+        consul.set_mode(Mode::Up);
+        assert!(dereg.await.unwrap());
+        // A registration after the deregistration is taken over as usual.
+        let again = instance("p");
+        a.register(again.clone(), ME).await.unwrap();
+        assert!(b.heartbeat(&again.key, ME).await.is_ok());
+        assert!(b.owned().contains(&again.key));
     }
 
     #[tokio::test]
