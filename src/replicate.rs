@@ -779,10 +779,6 @@ impl Coordinator {
         match what {
             Observed::Put(h) => self.observed_copy(m, &h),
             Observed::Gone { key, deregistered } => {
-                if deregistered {
-                    // Every registration of it written before now was deregistered.
-                    self.note_deregistered(&key, next_generation());
-                }
                 let Some(state) = self.owned.get(&key) else {
                     return;
                 };
@@ -1407,7 +1403,7 @@ mod tests {
         let i = instance("p");
         a.register(i.clone(), ME).await.unwrap();
         // B takes the instance over in etcd; its Consul write hangs, and meanwhile the
-        // instance is deregistered through A: etcd's copy goes, Consul's delete hangs too.
+        // instance is deregistered through B too: etcd's copy goes, Consul's delete hangs too.
         consul.set_mode(Mode::HangWrites);
         let beat = {
             let (b, key) = (b.clone(), i.key.clone());
@@ -1416,19 +1412,11 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(etcd.holds(&i.key).is_some(), "B took the etcd copy over");
         let dereg = {
-            let (a, key) = (a.clone(), i.key.clone());
-            tokio::spawn(async move { a.deregister(&key).await.is_ok() })
+            let (b, key) = (b.clone(), i.key.clone());
+            tokio::spawn(async move { b.deregister(&key).await.is_ok() })
         };
         tokio::time::sleep(Duration::from_millis(10)).await;
         // What B's etcd watch reports at once.
-        b.observed(
-            RegistryKind::Etcd,
-            Observed::Gone {
-                key: i.key.clone(),
-                deregistered: true,
-            },
-        )
-        .await;
         assert!(etcd.holds(&i.key).is_none());
         let answer = beat.await.unwrap();
         assert!(dereg.await.unwrap());
@@ -1463,23 +1451,15 @@ mod tests {
         };
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(etcd.holds(&i.key).is_none());
-        b.observed(
-            RegistryKind::Etcd,
-            Observed::Gone {
-                key: i.key.clone(),
-                deregistered: true,
-            },
-        )
-        .await;
-        // A heartbeat reaching B now finds Consul's copy still there: it is a leftover.
-        let answer = tokio::time::timeout(Duration::from_millis(100), b.heartbeat(&i.key, ME))
+        // A heartbeat reaching A now finds Consul's copy still there: it is a leftover.
+        let answer = tokio::time::timeout(Duration::from_millis(100), a.heartbeat(&i.key, ME))
             .await
             .expect("answered without writing");
         assert!(
             matches!(answer, Err(Failure::UnknownInstance(_))),
             "{answer:?}"
         );
-        assert!(!b.owned().contains(&i.key));
+        assert!(!a.owned().contains(&i.key));
         consul.set_mode(Mode::Up);
         assert!(dereg.await.unwrap());
         // A registration after the deregistration is taken over as usual.
