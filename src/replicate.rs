@@ -134,6 +134,20 @@ impl<T> Reply<T> {
     }
 }
 
+/// Each registry's outcome, those that answered saying `why` they do not hold the instance.
+fn unknown_outcomes<T>(replies: &[Reply<T>], why: &str) -> Outcomes {
+    Outcomes(
+        replies
+            .iter()
+            .map(|r| {
+                let mut o = r.outcome();
+                o.error.get_or_insert_with(|| why.to_owned());
+                o
+            })
+            .collect(),
+    )
+}
+
 fn outcomes<T>(replies: &[Reply<T>]) -> Outcomes {
     Outcomes(replies.iter().map(Reply::outcome).collect())
 }
@@ -210,8 +224,8 @@ pub struct Coordinator {
     takeovers: tokio::sync::Semaphore,
     /// Woken whenever instances are adopted (see [`Self::adopt`]).
     adopted: tokio::sync::Notify,
-    /// Instances deregistered lately (here, or elsewhere as the etcd watch showed): the
-    /// deregistration's generation, and when. A take-over by heartbeat that reads a copy a
+    /// Instances deregistered lately through this replica: the deregistration's generation,
+    /// and when. A take-over by heartbeat that reads a copy a
     /// deregistration has not removed yet (or removes while the take-over runs) must not make
     /// the instance owned: it would answer its heartbeats, and restore its copies, as if it had
     /// never been deregistered. A registration newer than the deregistration is not affected.
@@ -476,35 +490,35 @@ impl Coordinator {
     /// The answer of the owner to a heartbeat, from what it knows of the copies.
     fn owner_answer(&self, copies: [Copy; REGISTRIES]) -> Result<WriteReport, Failure> {
         let outcomes: Vec<Outcome> = self
-                .members
-                .iter()
-                .enumerate()
-                .map(|(m, member)| {
-                    let kind = member.registry.kind();
-                    let error = match copies[m] {
-                        // The registry failed its last call (or its breaker is open): the copy
-                        // is kept there, but nothing can read it now.
-                        Copy::Held(_) | Copy::Adopting if out_of_service(member) => Some(format!(
-                            "{kind} is not answering (last failure: {}); twinreg keeps its copy and checks again every few seconds",
-                            member.breaker.last_failure()
-                        )),
-                        Copy::Held(_) | Copy::Adopting => {
-                            self.metrics.coalesced(kind);
-                            None
-                        }
-                        Copy::Missing => Some(format!(
-                            "{kind} does not hold the instance now; twinreg is writing it again"
-                        )),
-                    };
-                    Outcome {
-                        registry: kind,
-                        latency: Duration::ZERO,
-                        error,
-                        restored: false,
-                        coalesced: true,
+            .members
+            .iter()
+            .enumerate()
+            .map(|(m, member)| {
+                let kind = member.registry.kind();
+                let error = match copies[m] {
+                    // The registry failed its last call (or its breaker is open): the copy
+                    // is kept there, but nothing can read it now.
+                    Copy::Held(_) | Copy::Adopting if out_of_service(member) => Some(format!(
+                        "{kind} is not answering (last failure: {}); twinreg keeps its copy and checks again every few seconds",
+                        member.breaker.last_failure()
+                    )),
+                    Copy::Held(_) | Copy::Adopting => {
+                        self.metrics.coalesced(kind);
+                        None
                     }
-                })
-                .collect();
+                    Copy::Missing => Some(format!(
+                        "{kind} does not hold the instance now; twinreg is writing it again"
+                    )),
+                };
+                Outcome {
+                    registry: kind,
+                    latency: Duration::ZERO,
+                    error,
+                    restored: false,
+                    coalesced: true,
+                }
+            })
+            .collect();
         if outcomes.iter().all(|o| o.error.is_some()) {
             return Err(Failure::Unavailable(Outcomes(outcomes)));
         }
@@ -551,16 +565,7 @@ impl Coordinator {
             .map(|h| h.instance)
         else {
             // Nobody holds it: each registry that answered says so in its outcome.
-            let out = Outcomes(
-                replies
-                    .iter()
-                    .map(|r| {
-                        let mut o = r.outcome();
-                        o.error.get_or_insert_with(|| "unknown instance".to_owned());
-                        o
-                    })
-                    .collect(),
-            );
+            let out = unknown_outcomes(&replies, "unknown instance");
             return Err(if replies.iter().any(|r| r.result.is_err()) {
                 Failure::Unavailable(out)
             } else {
@@ -569,17 +574,7 @@ impl Coordinator {
         };
         if self.deregistration_of(&record).is_some() {
             // A leftover of a deregistration still on its way (or re-driven by the repairer).
-            let out = Outcomes(
-                replies
-                    .iter()
-                    .map(|r| {
-                        let mut o = r.outcome();
-                        o.error
-                            .get_or_insert_with(|| "deregistered; register it again".to_owned());
-                        o
-                    })
-                    .collect(),
-            );
+            let out = unknown_outcomes(&replies, "deregistered; register it again");
             return Err(Failure::UnknownInstance(out));
         }
         let mut copies = [Copy::Missing; REGISTRIES];

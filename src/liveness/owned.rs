@@ -257,7 +257,8 @@ impl Owned {
                     map.remove(key);
                     expired.push(state.clone());
                 } else {
-                    // Due later within this very bucket: looked at again at the next tick.
+                    // Heard from since: to its deadline's bucket, the next one at the earliest
+                    // (a deadline later within this very bucket is looked at next tick).
                     let b = Self::bucket(deadline).max(Self::bucket(now_ms) + 1);
                     drop(state);
                     again.push((b, entry));
@@ -278,17 +279,23 @@ impl Owned {
 
     /// True while the instance is owned at `generation` and heard from within its TTL.
     pub fn is_alive(&self, key: &InstanceKey, generation: u64) -> bool {
-        let now = self.ms(Instant::now());
-        let map = self.map.read().expect("not poisoned");
-        map.get(key).is_some_and(|e| {
-            e.deadline.load(Ordering::Relaxed) > now
-                && e.state.lock().expect("not poisoned").instance.generation == generation
-        })
+        self.alive(key, generation, |_| ()).is_some()
     }
 
     /// The record of the instance while it is owned at `generation` and heard from within its
     /// TTL.
     pub fn alive_record(&self, key: &InstanceKey, generation: u64) -> Option<Instance> {
+        self.alive(key, generation, |s| s.instance.clone())
+    }
+
+    /// `f` of the instance's state while it is owned at `generation` and heard from within its
+    /// TTL.
+    fn alive<R>(
+        &self,
+        key: &InstanceKey,
+        generation: u64,
+        f: impl FnOnce(&State) -> R,
+    ) -> Option<R> {
         let now = self.ms(Instant::now());
         let map = self.map.read().expect("not poisoned");
         let e = map.get(key)?;
@@ -296,7 +303,7 @@ impl Owned {
             return None;
         }
         let state = e.state.lock().expect("not poisoned");
-        (state.instance.generation == generation).then(|| state.instance.clone())
+        (state.instance.generation == generation).then(|| f(&state))
     }
 
     /// Every owned instance (for a registry that lost all of them).
