@@ -4,11 +4,15 @@
 //! (deregistrations still remembered; etcd keeps them), then per instance:
 //! - the newest deregistration is newer than every live copy → remove the leftovers (a delete a
 //!   registry missed);
-//! - otherwise, when this replica owns the instance → write the newest record into every
-//!   registry that lacks it or holds an older generation (a write a registry missed, a wiped data
-//!   directory, a restarted Consul agent). An instance another replica owns is left to that
-//!   replica, which follows both registries and restores its copies itself: a write from here
-//!   would move the copy onto this replica's lease and out of its owner's hands.
+//! - otherwise, when this replica owns the instance at the newest generation → write its record
+//!   into every registry that lacks it or holds an older generation (a write a registry missed, a
+//!   wiped data directory, a restarted Consul agent). An instance another replica owns (or wrote
+//!   a newer generation of) is left to that replica, which follows both registries and restores
+//!   its copies itself: a write from here would move the copy onto this replica's lease and out
+//!   of its owner's hands.
+//!
+//! Of each copy only its id, generation and liveness are kept ([`Listed`]); the record written
+//! is the one this replica owns, so a sweep of a service of 100,000 instances holds no record.
 //!
 //! Writes go through the coordinator (deadlines, breakers, metrics) and are generation-fenced,
 //! so a sweep racing a client's newer write cannot undo it. With several replicas only the holder
@@ -26,6 +30,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{Instance, InstanceId, InstanceKey, ServiceName};
+use crate::registry::Listed;
 use crate::replicate::Coordinator;
 
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
@@ -141,10 +146,10 @@ impl Sweeper {
         let tombs = join_all(members.iter().map(|m| m.registry.tombstones(service))).await;
         // Sweeping needs every registry's view: a registry that did not answer is skipped as a
         // whole rather than mistaken for one that lost everything.
-        let held: Vec<Vec<(Instance, bool)>> = held.into_iter().collect::<Result<_, _>>().ok()?;
+        let held: Vec<Vec<Listed>> = held.into_iter().collect::<Result<_, _>>().ok()?;
         let live: Vec<usize> = held
             .iter()
-            .map(|l| l.iter().filter(|(_, alive)| *alive).count())
+            .map(|l| l.iter().filter(|c| c.live).count())
             .collect();
         let mut deleted: BTreeMap<InstanceId, u64> = BTreeMap::new();
         for t in tombs {
@@ -153,14 +158,14 @@ impl Sweeper {
                 *e = (*e).max(g);
             }
         }
-        // id → what each registry holds, and whether it is live there.
-        type Copies = Vec<Option<(Instance, bool)>>;
+        // id → each registry's copy: its generation, and whether it is live there.
+        type Copies = Vec<Option<(u64, bool)>>;
         let mut by_id: BTreeMap<InstanceId, Copies> = BTreeMap::new();
         for (m, list) in held.into_iter().enumerate() {
-            for (inst, live) in list {
-                let id = inst.key.id.clone();
-                by_id.entry(id).or_insert_with(|| vec![None; members.len()])[m] =
-                    Some((inst, live));
+            for c in list {
+                by_id
+                    .entry(c.id)
+                    .or_insert_with(|| vec![None; members.len()])[m] = Some((c.generation, c.live));
             }
         }
         let (mut restored, mut removed) = (0, 0);
@@ -169,12 +174,7 @@ impl Sweeper {
                 service: service.clone(),
                 id: id.clone(),
             };
-            let newest_any = copies
-                .iter()
-                .flatten()
-                .map(|(i, _)| i.generation)
-                .max()
-                .unwrap_or(0);
+            let newest_any = copies.iter().flatten().map(|c| c.0).max().unwrap_or(0);
             if let Some(&tomb) = deleted.get(&id)
                 && tomb >= newest_any
             {
@@ -186,26 +186,22 @@ impl Sweeper {
                 }
                 continue;
             }
-            // Copy the newest live record where it is missing, older, or not live.
-            let Some(newest) = copies
-                .iter()
-                .flatten()
-                .filter(|(_, live)| *live)
-                .map(|(i, _)| i)
-                .max_by_key(|i| i.generation)
-                .cloned()
+            // Copy the newest live record where it is missing, older, or not live: the record
+            // this replica owns, when that is the newest (a newer one is another replica's).
+            let Some(newest) = copies.iter().flatten().filter(|c| c.1).map(|c| c.0).max() else {
+                continue;
+            };
+            let Some(owned) = self
+                .coordinator
+                .owned()
+                .get(&key)
+                .filter(|s| s.instance.generation == newest)
             else {
                 continue;
             };
-            let owned = self.coordinator.owned().get(&key);
-            if owned.is_none_or(|s| s.instance.generation > newest.generation) {
-                continue;
-            }
             for (m, c) in copies.iter().enumerate() {
-                let stale = c
-                    .as_ref()
-                    .is_none_or(|(i, live)| !live || i.generation < newest.generation);
-                if stale && self.write(m, Write::Put(&newest)).await {
+                let stale = c.is_none_or(|(generation, live)| !live || generation < newest);
+                if stale && self.write(m, Write::Put(&owned.instance)).await {
                     restored += 1;
                 }
             }

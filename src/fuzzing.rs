@@ -45,7 +45,7 @@ pub fn consul_parse_health(
     service: &ServiceName,
     body: &[u8],
 ) -> Result<Vec<(Instance, bool)>, RegistryError> {
-    consul::parse_health(service, &bytes::Bytes::copy_from_slice(body))
+    consul::parse_health(service, body)
 }
 
 /// The `Notes` twinreg writes on an instance's check, as replica `replica` holds it.

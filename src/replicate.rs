@@ -27,7 +27,7 @@ use crate::merge::{Sourced, merge};
 use crate::metrics::Metrics;
 use crate::model::{Instance, InstanceKey, ServiceName, next_generation};
 use crate::registry::{
-    Health, Held, Holder, Observed, Registry, RegistryKind, RegistryState, Revision, Written,
+    Brief, Health, Held, Holder, Observed, Registry, RegistryKind, RegistryState, Revision, Written,
 };
 use crate::registry::{RegistryError, RegistryErrorKind};
 use crate::repair::{RepairOp, Repairer};
@@ -772,7 +772,7 @@ impl Coordinator {
             return;
         };
         match what {
-            Observed::Put(h) => self.observed_copy(m, &h),
+            Observed::Put(h) => self.observed_copy(m, &h.brief()),
             Observed::Gone { key, deregistered } => {
                 let Some(state) = self.owned.get(&key) else {
                     return;
@@ -793,7 +793,7 @@ impl Coordinator {
                     self.observed_copy(m, h);
                 }
                 let present: std::collections::HashSet<&InstanceKey> =
-                    held.iter().map(|h| &h.instance.key).collect();
+                    held.iter().map(|h| &h.key).collect();
                 for instance in self.owned.held_but_absent(service.as_ref(), m, &present) {
                     tracing::info!(registry = %kind, instance = %instance.key, "a copy is missing; writing it again");
                     self.restore(m, &instance);
@@ -809,13 +809,13 @@ impl Coordinator {
     }
 
     /// One copy as registry `m` holds it, against what this replica owns.
-    fn observed_copy(&self, m: usize, h: &Held) {
-        let key = &h.instance.key;
+    fn observed_copy(&self, m: usize, h: &Brief) {
+        let key = &h.key;
         let Some((mine, copies)) = self.owned.brief(key) else {
             return;
         };
         match &h.holder {
-            Holder::Me if h.instance.generation == mine => {
+            Holder::Me if h.generation == mine => {
                 if h.revision != 0 {
                     self.owned.set_copy(key, mine, m, Copy::Held(h.revision));
                 }
@@ -826,13 +826,13 @@ impl Coordinator {
             // yet (this replica is adopting a dead one's instances, or took one over), and is
             // left to that rewrite.
             Holder::Replica(_) if m != 0 => {}
-            Holder::Replica(other) if h.instance.generation >= mine => {
+            Holder::Replica(other) if h.generation >= mine => {
                 tracing::debug!(instance = %key, replica = %other, "taken over by another replica: no longer owned here");
                 self.owned.remove(key);
             }
             // Changed behind twinreg's back (another tool, an older record): written again.
             _ => {
-                if h.instance.generation <= mine
+                if h.generation <= mine
                     && matches!(copies[m], Copy::Held(_))
                     && let Some(state) = self.owned.get(key)
                 {
@@ -1330,11 +1330,11 @@ mod tests {
                 service: Some(fleet[0].key.service.clone()),
                 held: fleet
                     .iter()
-                    .map(|i| Held {
-                        instance: i.clone(),
+                    .map(|i| Brief {
+                        key: i.key.clone(),
+                        generation: i.generation,
                         revision: 0,
                         holder: Holder::Replica("dead".into()),
-                        live: true,
                     })
                     .collect(),
             },

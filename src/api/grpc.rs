@@ -162,7 +162,11 @@ fn instance(i: &Instance, sources: &[crate::registry::RegistryKind]) -> pb::Inst
         address: i.address.clone(),
         port: u32::from(i.port),
         tags: i.tags.clone(),
-        meta: i.meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        meta: i
+            .meta
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
         ttl_seconds: i.ttl_seconds,
         sources: sources.iter().map(|s| s.as_str().to_owned()).collect(),
     }

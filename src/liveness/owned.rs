@@ -117,7 +117,7 @@ impl Owned {
         let key = instance.key.clone();
         let service = key.service.clone();
         let ttl = instance.ttl_seconds;
-        let identity: Arc<str> = Arc::from(identity);
+        let identity = self.shared_identity(identity);
         let entry = Arc::new(Entry {
             deadline: AtomicU64::new(deadline),
             state: Mutex::new(State {
@@ -161,7 +161,7 @@ impl Owned {
         if *state.identity != *identity {
             let r = rate(state.instance.ttl_seconds);
             self.budget_add(&state.identity, -r);
-            state.identity = Arc::from(identity);
+            state.identity = self.shared_identity(identity);
             self.budget_add(&state.identity, r);
         }
         Some(state.copies)
@@ -335,6 +335,16 @@ impl Owned {
             .get(identity)
             .copied()
             .unwrap_or(0.0)
+    }
+
+    /// The identity, as one allocation shared by all the instances it owns (a fleet shares one
+    /// identity: 100,000 copies of its name would be megabytes).
+    fn shared_identity(&self, identity: &str) -> Arc<str> {
+        let b = self.budgets.lock().expect("not poisoned");
+        match b.get_key_value(identity) {
+            Some((shared, _)) => shared.clone(),
+            None => Arc::from(identity),
+        }
     }
 
     fn budget_add(&self, identity: &Arc<str>, delta: f64) {

@@ -11,7 +11,7 @@
 //! exactly what the client sent. rs-consul serves the calls it covers (the catalog); the agent
 //! endpoints it lacks go over the same HTTPS client.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,14 +33,17 @@ use crate::model::{
 use crate::pool::{Connect, WarmPool};
 use crate::registry::RegistryError;
 use crate::registry::{
-    FeedSender, Followed, Held, ObservedSender, Registry, RegistryKind, Revision, SetupError,
-    Written, transport,
+    FeedSender, Followed, Held, Listed, ObservedSender, Registry, RegistryKind, Revision,
+    SetupError, Written, transport,
 };
 use crate::secret::Secret;
 use crate::tls::{Certs, registry_client_config};
 
+mod entries;
 mod liveness;
 mod watch;
+
+use entries::{HealthCopy, HealthReader};
 
 const KIND: RegistryKind = RegistryKind::Consul;
 /// HTTP/2 PING interval and timeout (when Consul speaks HTTP/2 over TLS): a dead agent is noticed
@@ -263,46 +266,97 @@ impl Consul {
         expect_ok(status, &resp, what)
     }
 
-    async fn health_entries(
+    /// `keep` of each twinreg instance of `service` (`/v1/health/service/{service}`).
+    async fn health_entries<T>(
         &self,
         service: &ServiceName,
-    ) -> Result<Vec<(Instance, bool)>, RegistryError> {
-        let (status, body) = self
-            .call(Method::GET, &format!("/v1/health/service/{service}"), None)
-            .await?;
-        expect_ok(status, &body, "health/service")?;
-        parse_health(service, &body)
+        keep: impl FnMut(HealthCopy) -> Option<T>,
+    ) -> Result<Vec<T>, RegistryError> {
+        match self
+            .health(&format!("/v1/health/service/{service}"), service, 0, keep)
+            .await?
+        {
+            Answer::Changed { entries, .. } => Ok(entries),
+            Answer::Same { .. } => unreachable!("a read without a known index has entries"),
+        }
     }
+
+    /// A health query (`/v1/health/service/...`, blocking when `path` says so), its answer
+    /// decoded as it arrives ([`entries`]), keeping `keep` of each twinreg instance. An answer
+    /// whose `X-Consul-Index` is `known` (not 0) changed nothing: its body is not read.
+    pub(super) async fn health<T>(
+        &self,
+        path: &str,
+        service: &ServiceName,
+        known: u64,
+        keep: impl FnMut(HealthCopy) -> Option<T>,
+    ) -> Result<Answer<T>, RegistryError> {
+        let client = self.pool.client().await?;
+        let resp = request(
+            &client,
+            &self.address,
+            self.token.as_deref(),
+            Method::GET,
+            path,
+            None,
+        )
+        .await?;
+        let status = resp.status();
+        let index = resp
+            .headers()
+            .get("X-Consul-Index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = resp.into_body();
+        if status != StatusCode::OK {
+            let body = collect(body).await?;
+            expect_ok(status, &body, "health/service")?;
+            return Err(RegistryError::unavailable(
+                KIND,
+                "consul: unexpected answer",
+            ));
+        }
+        if known != 0 && index == known {
+            return Ok(Answer::Same { index });
+        }
+        let reading = tokio::time::Instant::now();
+        let mut reader = HealthReader::new(service, keep);
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.map_err(reading_failed)?.into_data() {
+                reader.feed(&data)?;
+            }
+        }
+        Ok(Answer::Changed {
+            index,
+            entries: reader.finish()?,
+            read: reading.elapsed(),
+        })
+    }
+}
+
+/// A health query's answer.
+pub(super) enum Answer<T> {
+    /// The index moved (or none was known): what was kept of every entry, and how long reading
+    /// and decoding the body took.
+    Changed {
+        index: u64,
+        entries: Vec<T>,
+        read: Duration,
+    },
+    /// The index did not move: nothing changed.
+    Same { index: u64 },
 }
 
 /// A `/v1/health/service/{service}` answer: twinreg's instances of `service`, each with whether
 /// it is live (no critical check). Services that are not twinreg's shape are left out.
 pub(crate) fn parse_health(
     service: &ServiceName,
-    body: &Bytes,
+    body: &[u8],
 ) -> Result<Vec<(Instance, bool)>, RegistryError> {
-    Ok(parse_health_notes(service, body)?
-        .into_iter()
-        .map(|(i, alive, _)| (i, alive))
-        .collect())
-}
-
-/// [`parse_health`], with each instance's check notes.
-pub(crate) fn parse_health_notes(
-    service: &ServiceName,
-    body: &Bytes,
-) -> Result<Vec<(Instance, bool, String)>, RegistryError> {
-    let entries: Vec<HealthEntry> = match serde_json::from_slice(body) {
-        Ok(entries) => entries,
-        // An entry of a shape twinreg does not expect (another tool's service with a port outside
-        // 0-65535, which Consul stores) must not hide the others: read entry by entry, skipping
-        // what cannot be read, as the etcd side skips unreadable records.
-        Err(_) => health_entries_one_by_one(body)?,
-    };
-    Ok(entries
-        .into_iter()
-        .filter_map(|e| e.into_copy(service))
-        .collect())
+    let mut reader = HealthReader::new(service, |(i, alive, _)| Some((i, alive)));
+    reader.feed(body)?;
+    reader.finish()
 }
 
 impl HealthEntry {
@@ -320,31 +374,6 @@ impl HealthEntry {
             .into_instance(service, &notes)
             .map(|i| (i, alive, notes))
     }
-}
-
-/// [`parse_health`]'s fallback when the answer does not read as a whole.
-fn health_entries_one_by_one(body: &Bytes) -> Result<Vec<HealthEntry>, RegistryError> {
-    let entries: Vec<serde_json::Value> = serde_json::from_slice(body).map_err(|e| {
-        RegistryError::unavailable(
-            KIND,
-            format!("consul: unreadable health/service answer: {e}"),
-        )
-    })?;
-    Ok(entries
-        .into_iter()
-        .filter_map(|entry| {
-            let id = entry["Service"]["ID"].as_str().unwrap_or("").to_owned();
-            HealthEntry::deserialize(entry)
-                .map_err(|error| {
-                    tracing::warn!(
-                        service_id = %id,
-                        %error,
-                        "skipping a consul health entry twinreg cannot read"
-                    );
-                })
-                .ok()
-        })
-        .collect())
 }
 
 fn service_id(key: &InstanceKey) -> String {
@@ -413,6 +442,22 @@ async fn send_full(
     path: &str,
     body: Option<Vec<u8>>,
 ) -> Result<(StatusCode, http::HeaderMap, Bytes), RegistryError> {
+    let resp = request(client, address, token, method, path, body).await?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = collect(resp.into_body()).await?;
+    Ok((status, headers, body))
+}
+
+/// Sends one request; the answer, its body not read yet.
+async fn request(
+    client: &rs_consul::HttpsClient,
+    address: &str,
+    token: Option<&str>,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<http::Response<hyper::body::Incoming>, RegistryError> {
     let mut req = Request::builder()
         .method(method)
         .uri(format!("{address}{path}"));
@@ -423,7 +468,7 @@ async fn send_full(
     let req = req
         .body(http_body_util::combinators::BoxBody::new(body))
         .map_err(|e| RegistryError::rejected(KIND, format!("consul: bad request {path}: {e}")))?;
-    let resp = client.request(req).await.map_err(|e| {
+    client.request(req).await.map_err(|e| {
         let mut msg = format!("consul: {e}");
         let mut src = std::error::Error::source(&e);
         while let Some(s) = src {
@@ -431,16 +476,15 @@ async fn send_full(
             src = s.source();
         }
         RegistryError::unavailable(KIND, msg)
-    })?;
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| RegistryError::unavailable(KIND, format!("consul: reading the answer: {e}")))?
-        .to_bytes();
-    Ok((status, headers, body))
+    })
+}
+
+async fn collect(body: hyper::body::Incoming) -> Result<Bytes, RegistryError> {
+    Ok(body.collect().await.map_err(reading_failed)?.to_bytes())
+}
+
+fn reading_failed(e: hyper::Error) -> RegistryError {
+    RegistryError::unavailable(KIND, format!("consul: reading the answer: {e}"))
 }
 
 fn text(body: &Bytes) -> String {
@@ -499,7 +543,7 @@ struct AgentService {
     #[serde(default)]
     tags: Option<Vec<String>>,
     #[serde(default)]
-    meta: Option<BTreeMap<String, String>>,
+    meta: Option<crate::model::Meta>,
     #[serde(default)]
     address: String,
     #[serde(default)]
@@ -596,8 +640,11 @@ impl Registry for Consul {
     }
 
     fn batch(&self) -> usize {
-        // A few rounds of the calls one batch runs at once, well inside the deadline.
-        4 * liveness::CONCURRENCY
+        // One round of the calls a batch runs at once (a read and a write each): a batch shares
+        // one deadline, and an agent busy answering whole-service queries (a mass expiry
+        // changes the service thousands of times) slows every round; four rounds in one
+        // deadline timed out and opened the breaker.
+        liveness::CONCURRENCY
     }
 
     fn start(
@@ -630,29 +677,25 @@ impl Registry for Consul {
     }
 
     async fn get(&self, key: &InstanceKey) -> Result<Option<Instance>, RegistryError> {
-        Ok(self
-            .health_entries(&key.service)
-            .await?
-            .into_iter()
-            .map(|(i, _)| i)
-            .find(|i| i.key == *key))
+        let found = self
+            .health_entries(&key.service, |(i, _, _)| (i.key == *key).then_some(i))
+            .await?;
+        Ok(found.into_iter().next())
     }
 
     async fn list(&self, service: &ServiceName) -> Result<Vec<Instance>, RegistryError> {
-        Ok(self
-            .health_entries(service)
-            .await?
-            .into_iter()
-            .filter(|(_, alive)| *alive)
-            .map(|(i, _)| i)
-            .collect())
+        self.health_entries(service, |(i, alive, _)| alive.then_some(i))
+            .await
     }
 
-    async fn inventory(
-        &self,
-        service: &ServiceName,
-    ) -> Result<Vec<(Instance, bool)>, RegistryError> {
-        self.health_entries(service).await
+    async fn inventory(&self, service: &ServiceName) -> Result<Vec<Listed>, RegistryError> {
+        self.health_entries(service, |(i, live, _)| {
+            Some(Listed {
+                live,
+                ..Listed::live(&i)
+            })
+        })
+        .await
     }
 
     fn watch(self: Arc<Self>, service: ServiceName, every: Duration, out: FeedSender) {

@@ -90,6 +90,47 @@ pub struct Held {
     pub live: bool,
 }
 
+/// One copy, as the sweep compares copies: which instance, which generation, and whether it is
+/// live there. (A service of 100,000 instances is read whole from both registries every sweep:
+/// this is all that is kept of each copy.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub id: InstanceId,
+    pub generation: u64,
+    pub live: bool,
+}
+
+impl Listed {
+    pub fn live(i: &Instance) -> Self {
+        Self {
+            id: i.key.id.clone(),
+            generation: i.generation,
+            live: true,
+        }
+    }
+}
+
+/// What a snapshot keeps of a copy: enough to compare it with what this replica owns (a
+/// snapshot of a service of 100,000 instances holds no record).
+#[derive(Debug, Clone)]
+pub struct Brief {
+    pub key: InstanceKey,
+    pub generation: u64,
+    pub revision: Revision,
+    pub holder: Holder,
+}
+
+impl Held {
+    pub fn brief(self) -> Brief {
+        Brief {
+            key: self.instance.key,
+            generation: self.instance.generation,
+            revision: self.revision,
+            holder: self.holder,
+        }
+    }
+}
+
 /// What a registry reports while it follows the copies twinreg keeps in it
 /// ([`Registry::start`]), so a replica notices at once a copy deleted or changed behind its back,
 /// and an instance another replica took over.
@@ -107,7 +148,7 @@ pub enum Observed {
     /// read: a copy not in it is gone.
     Snapshot {
         service: Option<ServiceName>,
-        held: Vec<Held>,
+        held: Vec<Brief>,
     },
     /// The registry lost every copy this replica keeps there (a Consul agent restarted empty):
     /// all of them must be written again.
@@ -269,20 +310,12 @@ pub trait Registry: Send + Sync + 'static {
     /// The live instances of one service.
     async fn list(&self, service: &ServiceName) -> Result<Vec<Instance>, RegistryError>;
 
-    /// Every instance of `service` the registry holds, live or not, each with whether it is live
-    /// (Consul keeps an instance whose TTL check went critical until it reaps it). The sweep
-    /// removes a deregistered instance's leftovers whether or not they are live. Default: the
+    /// Every copy of `service`'s instances the registry holds, live or not, as the sweep compares
+    /// them (Consul keeps an instance whose TTL check went critical until it reaps it; the sweep
+    /// removes a deregistered instance's leftovers whether or not they are live). Default: the
     /// live ones.
-    async fn inventory(
-        &self,
-        service: &ServiceName,
-    ) -> Result<Vec<(Instance, bool)>, RegistryError> {
-        Ok(self
-            .list(service)
-            .await?
-            .into_iter()
-            .map(|i| (i, true))
-            .collect())
+    async fn inventory(&self, service: &ServiceName) -> Result<Vec<Listed>, RegistryError> {
+        Ok(self.list(service).await?.iter().map(Listed::live).collect())
     }
 
     /// Watches one service's live instances until `out` is closed, in a task of its own.

@@ -22,11 +22,10 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Consul, expect_ok, go_duration, is_unknown, notes_replica, parse_health_notes, parse_notes,
-    service_id,
+    Answer, Consul, expect_ok, go_duration, is_unknown, notes_replica, parse_notes, service_id,
 };
 use crate::model::{Instance, InstanceKey, ServiceName};
-use crate::registry::{Followed, Held, Holder, Observed, ObservedSender, RegistryError};
+use crate::registry::{Brief, Followed, Held, Holder, Observed, ObservedSender, RegistryError};
 
 /// The TTL of a replica's own check: how long after a replica died its instances turn critical.
 pub const REPLICA_TTL: Duration = Duration::from_secs(15);
@@ -51,8 +50,8 @@ const FOLLOW_GAP_PER_INSTANCE: Duration = Duration::from_micros(20);
 /// following costs this replica at most a fifth of a core.
 const FOLLOW_GAP_PER_READ: u32 = 4;
 
-/// How long a follow waits after an answer of `instances` entries, which took `read` to decode,
-/// before asking again.
+/// How long a follow waits after an answer of `instances` entries, which took `read` to read and
+/// decode, before asking again.
 fn follow_gap(instances: usize, read: Duration) -> Duration {
     FOLLOW_MIN_GAP
         + (FOLLOW_GAP_PER_INSTANCE * u32::try_from(instances).unwrap_or(u32::MAX))
@@ -240,38 +239,39 @@ impl Consul {
                     FOLLOW_WAIT.as_secs()
                 )
             };
+            let me = &self.replica;
+            let query = self.health(&path, &service, index, |(instance, _, notes)| {
+                Some(Brief {
+                    holder: holder(&notes, me),
+                    key: instance.key,
+                    generation: instance.generation,
+                    revision: 0,
+                })
+            });
             let answer = tokio::select! {
-                a = tokio::time::timeout(bound, self.blocking_get(&path)) => a,
+                a = tokio::time::timeout(bound, query) => a,
                 _ = stop.cancelled() => return,
             };
             match answer {
-                Ok(Ok((status, new_index, body))) if status == StatusCode::OK => {
+                Ok(Ok(health)) => {
                     attempt = 0;
-                    let changed = index == 0 || new_index != index;
+                    let (new_index, held) = match health {
+                        Answer::Same { index } => (index, None),
+                        Answer::Changed {
+                            index,
+                            entries,
+                            read,
+                        } => (index, Some((entries, read))),
+                    };
                     index = match new_index {
                         n if n < index => 0,
                         0 => 1,
                         n => n,
                     };
-                    if !changed {
-                        continue;
-                    }
-                    let decoding = tokio::time::Instant::now();
-                    let Ok(entries) = parse_health_notes(&service, &body) else {
+                    let Some((held, read)) = held else {
                         continue;
                     };
-                    drop(body);
-                    let next =
-                        tokio::time::Instant::now() + follow_gap(entries.len(), decoding.elapsed());
-                    let held = entries
-                        .into_iter()
-                        .map(|(instance, live, notes)| Held {
-                            instance,
-                            revision: 0,
-                            holder: holder(&notes, &self.replica),
-                            live,
-                        })
-                        .collect();
+                    let next = tokio::time::Instant::now() + follow_gap(held.len(), read);
                     let snapshot = Observed::Snapshot {
                         service: Some(service.clone()),
                         held,

@@ -16,9 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, StatusCode};
-
-use super::{Consul, KIND, expect_ok, parse_health, send_full};
+use super::{Answer, Consul, KIND};
 use crate::model::ServiceName;
 use crate::registry::RegistryError;
 use crate::registry::{Feed, FeedSender};
@@ -48,26 +46,18 @@ impl Consul {
                     wait.as_millis()
                 )
             };
+            let known = index;
+            let query = self.health(&path, &service, known, |(i, alive, _)| alive.then_some(i));
             let answer = tokio::select! {
-                a = tokio::time::timeout(bound, self.blocking_get(&path)) => a,
+                a = tokio::time::timeout(bound, query) => a,
                 _ = out.closed() => return,
             };
             let failure = match answer {
-                Ok(Ok((status, new_index, body))) if status == StatusCode::OK => {
+                Ok(Ok(health)) => {
                     attempt = 0;
-                    let item = if index != 0 && new_index == index {
-                        Feed::Alive
-                    } else {
-                        match parse_health(&service, &body) {
-                            Ok(entries) => Feed::Snapshot(
-                                entries
-                                    .into_iter()
-                                    .filter(|(_, alive)| *alive)
-                                    .map(|(i, _)| i)
-                                    .collect(),
-                            ),
-                            Err(e) => Feed::Lost(e),
-                        }
+                    let (new_index, item) = match health {
+                        Answer::Same { index } => (index, Feed::Alive),
+                        Answer::Changed { index, entries, .. } => (index, Feed::Snapshot(entries)),
                     };
                     index = match new_index {
                         // Backwards: start over with a full, non-blocking read.
@@ -80,10 +70,6 @@ impl Consul {
                     }
                     continue;
                 }
-                Ok(Ok((status, _, body))) => match expect_ok(status, &body, "health/service") {
-                    Err(e) => e,
-                    Ok(()) => RegistryError::unavailable(KIND, "consul: unexpected answer"),
-                },
                 Ok(Err(e)) => e,
                 Err(_) => RegistryError::unreachable(
                     KIND,
@@ -100,28 +86,5 @@ impl Consul {
                 return;
             }
         }
-    }
-
-    /// One GET; the status, the `X-Consul-Index` (0 when absent or unreadable) and the body.
-    pub(super) async fn blocking_get(
-        &self,
-        path: &str,
-    ) -> Result<(StatusCode, u64, bytes::Bytes), RegistryError> {
-        let client = self.pool.client().await?;
-        let (status, headers, body) = send_full(
-            &client,
-            &self.address,
-            self.token.as_deref(),
-            Method::GET,
-            path,
-            None,
-        )
-        .await?;
-        let index = headers
-            .get("X-Consul-Index")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        Ok((status, index, body))
     }
 }

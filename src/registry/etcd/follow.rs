@@ -102,6 +102,15 @@ impl Etcd {
         }
     }
 
+    /// Forgets the replicas not among `announced` (gone while the follow was broken).
+    fn forget_unannounced(&self, announced: &HashSet<String>) {
+        self.leases
+            .peers
+            .write()
+            .expect("not poisoned")
+            .retain(|_, r| announced.contains(r));
+    }
+
     /// Forgets a replica; the leases it had announced.
     fn forget_replica(&self, replica: &str) -> HashSet<i64> {
         let mut peers = self.leases.peers.write().expect("not poisoned");
@@ -140,37 +149,44 @@ impl Etcd {
         };
         let mut client = conn.client.clone();
         let root = format!("{}/", self.prefix);
-        let resp = match super::range::read_dir(&mut client, &root, false).await {
-            Ok(r) => r,
-            Err(e) => return Some(to_err(e)),
-        };
-        let rev = resp.revision;
-        // Announcements first: they tell whose lease each key is on.
-        let mut announced = HashSet::new();
-        for kv in &resp.kvs {
-            if let Kind::Replica(r) = self.classify(kv.key()) {
-                self.learn_replica(&r, kv.value());
-                announced.insert(r);
-            }
-        }
-        self.leases
-            .peers
-            .write()
-            .expect("not poisoned")
-            .retain(|_, r| announced.contains(r));
+        // Announcements (`.replicas/`) tell whose lease each key is on. They come first: a
+        // range is read in key order, and `.` sorts before every service name.
+        let mut announced = Some(HashSet::new());
         let mut held = Vec::new();
         let mut orphans = Vec::new();
         let mut orphan_leases = HashSet::new();
-        for kv in &resp.kvs {
-            if let Kind::Instance(key) = self.classify(kv.key())
-                && let Some(h) = self.held_of(key, kv)
-            {
-                if h.holder == Holder::Other && kv.lease() != 0 {
-                    orphan_leases.insert(kv.lease());
-                    orphans.push(h.clone());
+        let pages = super::range::read_dir_pages(&mut client, &root, false, |page| {
+            for kv in &page {
+                match self.classify(kv.key()) {
+                    Kind::Replica(r) => {
+                        self.learn_replica(&r, kv.value());
+                        if let Some(a) = announced.as_mut() {
+                            a.insert(r);
+                        }
+                    }
+                    Kind::Instance(key) => {
+                        if let Some(a) = announced.take() {
+                            self.forget_unannounced(&a);
+                        }
+                        let Some(h) = self.held_of(key, kv) else {
+                            continue;
+                        };
+                        if h.holder == Holder::Other && kv.lease() != 0 {
+                            orphan_leases.insert(kv.lease());
+                            orphans.push(h.clone());
+                        }
+                        held.push(h.brief());
+                    }
+                    _ => {}
                 }
-                held.push(h);
             }
+        });
+        let rev = match pages.await {
+            Ok(r) => r,
+            Err(e) => return Some(to_err(e)),
+        };
+        if let Some(a) = announced {
+            self.forget_unannounced(&a);
         }
         if !out
             .send(Observed::Snapshot {
@@ -289,21 +305,23 @@ impl Etcd {
         let conn = self.pool.client().await?;
         let mut client = conn.client.clone();
         let root = format!("{}/", self.prefix);
-        let pages = super::range::read_dir(&mut client, &root, false)
-            .await
-            .map_err(to_err)?;
-        Ok(pages
-            .kvs
-            .iter()
-            .filter(|kv| leases.contains(&kv.lease()))
-            .filter_map(|kv| match self.classify(kv.key()) {
-                Kind::Instance(key) => self.held_of(key, kv),
-                _ => None,
-            })
-            .map(|mut h| {
-                h.holder = Holder::Other;
-                h
-            })
-            .collect())
+        let mut held = Vec::new();
+        super::range::read_dir_pages(&mut client, &root, false, |page| {
+            held.extend(
+                page.iter()
+                    .filter(|kv| leases.contains(&kv.lease()))
+                    .filter_map(|kv| match self.classify(kv.key()) {
+                        Kind::Instance(key) => self.held_of(key, kv),
+                        _ => None,
+                    })
+                    .map(|mut h| {
+                        h.holder = Holder::Other;
+                        h
+                    }),
+            )
+        })
+        .await
+        .map_err(to_err)?;
+        Ok(held)
     }
 }

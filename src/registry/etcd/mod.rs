@@ -43,8 +43,8 @@ use crate::pool::WarmPool;
 use crate::registry::RegistryError;
 use crate::registry::transport::Dialer;
 use crate::registry::{
-    FeedSender, Followed, Held, ObservedSender, Registry, RegistryKind, Revision, SetupError,
-    Written,
+    FeedSender, Followed, Held, Listed, ObservedSender, Registry, RegistryKind, Revision,
+    SetupError, Written,
 };
 use crate::secret::Secret;
 use crate::tls::{Certs, registry_client_config};
@@ -200,11 +200,10 @@ impl Etcd {
     ) -> Result<BTreeMap<InstanceId, u64>, RegistryError> {
         let mut client = conn.client.clone();
         let dir = format!("{}/{TOMBSTONE_DIR}/{service}/", self.prefix);
-        let pages = range::read_dir(&mut client, &dir, false)
+        let kvs = range::read_dir(&mut client, &dir, false)
             .await
             .map_err(to_err)?;
-        Ok(pages
-            .kvs
+        Ok(kvs
             .iter()
             .filter_map(|kv| {
                 let id = std::str::from_utf8(kv.key().strip_prefix(dir.as_bytes())?).ok()?;
@@ -230,34 +229,38 @@ impl Etcd {
             .and_then(|kv| Record::decode(key, kv.value())))
     }
 
-    async fn list_once(
+    /// `keep` of every instance of `service`, decoded a page at a time.
+    async fn list_once<T>(
         &self,
         conn: EtcdConn,
         service: &ServiceName,
-    ) -> Result<Vec<Instance>, RegistryError> {
+        keep: impl Fn(Instance) -> T,
+    ) -> Result<Vec<T>, RegistryError> {
         let mut client = conn.client.clone();
         let dir = format!("{}/{}/", self.prefix, service);
-        let pages = range::read_dir(&mut client, &dir, false)
-            .await
-            .map_err(to_err)?;
-        Ok(decode_dir(&dir, service, &pages.kvs))
+        let mut out = Vec::new();
+        range::read_dir_pages(&mut client, &dir, false, |page| {
+            out.extend(decode_dir(&dir, service, &page).into_iter().map(&keep))
+        })
+        .await
+        .map_err(to_err)?;
+        Ok(out)
     }
 
     async fn services_once(&self, conn: EtcdConn) -> Result<BTreeSet<ServiceName>, RegistryError> {
         let mut client = conn.client.clone();
         let root = format!("{}/", self.prefix);
-        let pages = range::read_dir(&mut client, &root, true)
-            .await
-            .map_err(to_err)?;
-        Ok(pages
-            .kvs
-            .iter()
-            .filter_map(|kv| {
+        let mut names = BTreeSet::new();
+        range::read_dir_pages(&mut client, &root, true, |page| {
+            names.extend(page.iter().filter_map(|kv| {
                 let rest = kv.key().strip_prefix(root.as_bytes())?;
                 let name = std::str::from_utf8(rest).ok()?.split('/').next()?;
                 ServiceName::parse(name).ok()
-            })
-            .collect())
+            }))
+        })
+        .await
+        .map_err(to_err)?;
+        Ok(names)
     }
 
     async fn probe_once(&self, conn: EtcdConn) -> Result<(), RegistryError> {
@@ -331,7 +334,12 @@ impl Registry for Etcd {
     }
 
     async fn list(&self, service: &ServiceName) -> Result<Vec<Instance>, RegistryError> {
-        self.failover(|c| self.list_once(c, service)).await
+        self.failover(|c| self.list_once(c, service, |i| i)).await
+    }
+
+    async fn inventory(&self, service: &ServiceName) -> Result<Vec<Listed>, RegistryError> {
+        self.failover(|c| self.list_once(c, service, |i| Listed::live(&i)))
+            .await
     }
 
     async fn services(&self) -> Result<BTreeSet<ServiceName>, RegistryError> {

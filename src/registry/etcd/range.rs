@@ -15,12 +15,6 @@ use tonic::Code;
 /// Keys per page: at a typical record (200–300 bytes) well under 1 MiB per answer.
 pub(super) const PAGE: i64 = 1000;
 
-/// What a paged read returns: the revision it read at and every key of the range.
-pub(super) struct Pages {
-    pub revision: i64,
-    pub kvs: Vec<KeyValue>,
-}
-
 /// The end of the range of keys starting with `prefix` (etcd's "prefix end": the prefix with its
 /// last byte below 0xff incremented; no such byte means "to the end of the keyspace").
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
@@ -39,12 +33,24 @@ pub(super) async fn read_dir(
     client: &mut Client,
     dir: &str,
     keys_only: bool,
-) -> Result<Pages, etcd_client::Error> {
+) -> Result<Vec<KeyValue>, etcd_client::Error> {
+    let mut kvs = Vec::new();
+    read_dir_pages(client, dir, keys_only, |page| kvs.extend(page)).await?;
+    Ok(kvs)
+}
+
+/// [`read_dir`], handing each page to `each` as it arrives (a large directory is never held
+/// whole: each page is decoded into what the caller keeps, and dropped). The revision read at.
+pub(super) async fn read_dir_pages(
+    client: &mut Client,
+    dir: &str,
+    keys_only: bool,
+    mut each: impl FnMut(Vec<KeyValue>),
+) -> Result<i64, etcd_client::Error> {
     let end = prefix_end(dir.as_bytes());
     let mut from = dir.as_bytes().to_vec();
     let mut revision = 0;
     let mut limit = PAGE;
-    let mut kvs = Vec::new();
     loop {
         let mut options = GetOptions::new().with_range(end.clone()).with_limit(limit);
         if revision > 0 {
@@ -76,13 +82,13 @@ pub(super) async fn read_dir(
         // The next page starts just after this one's last key.
         from = last.key().to_vec();
         from.push(0);
-        kvs.extend(page);
+        each(page);
         if !more {
             break;
         }
         limit = PAGE;
     }
-    Ok(Pages { revision, kvs })
+    Ok(revision)
 }
 
 #[cfg(test)]

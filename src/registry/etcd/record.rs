@@ -2,13 +2,12 @@
 //! fields and what etcd's gRPC name resolver reads (`Op`, `Addr`, `Metadata`); a value another tool
 //! wrote is read as garbage, never a panic.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    DEFAULT_TTL_SECONDS, Instance, InstanceId, InstanceKey, MAX_TTL_SECONDS, MIN_TTL_SECONDS,
+    DEFAULT_TTL_SECONDS, Instance, InstanceId, InstanceKey, MAX_TTL_SECONDS, MIN_TTL_SECONDS, Meta,
     ServiceName,
 };
 
@@ -22,7 +21,7 @@ pub(crate) struct Record {
     #[serde(default)]
     tags: Vec<String>,
     #[serde(default)]
-    meta: BTreeMap<String, String>,
+    meta: Meta,
     #[serde(default = "default_ttl")]
     ttl_seconds: u32,
     #[serde(default)]
@@ -32,7 +31,8 @@ pub(crate) struct Record {
     op: u8,
     #[serde(rename = "Addr", default)]
     addr: String,
-    #[serde(rename = "Metadata", default)]
+    /// Written for the resolver, never read back (a second decoded copy of the meta).
+    #[serde(rename = "Metadata", default, skip_deserializing)]
     metadata: serde_json::Value,
 }
 

@@ -94,15 +94,15 @@ impl Etcd {
         let start = match *revision {
             Some(rev) => rev + 1,
             None => {
-                let resp = match super::range::read_dir(&mut client, dir, false).await {
+                let mut set = Vec::new();
+                let read = super::range::read_dir_pages(&mut client, dir, false, |page| {
+                    set.extend(decode_dir(dir, service, &page))
+                });
+                let rev = match read.await {
                     Ok(r) => r,
                     Err(e) => return End::Broken(to_err(e)),
                 };
-                let rev = resp.revision;
-                if !out
-                    .send(Feed::Snapshot(decode_dir(dir, service, &resp.kvs)))
-                    .await
-                {
+                if !out.send(Feed::Snapshot(set)).await {
                     return End::Closed;
                 }
                 *revision = Some(rev);
