@@ -137,6 +137,7 @@ pub async fn run(
         certs: certs.clone(),
         limits: Arc::new(settings.limits.clone()),
         requests: Requests::new(&settings.limits, metrics.clone()),
+        heartbeat_answer: Default::default(),
     });
     let connections = Connections::new(&settings.limits, metrics.clone());
 

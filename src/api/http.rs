@@ -7,7 +7,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, MatchedPath, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Extension, Json};
@@ -77,8 +77,8 @@ pub struct Rest;
 impl Rules for Rest {
     /// A long poll waits by design; everything else is answered within the request timeout.
     fn waits(req: &Request) -> bool {
-        route_label(req.uri().path()) == "instances"
-            && req.uri().query().is_some_and(|q| q.contains("index="))
+        req.uri().query().is_some_and(|q| q.contains("index="))
+            && route_label(req.uri().path()) == "instances"
     }
 
     fn timed_out(limit: Duration) -> Response {
@@ -302,12 +302,29 @@ async fn heartbeat(
         registries: &'a crate::replicate::Outcomes,
     }
     let degraded = report.outcomes.degraded();
-    let resp = Json(Answer {
+    let answer = Answer {
         ok: true,
         degraded,
         registries: &report.outcomes,
-    })
-    .into_response();
+    };
+    let resp = if report.outcomes.from_memory() {
+        // Most heartbeats: the same answer every time, serialized once.
+        let body = st.heartbeat_answer.get_or_init(|| {
+            serde_json::to_vec(&answer)
+                .expect("a heartbeat answer serializes")
+                .into()
+        });
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body.clone(),
+        )
+            .into_response()
+    } else {
+        Json(answer).into_response()
+    };
     // A heartbeat answered OK is logged at debug only: its registries' part is not even
     // formatted unless that line is wanted (or something is degraded).
     if degraded || tracing::enabled!(tracing::Level::DEBUG) {

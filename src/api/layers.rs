@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderValue, Method, Uri};
+use axum::http::{HeaderName, HeaderValue, Method, Uri};
 use axum::response::Response;
 use futures::future::BoxFuture;
 use tower::{Service, ServiceExt};
@@ -33,8 +33,9 @@ use super::{AppState, front};
 use crate::api::error::ApiError;
 use crate::authz::Peer;
 
-/// The header carrying a request's ID, both ways.
-pub const REQUEST_ID: &str = "x-request-id";
+/// The header carrying a request's ID, both ways (a `HeaderName` made once: a `&str` name is
+/// parsed again on every use).
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A caller's ID kept as it is: short, and of characters that cannot break a log line.
 fn sane(v: &HeaderValue) -> bool {
@@ -47,8 +48,13 @@ fn sane(v: &HeaderValue) -> bool {
 
 /// A new ID: 64 random bits in hex.
 fn new_id() -> HeaderValue {
-    HeaderValue::from_str(&format!("{:016x}", rand::random::<u64>()))
-        .expect("hex digits are a valid header value")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = rand::random::<u64>();
+    let mut id = [0u8; 16];
+    for (i, c) in id.iter_mut().enumerate() {
+        *c = HEX[((bits >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
 }
 
 /// What the edge saw of a request before the router took it, for the front's log line.
@@ -129,7 +135,7 @@ where
 
     fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
         let mut req = req.map(Body::new);
-        let request_id = match req.headers().get(REQUEST_ID) {
+        let request_id = match req.headers().get(&REQUEST_ID) {
             Some(v) if sane(v) => v.clone(),
             _ => {
                 let id = new_id();
@@ -178,5 +184,7 @@ mod tests {
         assert!(!sane(&HeaderValue::from_static("a b")));
         assert!(!sane(&HeaderValue::from_str(&"x".repeat(65)).unwrap()));
         assert!(sane(&new_id()));
+        assert_eq!(new_id().len(), 16);
+        assert_ne!(new_id(), new_id());
     }
 }

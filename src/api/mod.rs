@@ -54,4 +54,7 @@ pub struct Shared {
     pub limits: Arc<Limits>,
     /// Requests per second per identity.
     pub requests: Arc<Requests>,
+    /// The body of a heartbeat the owner answered from memory with every copy in place, which is
+    /// the same for every such heartbeat: serialized once, on the first.
+    pub heartbeat_answer: std::sync::OnceLock<bytes::Bytes>,
 }
