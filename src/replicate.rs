@@ -488,10 +488,22 @@ impl Coordinator {
         key: &InstanceKey,
         identity: &str,
     ) -> Result<WriteReport, Failure> {
-        match self.owned.touch(key, identity) {
-            Some(copies) => self.owner_answer(copies),
+        match self.owner_heartbeat(key, identity) {
+            Some(answer) => answer,
             None => self.take_over_on_heartbeat(key, identity).await,
         }
+    }
+
+    /// A heartbeat to the instance's owner, answered from memory; `None` when it is not owned
+    /// here.
+    pub fn owner_heartbeat(
+        &self,
+        key: &InstanceKey,
+        identity: &str,
+    ) -> Option<Result<WriteReport, Failure>> {
+        self.owned
+            .touch(key, identity)
+            .map(|copies| self.owner_answer(copies))
     }
 
     /// The answer of the owner to a heartbeat, from what it knows of the copies.

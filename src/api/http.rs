@@ -7,7 +7,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, MatchedPath, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Extension, Json};
@@ -75,6 +75,10 @@ fn route_label(path: &str) -> &'static str {
 pub struct Rest;
 
 impl Rules for Rest {
+    fn answer_now(st: &AppState, req: &Request, peer: Option<&Arc<Peer>>) -> Option<Response> {
+        owner_heartbeat(st, req, peer)
+    }
+
     /// A long poll waits by design; everything else is answered within the request timeout.
     fn waits(req: &Request) -> bool {
         req.uri().query().is_some_and(|q| q.contains("index="))
@@ -294,6 +298,30 @@ async fn heartbeat(
         .heartbeat(&key, &peer.identity)
         .await
         .map_err(failure)?;
+    Ok(heartbeat_answer(&st, &report))
+}
+
+/// The owner's heartbeat, answered from memory before the router (see [`Rules::answer_now`]):
+/// `PUT /v1/services/{service}/instances/{id}/heartbeat`, exactly, from a caller allowed to
+/// write the service, for an instance this replica owns, answered OK. Anything else (a path
+/// that is not exactly that, a refusal, a take-over, an error) goes through the router, which
+/// gives it the same answer it always had.
+fn owner_heartbeat(st: &AppState, req: &Request, peer: Option<&Arc<Peer>>) -> Option<Response> {
+    if req.method() != Method::PUT || req.uri().query().is_some() {
+        return None;
+    }
+    let rest = req.uri().path().strip_prefix("/v1/services/")?;
+    let (service, rest) = rest.split_once('/')?;
+    let id = rest
+        .strip_prefix("instances/")?
+        .strip_suffix("/heartbeat")?;
+    let peer = peer?;
+    let key = front::writable_key(st, peer, service, id).ok()?;
+    let report = st.coordinator.owner_heartbeat(&key, &peer.identity)?.ok()?;
+    Some(heartbeat_answer(st, &report))
+}
+
+fn heartbeat_answer(st: &AppState, report: &crate::replicate::WriteReport) -> Response {
     // A struct, not a `json!` map: the hot path builds no intermediate JSON tree.
     #[derive(serde::Serialize)]
     struct Answer<'a> {
@@ -328,9 +356,9 @@ async fn heartbeat(
     // A heartbeat answered OK is logged at debug only: its registries' part is not even
     // formatted unless that line is wanted (or something is degraded).
     if degraded || tracing::enabled!(tracing::Level::DEBUG) {
-        return Ok(logged(resp, &report.outcomes));
+        return logged(resp, &report.outcomes);
     }
-    Ok(resp)
+    resp
 }
 
 async fn deregister(

@@ -84,6 +84,12 @@ impl Seen {
 pub trait Rules: Send + Sync + 'static {
     /// Whether the request waits by design (no request timeout).
     fn waits(req: &Request) -> bool;
+    /// The answer to a request the front can give at once, from memory, without the router
+    /// (REST: the owner's heartbeat, most of a fleet's traffic: the router, its extractors and
+    /// the request timer cost more than the heartbeat); `None` sends it through the router.
+    fn answer_now(_st: &AppState, _req: &Request, _peer: Option<&Arc<Peer>>) -> Option<Response> {
+        None
+    }
     /// The answer to a request the router did not answer within `limit`.
     fn timed_out(limit: Duration) -> Response;
     /// The answer to a request refused before the router (the rate limit).
@@ -152,13 +158,18 @@ where
             start: Instant::now(),
         };
         let waits = R::waits(&req);
+        // Answered here without the router: refused by the rate limit, or answered from memory.
+        let early = match front::rate_limit(&self.st, seen.peer.as_deref()) {
+            Err(e) => Some(R::refused(e)),
+            Ok(()) => R::answer_now(&self.st, &req, seen.peer.as_ref()),
+        };
         let router = self.router.clone();
         let st = self.st.clone();
         Box::pin(async move {
-            let resp = match front::rate_limit(&st, seen.peer.as_deref()) {
-                Err(e) => R::refused(e),
-                Ok(()) if waits => router.oneshot(req).await?,
-                Ok(()) => {
+            let resp = match early {
+                Some(resp) => resp,
+                None if waits => router.oneshot(req).await?,
+                None => {
                     let limit = st.limits.request_timeout;
                     match tokio::time::timeout(limit, router.oneshot(req)).await {
                         Ok(resp) => resp?,

@@ -335,6 +335,17 @@ impl Consul {
     }
 }
 
+/// The index to ask with after an answer at `answered` to a query at `asked` (Consul's rules,
+/// `docs/consul.md`): one that went backwards starts over with a full, non-blocking read (0); a
+/// missing one (0) is never sent back, which would turn the next query into a busy loop.
+pub(super) fn next_index(asked: u64, answered: u64) -> u64 {
+    match answered {
+        n if n < asked => 0,
+        0 => 1,
+        n => n,
+    }
+}
+
 /// A health query's answer.
 pub(super) enum Answer<T> {
     /// The index moved (or none was known): what was kept of every entry, and how long reading
@@ -756,6 +767,15 @@ mod tests {
         }
         let e = expect_ok(StatusCode::BAD_REQUEST, &Bytes::from("bad"), "x").unwrap_err();
         assert!(!e.message.contains("consul.token"), "{e}");
+    }
+
+    #[test]
+    fn the_next_index_follows_consuls_rules() {
+        assert_eq!(next_index(0, 7), 7);
+        assert_eq!(next_index(7, 9), 9);
+        assert_eq!(next_index(9, 4), 0, "backwards: start over");
+        assert_eq!(next_index(9, 0), 0, "below what was asked: start over");
+        assert_eq!(next_index(0, 0), 1, "never ask with 0 once answered");
     }
 
     #[test]

@@ -160,6 +160,61 @@ async fn heartbeat_restores_from_the_other_registry_on_a_fresh_replica() {
     assert_eq!(value["ttl_seconds"], 30);
 }
 
+/// The owner's heartbeat is answered before the router: the answer, its headers, its count and
+/// every refusal are the same as through it.
+#[tokio::test]
+async fn the_owners_heartbeat_answer_is_the_whole_contract() {
+    let env = Env::start().await;
+    let c = env.gw.client("payments");
+    let r = c
+        .put_json(&path("payments", "pay-1"), &body("10.0.0.5", 8080))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let count = |text: &str| {
+        testkit::metric(
+            text,
+            "twinreg_http_requests_total",
+            &[("route", "heartbeat"), ("method", "PUT"), ("status", "200")],
+        )
+    };
+    let before = count(&env.gw.admin_get("/metrics").await.1);
+    for _ in 0..3 {
+        let r = c
+            .request_with(
+                "PUT",
+                &hb("payments", "pay-1"),
+                None,
+                &[("x-request-id", "hb-7")],
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.headers["content-type"], "application/json");
+        assert_eq!(r.headers["x-request-id"], "hb-7");
+        assert_eq!(
+            r.json,
+            json!({"ok": true, "degraded": false, "registries": {
+                "etcd": {"ok": true, "latency_ms": 0, "coalesced": true},
+                "consul": {"ok": true, "latency_ms": 0, "coalesced": true},
+            }})
+        );
+    }
+    assert!(!c.put(&hb("payments", "pay-1")).await.headers["x-request-id"].is_empty());
+    assert_eq!(count(&env.gw.admin_get("/metrics").await.1), before + 4.0);
+    // What is not exactly an allowed owner's heartbeat gets the router's answers.
+    let r = c.request("POST", &hb("payments", "pay-1"), None).await;
+    assert_eq!(r.status, 405, "{}", r.text);
+    let r = c
+        .put("/v1/services/pay%6Dents/instances/pay-1/heartbeat")
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    let r = c
+        .put("/v1/services/payments/instances/pay-1/heartbeat/")
+        .await;
+    assert_eq!(r.status, 404, "{}", r.text);
+    let r = env.gw.client("orders").put(&hb("payments", "pay-1")).await;
+    assert_eq!(r.status, 403, "{}", r.text);
+}
+
 #[tokio::test]
 async fn heartbeat_of_unknown_instance_is_404() {
     let env = Env::start().await;

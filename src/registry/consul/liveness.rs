@@ -263,11 +263,7 @@ impl Consul {
                             read,
                         } => (index, Some((entries, read))),
                     };
-                    index = match new_index {
-                        n if n < index => 0,
-                        0 => 1,
-                        n => n,
-                    };
+                    index = super::next_index(index, new_index);
                     let Some((held, read)) = held else {
                         continue;
                     };

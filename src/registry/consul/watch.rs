@@ -59,12 +59,7 @@ impl Consul {
                         Answer::Same { index } => (index, Feed::Alive),
                         Answer::Changed { index, entries, .. } => (index, Feed::Snapshot(entries)),
                     };
-                    index = match new_index {
-                        // Backwards: start over with a full, non-blocking read.
-                        n if n < index => 0,
-                        0 => 1,
-                        n => n,
-                    };
+                    index = super::next_index(index, new_index);
                     if !out.send(item).await {
                         return;
                     }
