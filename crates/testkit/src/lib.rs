@@ -56,12 +56,40 @@ pub fn data_dir() -> tempfile::TempDir {
     }
 }
 
+/// A loopback port nothing listens on, below the kernel's ephemeral range. A port from that
+/// range (what binding port 0 gives) can be taken as the source port of any outgoing connection
+/// while the server meant to hold it is down: a test restarting etcd on its ports failed with
+/// "address already in use" that way. Ports are handed out in turn from a random start, so the
+/// test processes running at once rarely try the same one, and each is checked free.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("binding a loopback port")
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let end = ephemeral_start().max(FIRST + 1_000);
+    let span = end - FIRST;
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        rand::random::<u32>() % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let port = FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = u16::try_from(port).expect("below 65536");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {FIRST} and {end}");
+}
+
+/// The first port of the kernel's ephemeral range (`net.ipv4.ip_local_port_range`; Linux's
+/// default 32768 when it cannot be read).
+fn ephemeral_start() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// Finds a binary from an env var or PATH.
