@@ -383,7 +383,18 @@ async fn more_instances_than_one_etcd_answer_holds_are_all_taken_over_and_listed
     let deletes = deletes_of(&etcd).await;
     writer_alive.abort();
     let last_kept = tokio::time::Instant::now();
-    let gw = Gateway::start(&etcd, &consul).await;
+    // A list of 25,000 reads 25 etcd pages and a 70 MB Consul answer: about 100 ms each in a
+    // release build, but close to the default 1.5 s deadline in a debug build, and past it under
+    // the full suite's load (the list then came back with Consul's copies alone, every time).
+    let gw = Gateway::start_with(
+        &etcd,
+        &consul,
+        testkit::gateway::Options {
+            timeout_ms: Some(5000),
+            ..Default::default()
+        },
+    )
+    .await;
     gw.wait_both_up().await;
     // Owned at once (their heartbeats are answered from memory), then moved onto this
     // replica's leases in the background.
@@ -429,8 +440,8 @@ async fn more_instances_than_one_etcd_answer_holds_are_all_taken_over_and_listed
         "{deleted} keys lapsed before they were taken over"
     );
 
-    // A list is bounded by each registry's deadline: under a loaded debug build etcd's 25 pages
-    // may miss it once, and the answer is then Consul's copies alone (still being written).
+    // A list is bounded by each registry's deadline: should etcd's 25 pages still miss it once,
+    // the answer is Consul's copies alone (still being written), and the next one is whole.
     let client = gw.client("payments");
     let listed = testkit::eventually(Duration::from_secs(60), "all of them listed", || async {
         let r = client.get("/v1/services/payments/instances").await;
