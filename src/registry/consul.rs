@@ -373,7 +373,7 @@ pub(crate) fn parse_health(
 impl HealthEntry {
     /// The twinreg instance of this entry, whether it is alive (no critical check), and its
     /// check's notes; `None` for a service that is not twinreg's.
-    fn into_copy(self, service: &ServiceName) -> Option<(Instance, bool, String)> {
+    fn into_copy(self, service: &ServiceName) -> Option<HealthCopy> {
         let alive = !self.checks.iter().any(|c| c.status == "critical");
         let notes = self
             .checks
@@ -431,6 +431,7 @@ fn go_duration(d: Duration) -> String {
     format!("{}s", d.as_secs())
 }
 
+/// Sends one request; the answer's status and whole body.
 async fn send(
     client: &rs_consul::HttpsClient,
     address: &str,
@@ -439,25 +440,9 @@ async fn send(
     path: &str,
     body: Option<Vec<u8>>,
 ) -> Result<(StatusCode, Bytes), RegistryError> {
-    send_full(client, address, token, method, path, body)
-        .await
-        .map(|(status, _, body)| (status, body))
-}
-
-/// [`send`], keeping the answer's headers (blocking queries read `X-Consul-Index`).
-async fn send_full(
-    client: &rs_consul::HttpsClient,
-    address: &str,
-    token: Option<&str>,
-    method: Method,
-    path: &str,
-    body: Option<Vec<u8>>,
-) -> Result<(StatusCode, http::HeaderMap, Bytes), RegistryError> {
     let resp = request(client, address, token, method, path, body).await?;
     let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = collect(resp.into_body()).await?;
-    Ok((status, headers, body))
+    Ok((status, collect(resp.into_body()).await?))
 }
 
 /// Sends one request; the answer, its body not read yet.

@@ -186,7 +186,7 @@ pub(crate) struct HealthReader<'a, T, F> {
     service: &'a ServiceName,
     elements: Elements<HealthEntry>,
     keep: F,
-    pub(crate) out: Vec<T>,
+    out: Vec<T>,
 }
 
 impl<'a, T, F: FnMut(HealthCopy) -> Option<T>> HealthReader<'a, T, F> {
