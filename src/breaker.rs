@@ -7,6 +7,7 @@
 //! (timeouts, unreachable); a registry that answers with a refusal is up.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -58,6 +59,9 @@ pub struct Breaker {
     threshold: u32,
     base_open_for: Duration,
     inner: Mutex<Inner>,
+    /// Whether `inner.state` is `Closed`, readable without the lock: every heartbeat answered
+    /// from memory asks, from every core.
+    closed: AtomicBool,
     /// Why the last failed call failed, so a refusal while open can say why it opened (a wrong
     /// password keeps a registry's pool from connecting: "check etcd.password" beats "circuit
     /// open").
@@ -99,6 +103,7 @@ impl Breaker {
                 reopen_at: Instant::now(),
                 trial_in_flight: false,
             }),
+            closed: AtomicBool::new(true),
             last_failure: Mutex::default(),
         }
     }
@@ -120,6 +125,11 @@ impl Breaker {
         self.inner.lock().expect("not poisoned").state
     }
 
+    /// Whether the breaker is closed (calls go through), without taking its lock.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     /// Whether a call may go ahead. While the breaker is open, client requests are refused so
     /// none waits on a registry that may still be dead; a background probe is let through as the
     /// half-open trial once `open_for` has passed; a last-resort call (every other registry is
@@ -134,6 +144,7 @@ impl Breaker {
             return Admit::No(b.reopen_at.saturating_duration_since(now));
         }
         b.state = BreakerState::HalfOpen;
+        self.closed.store(false, Ordering::Release);
         b.trial_in_flight = true;
         Admit::Trial
     }
@@ -165,6 +176,8 @@ impl Breaker {
                 b.reopen_at = Instant::now() + b.open_for;
             }
         }
+        self.closed
+            .store(b.state == BreakerState::Closed, Ordering::Release);
         (b.state != before).then_some(b.state)
     }
 }
@@ -180,7 +193,9 @@ mod tests {
             assert_eq!(b.admit(Caller::Probe), Admit::Yes);
             assert_eq!(b.record(Admit::Yes, false), None);
         }
+        assert!(b.is_closed());
         assert_eq!(b.record(Admit::Yes, false), Some(BreakerState::Open));
+        assert!(!b.is_closed());
         assert!(matches!(b.admit(Caller::Probe), Admit::No(_)));
 
         tokio::time::advance(Duration::from_secs(2)).await;
@@ -189,6 +204,7 @@ mod tests {
             "requests are no trials"
         );
         assert_eq!(b.admit(Caller::Probe), Admit::Trial);
+        assert!(!b.is_closed(), "half-open is not closed");
         assert!(
             matches!(b.admit(Caller::Probe), Admit::No(_)),
             "one trial at a time"
@@ -200,6 +216,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(b.admit(Caller::Probe), Admit::Trial);
         assert_eq!(b.record(Admit::Trial, true), Some(BreakerState::Closed));
+        assert!(b.is_closed());
         assert_eq!(b.admit(Caller::Probe), Admit::Yes);
     }
 

@@ -173,6 +173,11 @@ impl Requests {
         &self.shards[(fixed.finish() as usize) % SHARDS]
     }
 
+    /// Whether requests are limited at all (`limits.requests_per_second` is not 0).
+    pub fn enabled(&self) -> bool {
+        self.base.is_some()
+    }
+
     /// `Err(retry_after)` when `identity` is over its rate; `fleet` is the requests per second
     /// its registered instances are entitled to beyond the base rate.
     pub fn check(&self, identity: &str, fleet: f64) -> Result<(), Duration> {

@@ -73,8 +73,7 @@ pub fn new_replica_id(hint: &str) -> String {
 /// Whether a registry is known to be out (its last call failed, or its breaker is open): what an
 /// owner's heartbeat answer reports without calling it.
 fn out_of_service(m: &Member) -> bool {
-    m.health.get() == RegistryState::Down
-        || m.breaker.state() != crate::breaker::BreakerState::Closed
+    m.health.get() == RegistryState::Down || !m.breaker.is_closed()
 }
 
 /// One registry as the coordinator sees it.

@@ -5,7 +5,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::Request;
@@ -13,12 +12,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::{Service, ServiceExt};
 
 use crate::antientropy::Sweeper;
 use crate::api::{self, AppState};
@@ -210,6 +207,7 @@ pub async fn run(
     let router = Front {
         rest: api::http::router(state.clone()),
         grpc,
+        peer: None,
     };
     // On shutdown, /readyz turns 503 at once, but connections are still accepted for
     // `drain_delay` so the load balancer sees the replica unready before it stops answering.
@@ -273,12 +271,7 @@ pub async fn run(
                         .and_then(|c| c.first())
                         .and_then(|c| Peer::from_der(c))
                         .map(Arc::new);
-                    let svc = router.map_request(move |mut req: Request<Incoming>| {
-                        if let Some(p) = &peer {
-                            req.extensions_mut().insert(p.clone());
-                        }
-                        req
-                    });
+                    let svc = Front { peer, ..router };
                     let _admitted = admitted;
                     let mut builder = auto::Builder::new(TokioExecutor::new());
                     // HTTP/1: headers within the limit (slowloris).
@@ -295,7 +288,7 @@ pub async fn run(
                         .keep_alive_interval(Some(CLIENT_KEEPALIVE_INTERVAL))
                         .keep_alive_timeout(CLIENT_KEEPALIVE_TIMEOUT);
                     let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc))
+                        .serve_connection(TokioIo::new(tls), svc)
                         .into_owned();
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(%remote, error = %e, "connection ended with an error");
@@ -324,12 +317,14 @@ pub async fn run(
     Ok(())
 }
 
-/// The public listener's service: gRPC calls (`content-type: application/grpc...`) go to the
-/// gRPC services, everything else to the REST router.
+/// The public listener's service, one per connection: gRPC calls (`content-type:
+/// application/grpc...`) go to the gRPC services, everything else to the REST router, each
+/// with the caller read from the connection's client certificate.
 #[derive(Clone)]
 struct Front {
     rest: api::layers::Edge<api::http::Rest>,
     grpc: api::layers::Edge<api::grpc::GrpcEdge>,
+    peer: Option<Arc<Peer>>,
 }
 
 fn is_grpc<B>(req: &Request<B>) -> bool {
@@ -338,21 +333,18 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-impl Service<Request<Incoming>> for Front {
+// hyper's own `Service` (`&self`): a tower service would be cloned for every request, and the
+// routers' shared counters touched from every core each time.
+impl hyper::service::Service<Request<Incoming>> for Front {
     type Response = axum::response::Response;
     type Error = Infallible;
-    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Infallible>>;
+    type Future = api::layers::Answer;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Both routers are always ready.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
         if is_grpc(&req) {
-            self.grpc.call(req)
+            self.grpc.serve(req, self.peer.as_ref())
         } else {
-            self.rest.call(req)
+            self.rest.serve(req, self.peer.as_ref())
         }
     }
 }

@@ -10,7 +10,9 @@ use crate::model::{InstanceKey, ServiceName};
 
 /// 429 with Retry-After when the caller's identity is over its rate.
 pub fn rate_limit(st: &AppState, peer: Option<&Peer>) -> Result<(), ApiError> {
-    let Some(peer) = peer else { return Ok(()) };
+    let Some(peer) = peer.filter(|_| st.requests.enabled()) else {
+        return Ok(());
+    };
     let fleet = st.coordinator.owned().budget(&peer.identity);
     st.requests.check(&peer.identity, fleet).map_err(|wait| {
         let secs = crate::limits::retry_after_secs(wait);

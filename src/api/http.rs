@@ -75,8 +75,13 @@ fn route_label(path: &str) -> &'static str {
 pub struct Rest;
 
 impl Rules for Rest {
-    fn answer_now(st: &AppState, req: &Request, peer: Option<&Arc<Peer>>) -> Option<Response> {
-        owner_heartbeat(st, req, peer)
+    fn answer_now(
+        st: &AppState,
+        method: &Method,
+        uri: &Uri,
+        peer: Option<&Arc<Peer>>,
+    ) -> Option<(&'static str, Response)> {
+        owner_heartbeat(st, method, uri, peer).map(|resp| ("heartbeat", resp))
     }
 
     /// A long poll waits by design; everything else is answered within the request timeout.
@@ -103,15 +108,18 @@ impl Rules for Rest {
     /// Counts every answer by route and status, and logs it.
     fn finish(st: &AppState, seen: &Seen, resp: Response) -> Response {
         let path = seen.uri.path();
-        let route = route_label(path);
+        let route = seen.route.unwrap_or_else(|| route_label(path));
         let status = resp.status().as_u16();
         st.metrics.observe_request(route, &seen.method, status);
+        let quiet = route == "heartbeat" && resp.status().is_success();
+        if quiet && !tracing::enabled!(tracing::Level::DEBUG) {
+            return resp;
+        }
         // `/v1/services/{service}/instances/{id}...`, as sent (the log shows what was asked).
         let mut segments = path.split('/').skip(3);
         let service = segments.next().unwrap_or("");
         let instance = segments.nth(1).unwrap_or("");
         let registries = front::outcomes_logged(&resp);
-        let quiet = route == "heartbeat" && resp.status().is_success();
         front::request_line!(
             quiet,
             request_id = seen.request_id(),
@@ -306,11 +314,16 @@ async fn heartbeat(
 /// write the service, for an instance this replica owns, answered OK. Anything else (a path
 /// that is not exactly that, a refusal, a take-over, an error) goes through the router, which
 /// gives it the same answer it always had.
-fn owner_heartbeat(st: &AppState, req: &Request, peer: Option<&Arc<Peer>>) -> Option<Response> {
-    if req.method() != Method::PUT || req.uri().query().is_some() {
+fn owner_heartbeat(
+    st: &AppState,
+    method: &Method,
+    uri: &Uri,
+    peer: Option<&Arc<Peer>>,
+) -> Option<Response> {
+    if method != Method::PUT || uri.query().is_some() {
         return None;
     }
-    let rest = req.uri().path().strip_prefix("/v1/services/")?;
+    let rest = uri.path().strip_prefix("/v1/services/")?;
     let (service, rest) = rest.split_once('/')?;
     let id = rest
         .strip_prefix("instances/")?

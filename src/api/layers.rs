@@ -18,7 +18,6 @@
 use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -26,8 +25,8 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, Method, Uri};
 use axum::response::Response;
-use futures::future::BoxFuture;
-use tower::{Service, ServiceExt};
+use futures::future::{BoxFuture, Either, Ready, ready};
+use tower::ServiceExt;
 
 use super::{AppState, front};
 use crate::api::error::ApiError;
@@ -59,6 +58,8 @@ fn new_id() -> HeaderValue {
 
 /// What the edge saw of a request before the router took it, for the front's log line.
 pub struct Seen {
+    /// The route, when the edge answered at once from memory and so knows it already.
+    pub route: Option<&'static str>,
     pub method: Method,
     pub uri: Uri,
     pub peer: Option<Arc<Peer>>,
@@ -86,8 +87,14 @@ pub trait Rules: Send + Sync + 'static {
     fn waits(req: &Request) -> bool;
     /// The answer to a request the front can give at once, from memory, without the router
     /// (REST: the owner's heartbeat, most of a fleet's traffic: the router, its extractors and
-    /// the request timer cost more than the heartbeat); `None` sends it through the router.
-    fn answer_now(_st: &AppState, _req: &Request, _peer: Option<&Arc<Peer>>) -> Option<Response> {
+    /// the request timer cost more than the heartbeat), with its route label; `None` sends it
+    /// through the router.
+    fn answer_now(
+        _st: &AppState,
+        _method: &Method,
+        _uri: &Uri,
+        _peer: Option<&Arc<Peer>>,
+    ) -> Option<(&'static str, Response)> {
         None
     }
     /// The answer to a request the router did not answer within `limit`.
@@ -125,62 +132,77 @@ impl<R: Rules> Edge<R> {
     }
 }
 
-impl<R: Rules, B> Service<axum::http::Request<B>> for Edge<R>
-where
-    B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<axum::BoxError>,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+/// The edge's answer: at once (the rate limit's refusal, the owner's heartbeat), or the
+/// router's, in a box.
+pub type Answer =
+    Either<Ready<Result<Response, Infallible>>, BoxFuture<'static, Result<Response, Infallible>>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // An axum router is always ready.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
-        let mut req = req.map(Body::new);
-        let request_id = match req.headers().get(&REQUEST_ID) {
-            Some(v) if sane(v) => v.clone(),
-            _ => {
-                let id = new_id();
-                req.headers_mut().insert(REQUEST_ID, id.clone());
-                id
-            }
+impl<R: Rules> Edge<R> {
+    /// Serves one request from `peer` (the connection's client certificate, read once when it
+    /// was accepted). An answer given at once costs no allocation of its own: the request is
+    /// not boxed, nothing is added to it, and the answer is not a boxed future.
+    pub fn serve<B>(&self, req: axum::http::Request<B>, peer: Option<&Arc<Peer>>) -> Answer
+    where
+        B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        let start = Instant::now();
+        let given = match req.headers().get(&REQUEST_ID) {
+            Some(v) if sane(v) => Some(v.clone()),
+            _ => None,
         };
-        let seen = Seen {
+        let seen = |req: &axum::http::Request<B>, route, request_id| Seen {
+            route,
             method: req.method().clone(),
             // Cheap to keep: shared bytes, no copy per request.
             uri: req.uri().clone(),
-            peer: req.extensions().get::<Arc<Peer>>().cloned(),
+            peer: peer.cloned(),
             request_id,
-            start: Instant::now(),
+            start,
         };
-        let waits = R::waits(&req);
         // Answered here without the router: refused by the rate limit, or answered from memory.
-        let early = match front::rate_limit(&self.st, seen.peer.as_deref()) {
-            Err(e) => Some(R::refused(e)),
-            Ok(()) => R::answer_now(&self.st, &req, seen.peer.as_ref()),
+        let early = match front::rate_limit(&self.st, peer.map(|p| &**p)) {
+            Err(e) => Some((None, R::refused(e))),
+            Ok(()) => R::answer_now(&self.st, req.method(), req.uri(), peer)
+                .map(|(route, resp)| (Some(route), resp)),
         };
+        if let Some((route, resp)) = early {
+            let seen = seen(&req, route, given.unwrap_or_else(new_id));
+            return Either::Left(ready(Ok(Self::finish(&self.st, seen, resp))));
+        }
+        let (request_id, fresh) = match given {
+            Some(id) => (id, false),
+            None => (new_id(), true),
+        };
+        let seen = seen(&req, None, request_id.clone());
+        let mut req = req.map(Body::new);
+        if fresh {
+            req.headers_mut().insert(REQUEST_ID, request_id);
+        }
+        if let Some(p) = peer {
+            req.extensions_mut().insert(p.clone());
+        }
+        let waits = R::waits(&req);
         let router = self.router.clone();
         let st = self.st.clone();
-        Box::pin(async move {
-            let resp = match early {
-                Some(resp) => resp,
-                None if waits => router.oneshot(req).await?,
-                None => {
-                    let limit = st.limits.request_timeout;
-                    match tokio::time::timeout(limit, router.oneshot(req)).await {
-                        Ok(resp) => resp?,
-                        Err(_) => R::timed_out(limit),
-                    }
+        Either::Right(Box::pin(async move {
+            let resp = if waits {
+                router.oneshot(req).await?
+            } else {
+                let limit = st.limits.request_timeout;
+                match tokio::time::timeout(limit, router.oneshot(req)).await {
+                    Ok(resp) => resp?,
+                    Err(_) => R::timed_out(limit),
                 }
             };
-            let mut resp = R::finish(&st, &seen, resp);
-            resp.headers_mut().insert(REQUEST_ID, seen.request_id);
-            Ok(resp)
-        })
+            Ok(Self::finish(&st, seen, resp))
+        }))
+    }
+
+    fn finish(st: &AppState, seen: Seen, resp: Response) -> Response {
+        let mut resp = R::finish(st, &seen, resp);
+        resp.headers_mut().insert(REQUEST_ID, seen.request_id);
+        resp
     }
 }
 
