@@ -313,9 +313,7 @@ pub fn health_entries(inner: &Inner, cfg: &Config, name: &str) -> Vec<HealthEntr
         let mut checks = vec![serf_health(inner, cfg)];
         checks.extend(
             inner
-                .checks
-                .values()
-                .filter(|c| c.service_id == s.id)
+                .checks_of(&s.id)
                 .map(|c| health_check(c, inner, cfg, true)),
         );
         out.push(HealthEntry {
