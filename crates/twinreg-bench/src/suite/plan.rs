@@ -23,6 +23,10 @@ pub struct Sizes {
     pub c1_instances: Option<u64>,
     #[arg(long, env = "WARMUP", value_parser = humantime::parse_duration)]
     pub warmup: Option<Duration>,
+    /// (b): heartbeat runs per round against the echo server and twinreg, alternating; the
+    /// ratio is the median of each pair's (the shared cores' noise moves slower than a pair).
+    #[arg(long, env = "HEARTBEAT_PAIRS")]
+    pub heartbeat_pairs: Option<u32>,
     /// (e): instances heartbeating every PACED_INTERVAL, with a TTL of three intervals.
     #[arg(long, env = "PACED_INSTANCES")]
     pub paced_instances: Option<u64>,
@@ -70,6 +74,7 @@ pub struct Plan {
     pub instances: u64,
     pub c1_instances: u64,
     pub warmup: Duration,
+    pub heartbeat_pairs: u32,
     pub paced_instances: u64,
     pub paced_interval: Duration,
     pub paced_duration: Duration,
@@ -97,6 +102,7 @@ impl Plan {
             warmup: s
                 .warmup
                 .unwrap_or(pick(q, secs(1), Duration::from_millis(500))),
+            heartbeat_pairs: s.heartbeat_pairs.unwrap_or(pick(q, 2, 5)).max(1),
             paced_instances: s.paced_instances.unwrap_or(pick(q, 10_000, 1000)),
             paced_interval: s.paced_interval.unwrap_or(secs(2)),
             paced_duration: s.paced_duration.unwrap_or(pick(q, secs(60), secs(10))),
@@ -118,13 +124,19 @@ impl Plan {
         let c1 = closed + Duration::from_millis(5 * self.c1_instances);
         let mut steps = vec![("start the servers".to_owned(), secs(5))];
         for r in 1..=self.rounds {
-            for what in [
-                "register c64 baseline",
-                "register c64 twinreg",
-                "heartbeat c64 echo",
-                "heartbeat c64 twinreg",
-            ] {
+            for what in ["register c64 baseline", "register c64 twinreg"] {
                 steps.push((format!("round {r}/{}: {what}", self.rounds), closed));
+            }
+            for pair in 1..=self.heartbeat_pairs {
+                for what in ["heartbeat c64 echo", "heartbeat c64 twinreg"] {
+                    steps.push((
+                        format!(
+                            "round {r}/{}: {what} ({pair}/{})",
+                            self.rounds, self.heartbeat_pairs
+                        ),
+                        closed,
+                    ));
+                }
             }
             for what in [
                 "register c1 baseline",
