@@ -82,6 +82,10 @@ pub struct Member {
     pub deadline: Duration,
     pub health: Health,
     pub breaker: Breaker,
+    /// Held while this registry removes one expiry tick's copies: a registry works on one tick
+    /// at a time, and a slower registry's backlog queues behind itself, not in front of the
+    /// other registry's next tick.
+    pub expiring: tokio::sync::Mutex<()>,
 }
 
 /// What one registry did with one operation.
@@ -756,6 +760,7 @@ impl Coordinator {
                     }
                 })
                 .collect();
+            let _lane = member.expiring.lock().await;
             for chunk in copies.chunks(member.registry.batch()) {
                 let (r, _) = self
                     .call(member, "expire", |reg| async move { reg.expire(chunk).await })
@@ -1038,6 +1043,7 @@ mod tests {
             deadline: DEADLINE,
             health: Health::default(),
             breaker: Breaker::new(3, Duration::from_secs(2)),
+            expiring: Default::default(),
         }
     }
 
@@ -1244,6 +1250,39 @@ mod tests {
             c.heartbeat(&quiet.key, ME).await,
             Err(Failure::UnknownInstance(_))
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_registry_does_not_hold_back_the_other_registrys_next_expiries() {
+        let (c, etcd, consul) = coordinator(100);
+        let _live = live(&c);
+        let first = instance("first");
+        c.register(first.clone(), ME).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let next = instance("next");
+        c.register(next.clone(), ME).await.unwrap();
+        let registered = Instant::now();
+        // Consul takes its deadline to fail each expiry of `first`; etcd's removal of `next`,
+        // due one tick later, does not wait for it.
+        consul.set_mode(Mode::HangWrites);
+        let mut gone_after = None;
+        while registered.elapsed() < Duration::from_secs(40) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if etcd.holds(&next.key).is_none() {
+                gone_after = Some(registered.elapsed());
+                break;
+            }
+        }
+        let after = gone_after.expect("etcd's copy of the second instance expired");
+        assert!(
+            after <= Duration::from_secs(31),
+            "etcd removed it {after:?} after its register (TTL 30 s): it waited on Consul"
+        );
+        assert!(etcd.holds(&first.key).is_none());
+        assert!(
+            consul.holds(&first.key).is_some() && consul.holds(&next.key).is_some(),
+            "hung: Consul's copies are the repairer's"
+        );
     }
 
     #[tokio::test(start_paused = true)]

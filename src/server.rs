@@ -360,6 +360,7 @@ fn member(registry: Arc<dyn Registry>, deadline: Duration, breaker: BreakerSetti
         deadline,
         health: Health::default(),
         breaker: Breaker::new(breaker.consecutive_failures, breaker.open_for),
+        expiring: Default::default(),
     }
 }
 

@@ -45,6 +45,7 @@ pub fn start(coordinator: &Arc<Coordinator>, tasks: &TaskTracker, stop: Cancella
         }
     });
     let c = coordinator.clone();
+    let expiries = tasks.clone();
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(owned::BUCKET);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -53,7 +54,20 @@ pub fn start(coordinator: &Arc<Coordinator>, tasks: &TaskTracker, stop: Cancella
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => return,
             }
-            c.expire_due(tokio::time::Instant::now()).await;
+            // Each tick's expiry is a task of its own: the next tick does not wait for the
+            // slower registry to finish this one (100,000 instances expiring at once: etcd
+            // deletes thousands in one transaction, Consul's agent deregisters them one call
+            // each). A registry works on one tick at a time ([`crate::replicate::Member`]).
+            // A shutdown cancels what is not removed yet: those copies are left as a replica
+            // that dies leaves them.
+            let (expiring, stopping) = (c.clone(), stop.clone());
+            let now = tokio::time::Instant::now();
+            expiries.spawn(async move {
+                tokio::select! {
+                    _ = expiring.expire_due(now) => {}
+                    _ = stopping.cancelled() => {}
+                }
+            });
             let metrics = c.metrics();
             metrics.set_owned(c.owned().len());
             for m in c.members() {
