@@ -22,7 +22,7 @@ use serde::ser::SerializeMap;
 use tokio::time::Instant;
 
 use crate::breaker::{Admit, Breaker, Caller};
-use crate::liveness::owned::{Copy, Owned, REGISTRIES};
+use crate::liveness::owned::{Copy, Owned, REGISTRIES, State};
 use crate::merge::{Sourced, merge};
 use crate::metrics::Metrics;
 use crate::model::{Instance, InstanceKey, ServiceName, next_generation};
@@ -741,7 +741,12 @@ impl Coordinator {
     /// only where this replica still holds the copy it wrote, in batches; what fails is handed
     /// to the repairer. How many expired.
     pub async fn expire_due(&self, now: Instant) -> usize {
-        let due = self.owned.due(now);
+        self.expire(self.owned.due(now)).await
+    }
+
+    /// Removes `due`, instances just taken out of the owned set because their heartbeats
+    /// stopped, from every registry (see [`Self::expire_due`]). How many there were.
+    pub async fn expire(&self, due: Vec<State>) -> usize {
         if due.is_empty() {
             return 0;
         }

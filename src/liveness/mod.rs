@@ -54,20 +54,24 @@ pub fn start(coordinator: &Arc<Coordinator>, tasks: &TaskTracker, stop: Cancella
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => return,
             }
-            // Each tick's expiry is a task of its own: the next tick does not wait for the
-            // slower registry to finish this one (100,000 instances expiring at once: etcd
-            // deletes thousands in one transaction, Consul's agent deregisters them one call
-            // each). A registry works on one tick at a time ([`crate::replicate::Member`]).
-            // A shutdown cancels what is not removed yet: those copies are left as a replica
-            // that dies leaves them.
-            let (expiring, stopping) = (c.clone(), stop.clone());
-            let now = tokio::time::Instant::now();
-            expiries.spawn(async move {
-                tokio::select! {
-                    _ = expiring.expire_due(now) => {}
-                    _ = stopping.cancelled() => {}
-                }
-            });
+            // What is due leaves the owned set here (the gauge below counts it gone); its
+            // copies leave the registries in a task of its own, so the next tick does not wait
+            // for the slower registry to finish this one (100,000 instances expiring at once:
+            // etcd deletes thousands in one transaction, Consul's agent deregisters them one
+            // call each). A registry works on one tick at a time ([`crate::replicate::Member`]);
+            // a late heartbeat meanwhile takes its instance over, and the guarded removal then
+            // leaves the newer copy alone. A shutdown cancels what is not removed yet: those
+            // copies are left as a replica that dies leaves them.
+            let due = c.owned().due(tokio::time::Instant::now());
+            if !due.is_empty() {
+                let (expiring, stopping) = (c.clone(), stop.clone());
+                expiries.spawn(async move {
+                    tokio::select! {
+                        _ = expiring.expire(due) => {}
+                        _ = stopping.cancelled() => {}
+                    }
+                });
+            }
             let metrics = c.metrics();
             metrics.set_owned(c.owned().len());
             for m in c.members() {
