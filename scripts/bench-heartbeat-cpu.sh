@@ -13,75 +13,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PAIRS=${1:-10}
-ETCD=${ETCD_BIN:-etcd}
-command -v "$ETCD" >/dev/null 2>&1 || scripts/setup.sh
-cargo build --release --locked --workspace --bins
-BIN=target/release
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/twinreg-hbcpu.XXXXXX")
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-"$BIN/twinreg" certs dev --out "$TMP/certs" --client bench >/dev/null
-C=$TMP/certs
-TLS=(--cacert "$C/ca.pem" --cert "$C/server.pem" --key "$C/server-key.pem")
-wait_ready() { # url [curl options]
-  for _ in $(seq 1 300); do
-    curl -fsS -o /dev/null "${@:2}" "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "hbcpu: $1 did not come up; logs in $TMP" >&2
-  exit 1
-}
-
-"$ETCD" --name hbcpu --data-dir "$TMP/etcd" \
-  --listen-client-urls https://127.0.0.1:25790 --advertise-client-urls https://127.0.0.1:25790 \
-  --listen-peer-urls http://127.0.0.1:25800 --initial-advertise-peer-urls http://127.0.0.1:25800 \
-  --initial-cluster hbcpu=http://127.0.0.1:25800 --cert-file "$C/server.pem" \
-  --key-file "$C/server-key.pem" --trusted-ca-file "$C/ca.pem" --client-cert-auth \
-  >"$TMP/etcd.log" 2>&1 &
-pids+=($!)
-"$BIN/mini-consul" --listen 127.0.0.1:25500 --tls-cert "$C/server.pem" \
-  --tls-key "$C/server-key.pem" --tls-client-ca "$C/ca.pem" >"$TMP/consul.log" 2>&1 &
-pids+=($!)
+# shellcheck source=scripts/loopback.sh
+. scripts/loopback.sh
+# As in scripts/bench.sh: the load generator is one identity, and the per-identity rate limit
+# would measure itself.
+loopback_up hbcpu 25 $'[limits]\nrequests_per_second = 0'
 "$BIN/twinreg-bench" echo --listen 127.0.0.1:25444 --cert "$C/server.pem" \
   --key "$C/server-key.pem" --client-ca "$C/ca.pem" >"$TMP/echo.log" 2>&1 &
 ECHO_PID=$!
 pids+=("$ECHO_PID")
-wait_ready https://127.0.0.1:25790/health "${TLS[@]}"
-wait_ready https://127.0.0.1:25500/v1/status/leader "${TLS[@]}"
-
-# As in scripts/bench.sh: the load generator is one identity, and the per-identity rate limit
-# would measure itself.
-cat >"$TMP/twinreg.toml" <<EOF
-[server]
-listen = "127.0.0.1:25443"
-admin_listen = "127.0.0.1:25090"
-[tls]
-cert = "$C/server.pem"
-key = "$C/server-key.pem"
-client_ca = "$C/ca.pem"
-[etcd]
-endpoints = ["https://127.0.0.1:25790"]
-ca = "$C/ca.pem"
-cert = "$C/server.pem"
-key = "$C/server-key.pem"
-[consul]
-address = "https://127.0.0.1:25500"
-ca = "$C/ca.pem"
-cert = "$C/server.pem"
-key = "$C/server-key.pem"
-[limits]
-requests_per_second = 0
-EOF
-"$BIN/twinreg" serve --config "$TMP/twinreg.toml" >"$TMP/twinreg.log" 2>&1 &
-TW_PID=$!
-pids+=("$TW_PID")
-wait_ready http://127.0.0.1:25090/readyz
 
 run() { # port label [more run args]
   "$BIN/twinreg-bench" run --url "https://127.0.0.1:$1" --ca "$C/ca.pem" --cert "$C/bench.pem" \
@@ -95,7 +35,7 @@ HZ=$(getconf CLK_TCK)
 : >"$TMP/pairs"
 for pair in $(seq 1 "$PAIRS"); do
   line="$pair"
-  for who in "25444 echo $ECHO_PID" "25443 twinreg $TW_PID"; do
+  for who in "25444 echo $ECHO_PID" "25443 twinreg $TWINREG_PID"; do
     read -r port label pid <<<"$who"
     before=$(ticks "$pid")
     out=$(run "$port" "$label" --op heartbeat --setup skip --warmup 300ms --duration 2s)
