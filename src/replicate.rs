@@ -766,7 +766,20 @@ impl Coordinator {
                 })
                 .collect();
             let _lane = member.expiring.lock().await;
-            for chunk in copies.chunks(member.registry.batch()) {
+            let mut copies = copies.into_iter().peekable();
+            while copies.peek().is_some() {
+                // Owned here again since it came due (a late heartbeat took it back, its client
+                // registered it again): the copy is this replica's live one now, not to remove.
+                // Asked when the chunk's turn comes, however long the lane's backlog.
+                let chunk: Vec<(Instance, Revision)> = copies
+                    .by_ref()
+                    .take(member.registry.batch())
+                    .filter(|(i, _)| !self.owned.contains(&i.key))
+                    .collect();
+                if chunk.is_empty() {
+                    continue;
+                }
+                let chunk = &chunk;
                 let (r, _) = self
                     .call(member, "expire", |reg| async move { reg.expire(chunk).await })
                     .await;
@@ -1288,6 +1301,30 @@ mod tests {
             consul.holds(&first.key).is_some() && consul.holds(&next.key).is_some(),
             "hung: Consul's copies are the repairer's"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_instance_taken_back_before_its_removal_turn_is_left_alone() {
+        let (c, etcd, consul) = coordinator(100);
+        let i = instance("late");
+        c.register(i.clone(), ME).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        // Due, out of the owned set, its removal queued behind a registry's backlog ...
+        let due = c.owned().due(Instant::now());
+        assert_eq!(due.len(), 1);
+        // ... when its late heartbeat takes it back.
+        let r = c.heartbeat(&i.key, ME).await.unwrap();
+        assert!(!r.outcomes.degraded(), "{:?}", r.outcomes);
+        assert!(c.owned().contains(&i.key));
+        let before = (etcd.calls.load(SeqCst), consul.calls.load(SeqCst));
+        c.expire(due).await;
+        assert_eq!(
+            (etcd.calls.load(SeqCst), consul.calls.load(SeqCst)),
+            before,
+            "no removal is sent for an instance owned here again (Consul's guard cannot tell the \
+             taken-back copy from the expired one: same replica, same generation)"
+        );
+        assert!(etcd.holds(&i.key).is_some() && consul.holds(&i.key).is_some());
     }
 
     #[tokio::test(start_paused = true)]

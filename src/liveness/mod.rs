@@ -59,11 +59,10 @@ pub fn start(coordinator: &Arc<Coordinator>, tasks: &TaskTracker, stop: Cancella
             // for the slower registry to finish this one (100,000 instances expiring at once:
             // etcd deletes thousands in one transaction, Consul's agent deregisters them one
             // call each). A registry works on one tick at a time ([`crate::replicate::Member`]);
-            // a late heartbeat meanwhile takes its instance over: etcd's guarded removal then
-            // leaves the rewritten copy alone, and a Consul copy the queued removal still takes
-            // (same replica, same generation) is restored by the follow, as any lost copy. A
-            // shutdown cancels what is not removed yet: those copies are left as a replica that
-            // dies leaves them.
+            // a late heartbeat meanwhile takes its instance back, and a queued removal skips
+            // what is owned again when its turn comes (Consul's guard could not tell: same
+            // replica, same generation). A shutdown cancels what is not removed yet: those
+            // copies are left as a replica that dies leaves them.
             let due = c.owned().due(tokio::time::Instant::now());
             if !due.is_empty() {
                 let (expiring, stopping) = (c.clone(), stop.clone());
