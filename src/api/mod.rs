@@ -55,6 +55,8 @@ pub struct Shared {
     /// Requests per second per identity.
     pub requests: Arc<Requests>,
     /// The body of a heartbeat the owner answered from memory with every copy in place, which is
-    /// the same for every such heartbeat: serialized once, on the first.
-    pub heartbeat_answer: std::sync::OnceLock<bytes::Bytes>,
+    /// the same for every such heartbeat: serialized once, on the first, and kept for the
+    /// process's life (a static body is handed out without touching a shared reference count,
+    /// which both cores would otherwise bounce on every heartbeat).
+    pub heartbeat_answer: std::sync::OnceLock<&'static [u8]>,
 }
