@@ -143,8 +143,8 @@ impl Breaker {
         if caller == Caller::Request || b.trial_in_flight || now < b.reopen_at {
             return Admit::No(b.reopen_at.saturating_duration_since(now));
         }
+        // From open: `closed` is false already; `record` is where it changes.
         b.state = BreakerState::HalfOpen;
-        self.closed.store(false, Ordering::Release);
         b.trial_in_flight = true;
         Admit::Trial
     }

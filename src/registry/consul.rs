@@ -43,7 +43,7 @@ mod entries;
 mod liveness;
 mod watch;
 
-use entries::{HealthCopy, HealthReader};
+use entries::{CheckReader, HealthCopy, HealthReader, Reader};
 
 const KIND: RegistryKind = RegistryKind::Consul;
 /// HTTP/2 PING interval and timeout (when Consul speaks HTTP/2 over TLS): a dead agent is noticed
@@ -291,6 +291,20 @@ impl Consul {
         known: u64,
         keep: impl FnMut(HealthCopy) -> Option<T>,
     ) -> Result<Answer<T>, RegistryError> {
+        let reader = HealthReader::new(service, keep);
+        self.query(path, "health/service", known, reader).await
+    }
+
+    /// A catalog or health query (blocking when `path` says so), its answer decoded by `reader`
+    /// as it arrives. An answer whose `X-Consul-Index` is `known` (not 0) changed nothing: its
+    /// body is not read.
+    pub(super) async fn query<R: Reader>(
+        &self,
+        path: &str,
+        what: &str,
+        known: u64,
+        mut reader: R,
+    ) -> Result<Answer<R::Kept>, RegistryError> {
         let client = self.pool.client().await?;
         let resp = request(
             &client,
@@ -311,7 +325,7 @@ impl Consul {
         let mut body = resp.into_body();
         if status != StatusCode::OK {
             let body = collect(body).await?;
-            expect_ok(status, &body, "health/service")?;
+            expect_ok(status, &body, what)?;
             return Err(RegistryError::unavailable(
                 KIND,
                 "consul: unexpected answer",
@@ -321,7 +335,6 @@ impl Consul {
             return Ok(Answer::Same { index });
         }
         let reading = tokio::time::Instant::now();
-        let mut reader = HealthReader::new(service, keep);
         while let Some(frame) = body.frame().await {
             if let Ok(data) = frame.map_err(reading_failed)?.into_data() {
                 reader.feed(&data)?;

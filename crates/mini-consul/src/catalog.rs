@@ -1,5 +1,6 @@
-//! The catalog-backed, blocking endpoints: `/v1/health/service/:service` and
-//! `/v1/catalog/services`. Both send `X-Consul-Index` (never 0) and the other query-meta headers.
+//! The catalog-backed, blocking endpoints: `/v1/health/service/:service`,
+//! `/v1/health/checks/:service` and `/v1/catalog/services`. All send `X-Consul-Index` (never 0)
+//! and the other query-meta headers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -63,6 +64,37 @@ pub async fn health_service(state: &Arc<State>, req: &Req, name: &str) -> Result
         entries.retain(|e| e.checks.iter().all(|c| c.status == PASSING));
     }
     let mut resp = json(&entries);
+    blocking::set_meta(&mut resp, index, &b);
+    mark_filtered(&mut resp, &token, filtered);
+    Ok(resp)
+}
+
+/// `GET /v1/health/checks/:service[?filter=..][&index=..&wait=..]`: the checks of every instance
+/// of the service (name matched case-insensitively, as `/v1/health/service`), without the node's
+/// own checks. Unknown service: `200 []`. Blocking, with the same index as `/v1/health/service`.
+pub async fn health_checks(state: &Arc<State>, req: &Req, name: &str) -> Result<Resp, ApiError> {
+    let b = blocking::parse(req)?;
+    if name.is_empty() {
+        return Err(ApiError::bad_request("Missing service name"));
+    }
+    let expr = parse_filter(req)?;
+    let token = acl::request_token(req);
+    let authz = acl::resolve(state.cfg.acl_token.as_deref(), &token)?;
+
+    let (mut checks, index) = blocking::run(
+        state,
+        b,
+        |inner| inner.health_index(name),
+        |inner| views::service_checks(inner, &state.cfg, name),
+    )
+    .await;
+    let total = checks.len();
+    if !authz.can_read() {
+        checks.clear();
+    }
+    let filtered = checks.len() != total;
+    apply_filter(&mut checks, expr.as_ref());
+    let mut resp = json(&checks);
     blocking::set_meta(&mut resp, index, &b);
     mark_filtered(&mut resp, &token, filtered);
     Ok(resp)

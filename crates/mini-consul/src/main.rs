@@ -1,8 +1,8 @@
 //! mini-consul: a Consul-API-compatible test server, used by twinreg's tests when no real
 //! `consul` binary is available. It reproduces, with Consul's documented semantics, the part of
 //! Consul's HTTP API twinreg uses (see `docs/consul.md`): agent service register/deregister,
-//! TTL checks with expiry and DeregisterCriticalServiceAfter, `/v1/health/service` and
-//! `/v1/catalog/services` with blocking queries, ACL tokens, and TLS with verified client
+//! TTL checks with expiry and DeregisterCriticalServiceAfter, `/v1/health/service`,
+//! `/v1/health/checks` and `/v1/catalog/services` with blocking queries, ACL tokens, and TLS with verified client
 //! certificates. One process, all state in memory: a restart starts empty, like `consul agent -dev`.
 //!
 //! Layout (one module per concern):
@@ -11,7 +11,8 @@
 //! - `tls.rs` — rustls server config (ring provider, ALPN, client-certificate verification).
 //! - `http.rs` — routing like Go's ServeMux, Consul's shared rules (405/`Allow`, 404, errors).
 //! - `agent.rs` — `/v1/agent/...` endpoints (register, deregister, checks, services).
-//! - `catalog.rs` — `/v1/health/service/:name` and `/v1/catalog/services`.
+//! - `catalog.rs` — `/v1/health/service/:name`, `/v1/health/checks/:name` and
+//!   `/v1/catalog/services`.
 //! - `decode.rs` — decoding service definitions and check types like Consul's Go code.
 //! - `register.rs` — validating them and building the registered service and checks.
 //! - `model.rs` — services, checks and their definitions.

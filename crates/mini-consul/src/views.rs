@@ -325,6 +325,18 @@ pub fn health_entries(inner: &Inner, cfg: &Config, name: &str) -> Vec<HealthEntr
     out
 }
 
+/// The checks of the instances of a service (name matched case-insensitively), as the catalog
+/// reports them; the node's checks are not the service's.
+pub fn service_checks(inner: &Inner, cfg: &Config, name: &str) -> Vec<HealthCheck> {
+    inner
+        .services
+        .values()
+        .filter(|s| s.name.eq_ignore_ascii_case(name))
+        .flat_map(|s| inner.checks_of(&s.id))
+        .map(|c| health_check(c, inner, cfg, true))
+        .collect()
+}
+
 /// What `?filter` on `/v1/catalog/services` sees: one `structs.ServiceNode` per instance.
 pub fn service_nodes(inner: &Inner, cfg: &Config) -> Vec<(String, Vec<String>, serde_json::Value)> {
     let mut all = vec![consul_service(inner)];

@@ -1,4 +1,5 @@
-//! Reading a `/v1/health/service/{service}` answer entry by entry, as it arrives.
+//! Reading a `/v1/health/service/{service}` (or `/v1/health/checks/{service}`) answer entry by
+//! entry, as it arrives.
 //!
 //! Consul answers a health query with the whole service, every time: a service of 100,000
 //! instances is a body of tens of megabytes (one to two kilobytes an entry from a real agent),
@@ -11,8 +12,8 @@
 
 use serde::Deserialize;
 
-use super::{HealthEntry, KIND};
-use crate::model::{Instance, ServiceName};
+use super::{HealthCheck, HealthEntry, KIND};
+use crate::model::{Instance, InstanceId, InstanceKey, ServiceName};
 use crate::registry::RegistryError;
 
 /// A twinreg instance of a health answer: the record, whether it is live (no critical check),
@@ -181,6 +182,13 @@ enum Read<T> {
     Broken,
 }
 
+/// Decodes a query's answer as its bytes arrive, keeping what the caller wants of each element.
+pub(crate) trait Reader {
+    type Kept;
+    fn feed(&mut self, chunk: &[u8]) -> Result<(), RegistryError>;
+    fn finish(self) -> Result<Vec<Self::Kept>, RegistryError>;
+}
+
 /// Decodes a health answer as it arrives, keeping `keep` of each twinreg instance in it.
 pub(crate) struct HealthReader<'a, T, F> {
     service: &'a ServiceName,
@@ -198,8 +206,12 @@ impl<'a, T, F: FnMut(HealthCopy) -> Option<T>> HealthReader<'a, T, F> {
             out: Vec::new(),
         }
     }
+}
 
-    pub(crate) fn feed(&mut self, chunk: &[u8]) -> Result<(), RegistryError> {
+impl<T, F: FnMut(HealthCopy) -> Option<T>> Reader for HealthReader<'_, T, F> {
+    type Kept = T;
+
+    fn feed(&mut self, chunk: &[u8]) -> Result<(), RegistryError> {
         let Self {
             service,
             elements,
@@ -217,20 +229,95 @@ impl<'a, T, F: FnMut(HealthCopy) -> Option<T>> HealthReader<'a, T, F> {
                     tracing::warn!(service_id = %id, %error, "skipping a consul health entry twinreg cannot read");
                 }
             })
-            .map_err(unreadable)
+            .map_err(|why| unreadable("health/service", why))
     }
 
-    pub(crate) fn finish(self) -> Result<Vec<T>, RegistryError> {
-        self.elements.finish().map_err(unreadable)?;
+    fn finish(self) -> Result<Vec<T>, RegistryError> {
+        self.elements
+            .finish()
+            .map_err(|why| unreadable("health/service", why))?;
         Ok(self.out)
     }
 }
 
-fn unreadable(why: &str) -> RegistryError {
-    RegistryError::unavailable(
-        KIND,
-        format!("consul: unreadable health/service answer: {why}"),
-    )
+/// Decodes a `/v1/health/checks/{service}` answer as it arrives, keeping `keep` of each twinreg
+/// instance's own check (`service:{service}.{id}`): the instance's key and the check's notes,
+/// which name its holder and generation. Checks only, no node and no service record: about a
+/// sixth of the bytes of the health answer for the same instances.
+pub(crate) struct CheckReader<'a, T, F> {
+    service: &'a ServiceName,
+    elements: Elements<HealthCheck>,
+    keep: F,
+    out: Vec<T>,
+}
+
+impl<'a, T, F: FnMut(InstanceKey, String) -> Option<T>> CheckReader<'a, T, F> {
+    pub(crate) fn new(service: &'a ServiceName, keep: F) -> Self {
+        Self {
+            service,
+            elements: Elements::new(),
+            keep,
+            out: Vec::new(),
+        }
+    }
+}
+
+impl HealthCheck {
+    /// The instance whose own check this is; `None` for any other check (another tool's, a
+    /// maintenance check, a service that is not twinreg's shape).
+    fn instance_key(&self, service: &ServiceName) -> Option<InstanceKey> {
+        let (svc, id) = self.service_id.split_once('.')?;
+        let own = self
+            .check_id
+            .strip_prefix("service:")
+            .is_some_and(|c| c == self.service_id);
+        if svc != service.as_str() || !own {
+            return None;
+        }
+        Some(InstanceKey {
+            service: service.clone(),
+            id: InstanceId::parse(id).ok()?,
+        })
+    }
+}
+
+impl<T, F: FnMut(InstanceKey, String) -> Option<T>> Reader for CheckReader<'_, T, F> {
+    type Kept = T;
+
+    fn feed(&mut self, chunk: &[u8]) -> Result<(), RegistryError> {
+        let Self {
+            service,
+            elements,
+            keep,
+            out,
+        } = self;
+        elements
+            .feed(chunk, |element| match element {
+                Ok(check) => {
+                    if let Some(kept) = check
+                        .instance_key(service)
+                        .and_then(|key| keep(key, check.notes))
+                    {
+                        out.push(kept);
+                    }
+                }
+                Err(Skipped { error, .. }) => {
+                    tracing::warn!(%error, "skipping a consul check twinreg cannot read");
+                }
+            })
+            .map_err(|why| unreadable("health/checks", why))
+    }
+
+    fn finish(self) -> Result<Vec<T>, RegistryError> {
+        self.elements
+            .finish()
+            .map_err(|why| unreadable("health/checks", why))?;
+        Ok(self.out)
+    }
+}
+
+fn unreadable(what: &str, why: &str) -> RegistryError {
+    RegistryError::unavailable(KIND, format!("consul: unreadable {what} answer: {why}"))
 }
 
 #[cfg(test)]
@@ -284,6 +371,50 @@ mod tests {
         assert!(read(&[b"[{]"]).is_err());
         assert!(read(&[b"[,]"]).is_err());
         assert!(read(&[b""]).is_err());
+    }
+
+    #[test]
+    fn a_checks_answer_yields_twinregs_own_instance_checks() {
+        let body = br#"[
+          {"Node":"n","CheckID":"service:payments.a","ServiceID":"payments.a","ServiceName":"payments",
+           "Status":"passing","Notes":"twinreg ttl_seconds=30 generation=7 replica=r1"},
+          {"Node":"n","CheckID":"_service_maintenance:payments.a","ServiceID":"payments.a",
+           "ServiceName":"payments","Status":"critical","Notes":"deploy"},
+          {"Node":"n","CheckID":"web-ttl","ServiceID":"payments-web","ServiceName":"payments",
+           "Status":"passing","Notes":""},
+          {"Node":"n","CheckID":"service:payment.b","ServiceID":"payment.b","ServiceName":"payments",
+           "Status":"passing","Notes":"generation=1"},
+          {"CheckID":17},
+          {"Node":"n","CheckID":"service:payments.b","ServiceID":"payments.b","ServiceName":"payments",
+           "Status":"critical","Notes":"twinreg ttl_seconds=30 generation=9 replica=r2"}
+        ]"#;
+        let service = ServiceName::parse("payments").unwrap();
+        let whole = |chunks: &[&[u8]]| {
+            let mut r = CheckReader::new(&service, |key, notes| Some((key.id.to_string(), notes)));
+            for c in chunks {
+                r.feed(c).unwrap();
+            }
+            r.finish().unwrap()
+        };
+        let got = whole(&[body]);
+        assert_eq!(
+            got,
+            [
+                (
+                    "a".into(),
+                    "twinreg ttl_seconds=30 generation=7 replica=r1".into()
+                ),
+                (
+                    "b".into(),
+                    "twinreg ttl_seconds=30 generation=9 replica=r2".into()
+                ),
+            ],
+            "only each instance's own check, whatever its status; the unreadable one skipped"
+        );
+        let (x, y) = body.split_at(100);
+        assert_eq!(whole(&[x, y]), got);
+        let mut r = CheckReader::new(&service, |_, _| Some(()));
+        assert!(r.feed(b"{}").is_err(), "not an array");
     }
 
     #[test]

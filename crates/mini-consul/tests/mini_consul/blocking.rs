@@ -234,3 +234,35 @@ async fn agent_service_hash_blocking() {
     assert_eq!(v["Port"], 81);
     assert_ne!(v["ContentHash"].as_str().unwrap(), hash);
 }
+
+#[tokio::test]
+async fn a_services_checks_block_until_the_service_changes() {
+    let s = Arc::new(Server::start(&[]).await);
+    s.register(json!({"Name": "web", "ID": "web-1", "Check": {"TTL": "60s"}}))
+        .await;
+    s.register(json!({"Name": "db", "ID": "db-1"})).await;
+    let idx = s.get("/v1/health/checks/web").await.index();
+    assert_eq!(idx, s.get("/v1/health/service/web").await.index());
+
+    // Another service changing does not wake it; a check of this one does.
+    let h = start_blocking(&s, format!("/v1/health/checks/web?index={idx}&wait=30s")).await;
+    s.register(json!({"Name": "db", "ID": "db-2"})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!h.is_finished(), "woken by another service");
+    s.put("/v1/agent/check/pass/service:web-1", None)
+        .await
+        .assert_write_ok();
+    let r = finish(h).await;
+    assert!(r.index() > idx);
+    assert_eq!(r.json()[0]["Status"], "passing");
+
+    // The instance going away: its check goes with it.
+    let idx = r.index();
+    let h = start_blocking(&s, format!("/v1/health/checks/web?index={idx}&wait=30s")).await;
+    s.put("/v1/agent/service/deregister/web-1", None)
+        .await
+        .assert_write_ok();
+    let r = finish(h).await;
+    assert!(r.index() > idx);
+    assert_eq!(r.json(), json!([]));
+}

@@ -191,3 +191,63 @@ async fn one_services_health_by_id_with_status_as_code() {
         (404, "ServiceId nope not found")
     );
 }
+
+#[tokio::test]
+async fn a_services_checks_without_the_nodes() {
+    let s = three_instances().await;
+    s.register(json!({"Name": "web", "ID": "web-4", "Port": 80,
+                      "Checks": [{"CheckID": "a", "TTL": "60s", "Notes": "first"},
+                                 {"CheckID": "b", "TTL": "60s", "Status": "passing"}]}))
+        .await;
+    let r = s.get("/v1/health/checks/WEB").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.index() > 0, "X-Consul-Index on a health answer");
+    let mut checks: Vec<(String, String, String, String)> = r
+        .json()
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|c| {
+            let f = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+            (f("ServiceID"), f("CheckID"), f("Status"), f("Notes"))
+        })
+        .collect();
+    checks.sort();
+    let want = |sid: &str, cid: &str, status: &str, notes: &str| {
+        (
+            sid.to_owned(),
+            cid.to_owned(),
+            status.to_owned(),
+            notes.to_owned(),
+        )
+    };
+    assert_eq!(
+        checks,
+        [
+            want("web-1", "service:web-1", "passing", ""),
+            want("web-2", "service:web-2", "warning", ""),
+            want("web-3", "service:web-3", "critical", ""),
+            want("web-4", "a", "critical", "first"),
+            want("web-4", "b", "passing", ""),
+        ],
+        "every instance check of web, no serfHealth, nothing of db"
+    );
+    let first = &r.json()[0];
+    assert_eq!(first["ServiceName"], "web");
+    assert_eq!(
+        first["Node"],
+        s.get_json("/v1/health/service/web").await[0]["Node"]["Node"]
+    );
+    assert_eq!(s.get_json("/v1/health/checks/nope").await, json!([]));
+    assert_eq!(
+        s.get_json("/v1/health/checks/web?filter=Status%20%3D%3D%20%22warning%22")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    s.get("/v1/health/checks/")
+        .await
+        .assert_error(400, "Missing service name");
+}
