@@ -243,7 +243,7 @@ impl<T, F: FnMut(HealthCopy) -> Option<T>> Reader for HealthReader<'_, T, F> {
 /// Decodes a `/v1/health/checks/{service}` answer as it arrives, keeping `keep` of each twinreg
 /// instance's own check (`service:{service}.{id}`): the instance's key and the check's notes,
 /// which name its holder and generation. Checks only, no node and no service record: about a
-/// sixth of the bytes of the health answer for the same instances.
+/// fifth of the bytes of the health answer for the same instances.
 pub(crate) struct CheckReader<'a, T, F> {
     service: &'a ServiceName,
     elements: Elements<HealthCheck>,

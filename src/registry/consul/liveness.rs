@@ -12,10 +12,10 @@
 //! holds instances of; every answer that changed is reported as a snapshot of that service, so
 //! a copy deleted or changed behind twinreg's back is noticed within the query's round trip.
 //! The checks alone say what the follow needs (the instance, from the check's service ID; its
-//! holder and generation, from the notes) in about a sixth of the bytes of
+//! holder and generation, from the notes): 51 MB for 100,000 instances from mini-consul, where
 //! `/v1/health/service`, which repeats the node, its `serfHealth` check and the whole service
-//! record in every entry: 273 MB for 100,000 instances from mini-consul, read again after every
-//! change, while a mass expiry or a take-over changes the service thousands of times.
+//! record in every entry, is 274 MB, read again after every change while a mass expiry or a
+//! take-over changes the service thousands of times.
 
 use std::collections::HashMap;
 use std::sync::Arc;
