@@ -137,7 +137,11 @@ impl Authorizer {
     }
 
     pub fn can_write(&self, peer: &Peer, service: &ServiceName) -> bool {
-        let s = service.as_str();
+        self.can_write_name(peer, service.as_str())
+    }
+
+    /// [`Self::can_write`] for a name already checked to be a valid service name.
+    pub fn can_write_name(&self, peer: &Peer, s: &str) -> bool {
         self.admins.contains(&peer.identity)
             || self
                 .grants

@@ -55,6 +55,12 @@ pub struct InstanceId(String);
 
 impl ServiceName {
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        Self::check(s)?;
+        Ok(Self(s.to_owned()))
+    }
+
+    /// Whether `s` is a valid service name, without making one.
+    pub fn check(s: &str) -> Result<(), ValidationError> {
         let bytes = s.as_bytes();
         let ok_chars = bytes
             .iter()
@@ -74,7 +80,7 @@ impl ServiceName {
                 "must end with a letter or digit",
             ));
         }
-        Ok(Self(s.to_owned()))
+        Ok(())
     }
 
     pub fn as_str(&self) -> &str {
@@ -84,6 +90,12 @@ impl ServiceName {
 
 impl InstanceId {
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        Self::check(s)?;
+        Ok(Self(s.to_owned()))
+    }
+
+    /// Whether `s` is a valid instance ID, without making one.
+    pub fn check(s: &str) -> Result<(), ValidationError> {
         let ok_chars = s
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
@@ -98,7 +110,7 @@ impl InstanceId {
         if s == "." || s == ".." {
             return Err(ValidationError::new("id", "must not be '.' or '..'"));
         }
-        Ok(Self(s.to_owned()))
+        Ok(())
     }
 
     pub fn as_str(&self) -> &str {
@@ -131,6 +143,57 @@ impl InstanceKey {
             service: ServiceName::parse(service)?,
             id: InstanceId::parse(id)?,
         })
+    }
+}
+
+/// An instance key as its two parts, whether an [`InstanceKey`] or a request's `(service, id)`
+/// strings: a map keyed by `InstanceKey` is looked up with the strings (`map.get::<dyn
+/// KeyParts>(&(service, id))`) without building a key, two allocations, on every heartbeat.
+pub trait KeyParts {
+    fn parts(&self) -> (&str, &str);
+}
+
+impl KeyParts for InstanceKey {
+    fn parts(&self) -> (&str, &str) {
+        (self.service.as_str(), self.id.as_str())
+    }
+}
+
+impl KeyParts for (&str, &str) {
+    fn parts(&self) -> (&str, &str) {
+        (self.0, self.1)
+    }
+}
+
+/// Hashed exactly as `InstanceKey`'s derived `Hash` (each newtype hashes its string), as a
+/// borrowed form must be.
+impl std::hash::Hash for dyn KeyParts + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let (service, id) = self.parts();
+        service.hash(state);
+        id.hash(state);
+    }
+}
+
+impl PartialEq for dyn KeyParts + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn KeyParts + '_ {}
+
+impl<'a> std::borrow::Borrow<dyn KeyParts + 'a> for InstanceKey {
+    fn borrow(&self) -> &(dyn KeyParts + 'a) {
+        self
+    }
+}
+
+impl InstanceKey {
+    /// Whether `(service, id)` names a valid instance, without making its key.
+    pub fn check(service: &str, id: &str) -> Result<(), ValidationError> {
+        ServiceName::check(service)?;
+        InstanceId::check(id)
     }
 }
 
@@ -496,6 +559,36 @@ pub fn next_generation() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_map_is_looked_up_by_the_strings() {
+        let mut map = std::collections::HashMap::new();
+        for (s, i) in [
+            ("payments", "a"),
+            ("payments", "ab"),
+            ("pay", "mentsa"),
+            ("b", "x"),
+        ] {
+            map.insert(InstanceKey::parse(s, i).unwrap(), format!("{s}/{i}"));
+        }
+        for (s, i) in [
+            ("payments", "a"),
+            ("payments", "ab"),
+            ("pay", "mentsa"),
+            ("b", "x"),
+        ] {
+            let found = map.get::<dyn KeyParts>(&(s, i));
+            assert_eq!(found, Some(&format!("{s}/{i}")), "{s}/{i}");
+        }
+        assert!(!map.contains_key::<dyn KeyParts>(&("paymentsa", "")));
+        assert!(!map.contains_key::<dyn KeyParts>(&("payments", "b")));
+        assert!(InstanceKey::check("payments", "a").is_ok());
+        assert_eq!(
+            InstanceKey::check("Payments", "a").unwrap_err().field,
+            InstanceKey::parse("Payments", "a").unwrap_err().field
+        );
+        assert!(InstanceKey::check("payments", "..").is_err());
+    }
 
     fn key() -> InstanceKey {
         InstanceKey::parse("payments", "pay-1").unwrap()

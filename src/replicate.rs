@@ -25,7 +25,7 @@ use crate::breaker::{Admit, Breaker, Caller};
 use crate::liveness::owned::{Copy, Owned, REGISTRIES, State};
 use crate::merge::{Sourced, merge};
 use crate::metrics::Metrics;
-use crate::model::{Instance, InstanceKey, ServiceName, next_generation};
+use crate::model::{Instance, InstanceKey, KeyParts, ServiceName, next_generation};
 use crate::registry::{
     Brief, Health, Held, Holder, Observed, Registry, RegistryKind, RegistryState, Revision, Written,
 };
@@ -501,7 +501,7 @@ impl Coordinator {
     /// here.
     pub fn owner_heartbeat(
         &self,
-        key: &InstanceKey,
+        key: &dyn KeyParts,
         identity: &str,
     ) -> Option<Result<WriteReport, Failure>> {
         self.owned

@@ -329,8 +329,16 @@ fn owner_heartbeat(
         .strip_prefix("instances/")?
         .strip_suffix("/heartbeat")?;
     let peer = peer?;
-    let key = front::writable_key(st, peer, service, id).ok()?;
-    let report = st.coordinator.owner_heartbeat(&key, &peer.identity)?.ok()?;
+    // Checked and looked up as the request's own strings: no key is built (a refusal goes
+    // through the router, which builds it and says what is wrong).
+    InstanceKey::check(service, id).ok()?;
+    if !st.authz.can_write_name(peer, service) {
+        return None;
+    }
+    let report = st
+        .coordinator
+        .owner_heartbeat(&(service, id), &peer.identity)?
+        .ok()?;
     Some(heartbeat_answer(st, &report))
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::model::{Instance, InstanceKey, ServiceName};
+use crate::model::{Instance, InstanceKey, KeyParts, ServiceName};
 use crate::registry::{Followed, Revision, Written};
 
 /// Width of a wheel bucket.
@@ -160,7 +160,7 @@ impl Owned {
     /// A heartbeat from `identity`: the instance is heard from now. Its copies, or `None` when
     /// not owned here. (An instance taken over from a replica that went away learns its
     /// identity, for the request budget, from its first heartbeat here.)
-    pub fn touch(&self, key: &InstanceKey, identity: &str) -> Option<[Copy; REGISTRIES]> {
+    pub fn touch(&self, key: &dyn KeyParts, identity: &str) -> Option<[Copy; REGISTRIES]> {
         let map = self.map.read().expect("not poisoned");
         let entry = map.get(key)?;
         entry
