@@ -43,7 +43,7 @@ mod entries;
 mod liveness;
 mod watch;
 
-use entries::{CheckReader, HealthCopy, HealthReader, Reader};
+use entries::{CheckReader, Element, HealthCopy, HealthReader, Reader};
 
 const KIND: RegistryKind = RegistryKind::Consul;
 /// HTTP/2 PING interval and timeout (when Consul speaks HTTP/2 over TLS): a dead agent is noticed
@@ -292,19 +292,18 @@ impl Consul {
         keep: impl FnMut(HealthCopy) -> Option<T>,
     ) -> Result<Answer<T>, RegistryError> {
         let reader = HealthReader::new(service, keep);
-        self.query(path, "health/service", known, reader).await
+        self.query(path, known, reader).await
     }
 
-    /// A catalog or health query (blocking when `path` says so), its answer decoded by `reader`
+    /// A health or checks query (blocking when `path` says so), its answer decoded by `reader`
     /// as it arrives. An answer whose `X-Consul-Index` is `known` (not 0) changed nothing: its
     /// body is not read.
-    pub(super) async fn query<R: Reader>(
+    pub(super) async fn query<E: Element, T>(
         &self,
         path: &str,
-        what: &str,
         known: u64,
-        mut reader: R,
-    ) -> Result<Answer<R::Kept>, RegistryError> {
+        mut reader: Reader<'_, E, T, impl FnMut(E::Seen) -> Option<T>>,
+    ) -> Result<Answer<T>, RegistryError> {
         let client = self.pool.client().await?;
         let resp = request(
             &client,
@@ -325,7 +324,7 @@ impl Consul {
         let mut body = resp.into_body();
         if status != StatusCode::OK {
             let body = collect(body).await?;
-            expect_ok(status, &body, what)?;
+            expect_ok(status, &body, E::ANSWER)?;
             return Err(RegistryError::unavailable(
                 KIND,
                 "consul: unexpected answer",

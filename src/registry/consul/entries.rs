@@ -3,7 +3,8 @@
 //!
 //! Consul answers a health query with the whole service, every time: a service of 100,000
 //! instances is a body of tens of megabytes (one to two kilobytes an entry from a real agent),
-//! and the follow, the sweep and every watch of it read one after each change. Collecting that
+//! and the sweep and every watch of it read one after each change (the follow reads the lighter
+//! checks answer, the same way). Collecting that
 //! body and then decoding it held both at once, for every reader; here each element of the
 //! top-level array is decoded by serde_json while the frames arrive, turned into what the caller
 //! keeps the moment it is complete, and its bytes are dropped. An entry that does not read as a
@@ -182,90 +183,30 @@ enum Read<T> {
     Broken,
 }
 
-/// Decodes a query's answer as its bytes arrive, keeping what the caller wants of each element.
-pub(crate) trait Reader {
-    type Kept;
-    fn feed(&mut self, chunk: &[u8]) -> Result<(), RegistryError>;
-    fn finish(self) -> Result<Vec<Self::Kept>, RegistryError>;
+/// An element of a health or checks answer, and what of it concerns twinreg.
+pub(crate) trait Element: serde::de::DeserializeOwned {
+    /// What a twinreg instance's element yields; `None` for anything else.
+    type Seen;
+    /// The endpoint, for errors and warnings.
+    const ANSWER: &'static str;
+    fn seen(self, service: &ServiceName) -> Option<Self::Seen>;
 }
 
-/// Decodes a health answer as it arrives, keeping `keep` of each twinreg instance in it.
-pub(crate) struct HealthReader<'a, T, F> {
-    service: &'a ServiceName,
-    elements: Elements<HealthEntry>,
-    keep: F,
-    out: Vec<T>,
-}
-
-impl<'a, T, F: FnMut(HealthCopy) -> Option<T>> HealthReader<'a, T, F> {
-    pub(crate) fn new(service: &'a ServiceName, keep: F) -> Self {
-        Self {
-            service,
-            elements: Elements::new(),
-            keep,
-            out: Vec::new(),
-        }
+impl Element for HealthEntry {
+    type Seen = HealthCopy;
+    const ANSWER: &'static str = "health/service";
+    fn seen(self, service: &ServiceName) -> Option<HealthCopy> {
+        self.into_copy(service)
     }
 }
 
-impl<T, F: FnMut(HealthCopy) -> Option<T>> Reader for HealthReader<'_, T, F> {
-    type Kept = T;
-
-    fn feed(&mut self, chunk: &[u8]) -> Result<(), RegistryError> {
-        let Self {
-            service,
-            elements,
-            keep,
-            out,
-        } = self;
-        elements
-            .feed(chunk, |element| match element {
-                Ok(entry) => {
-                    if let Some(kept) = entry.into_copy(service).and_then(&mut *keep) {
-                        out.push(kept);
-                    }
-                }
-                Err(Skipped { id, error }) => {
-                    tracing::warn!(service_id = %id, %error, "skipping a consul health entry twinreg cannot read");
-                }
-            })
-            .map_err(|why| unreadable("health/service", why))
-    }
-
-    fn finish(self) -> Result<Vec<T>, RegistryError> {
-        self.elements
-            .finish()
-            .map_err(|why| unreadable("health/service", why))?;
-        Ok(self.out)
-    }
-}
-
-/// Decodes a `/v1/health/checks/{service}` answer as it arrives, keeping `keep` of each twinreg
-/// instance's own check (`service:{service}.{id}`): the instance's key and the check's notes,
-/// which name its holder and generation. Checks only, no node and no service record: about a
-/// fifth of the bytes of the health answer for the same instances.
-pub(crate) struct CheckReader<'a, T, F> {
-    service: &'a ServiceName,
-    elements: Elements<HealthCheck>,
-    keep: F,
-    out: Vec<T>,
-}
-
-impl<'a, T, F: FnMut(InstanceKey, String) -> Option<T>> CheckReader<'a, T, F> {
-    pub(crate) fn new(service: &'a ServiceName, keep: F) -> Self {
-        Self {
-            service,
-            elements: Elements::new(),
-            keep,
-            out: Vec::new(),
-        }
-    }
-}
-
-impl HealthCheck {
-    /// The instance whose own check this is; `None` for any other check (another tool's, a
-    /// maintenance check, a service that is not twinreg's shape).
-    fn instance_key(&self, service: &ServiceName) -> Option<InstanceKey> {
+/// Of each twinreg instance's own check (`service:{service}.{id}`): the instance's key and the
+/// check's notes, which name its holder and generation. Checks only, no node and no service
+/// record: about a fifth of the bytes of the health answer for the same instances.
+impl Element for HealthCheck {
+    type Seen = (InstanceKey, String);
+    const ANSWER: &'static str = "health/checks";
+    fn seen(self, service: &ServiceName) -> Option<(InstanceKey, String)> {
         let (svc, id) = self.service_id.split_once('.')?;
         let own = self
             .check_id
@@ -274,17 +215,40 @@ impl HealthCheck {
         if svc != service.as_str() || !own {
             return None;
         }
-        Some(InstanceKey {
+        let key = InstanceKey {
             service: service.clone(),
             id: InstanceId::parse(id).ok()?,
-        })
+        };
+        Some((key, self.notes))
     }
 }
 
-impl<T, F: FnMut(InstanceKey, String) -> Option<T>> Reader for CheckReader<'_, T, F> {
-    type Kept = T;
+/// Decodes a `/v1/health/service/{service}` (elements `E` = [`HealthEntry`]) or
+/// `/v1/health/checks/{service}` ([`HealthCheck`]) answer as it arrives, keeping `keep` of each
+/// twinreg instance in it.
+pub(crate) struct Reader<'a, E, T, F> {
+    service: &'a ServiceName,
+    elements: Elements<E>,
+    keep: F,
+    out: Vec<T>,
+}
 
-    fn feed(&mut self, chunk: &[u8]) -> Result<(), RegistryError> {
+/// A health answer's reader.
+pub(crate) type HealthReader<'a, T, F> = Reader<'a, HealthEntry, T, F>;
+/// A checks answer's reader.
+pub(crate) type CheckReader<'a, T, F> = Reader<'a, HealthCheck, T, F>;
+
+impl<'a, E: Element, T, F: FnMut(E::Seen) -> Option<T>> Reader<'a, E, T, F> {
+    pub(crate) fn new(service: &'a ServiceName, keep: F) -> Self {
+        Self {
+            service,
+            elements: Elements::new(),
+            keep,
+            out: Vec::new(),
+        }
+    }
+
+    pub(crate) fn feed(&mut self, chunk: &[u8]) -> Result<(), RegistryError> {
         let Self {
             service,
             elements,
@@ -293,25 +257,22 @@ impl<T, F: FnMut(InstanceKey, String) -> Option<T>> Reader for CheckReader<'_, T
         } = self;
         elements
             .feed(chunk, |element| match element {
-                Ok(check) => {
-                    if let Some(kept) = check
-                        .instance_key(service)
-                        .and_then(|key| keep(key, check.notes))
-                    {
+                Ok(e) => {
+                    if let Some(kept) = e.seen(service).and_then(&mut *keep) {
                         out.push(kept);
                     }
                 }
-                Err(Skipped { error, .. }) => {
-                    tracing::warn!(%error, "skipping a consul check twinreg cannot read");
+                Err(Skipped { id, error }) => {
+                    tracing::warn!(answer = E::ANSWER, service_id = %id, %error, "skipping an element of a consul answer twinreg cannot read");
                 }
             })
-            .map_err(|why| unreadable("health/checks", why))
+            .map_err(|why| unreadable(E::ANSWER, why))
     }
 
-    fn finish(self) -> Result<Vec<T>, RegistryError> {
+    pub(crate) fn finish(self) -> Result<Vec<T>, RegistryError> {
         self.elements
             .finish()
-            .map_err(|why| unreadable("health/checks", why))?;
+            .map_err(|why| unreadable(E::ANSWER, why))?;
         Ok(self.out)
     }
 }
@@ -390,7 +351,9 @@ mod tests {
         ]"#;
         let service = ServiceName::parse("payments").unwrap();
         let whole = |chunks: &[&[u8]]| {
-            let mut r = CheckReader::new(&service, |key, notes| Some((key.id.to_string(), notes)));
+            let mut r = CheckReader::new(&service, |(key, notes): (InstanceKey, String)| {
+                Some((key.id.to_string(), notes))
+            });
             for c in chunks {
                 r.feed(c).unwrap();
             }
@@ -413,7 +376,7 @@ mod tests {
         );
         let (x, y) = body.split_at(100);
         assert_eq!(whole(&[x, y]), got);
-        let mut r = CheckReader::new(&service, |_, _| Some(()));
+        let mut r = CheckReader::new(&service, |_| Some(()));
         assert!(r.feed(b"{}").is_err(), "not an array");
     }
 

@@ -246,7 +246,7 @@ impl Consul {
                 )
             };
             let me = &self.replica;
-            let reader = CheckReader::new(&service, |key, notes| {
+            let reader = CheckReader::new(&service, |(key, notes): (InstanceKey, String)| {
                 Some(Brief {
                     holder: holder(&notes, me),
                     key,
@@ -254,7 +254,7 @@ impl Consul {
                     revision: 0,
                 })
             });
-            let query = self.query(&path, "health/checks", index, reader);
+            let query = self.query(&path, index, reader);
             let answer = tokio::select! {
                 a = tokio::time::timeout(bound, query) => a,
                 _ = stop.cancelled() => return,
