@@ -50,11 +50,7 @@ pub async fn health_service(state: &Arc<State>, req: &Req, name: &str) -> Result
         |inner| views::health_entries(inner, &state.cfg, name),
     )
     .await;
-    let total = entries.len();
-    if !authz.can_read() {
-        entries.clear();
-    }
-    let filtered = entries.len() != total;
+    let filtered = drop_unreadable(authz, &mut entries);
     entries.retain(|e| {
         tags.iter()
             .all(|want| e.service.tags.iter().any(|t| t.to_lowercase() == *want))
@@ -63,10 +59,7 @@ pub async fn health_service(state: &Arc<State>, req: &Req, name: &str) -> Result
     if passing {
         entries.retain(|e| e.checks.iter().all(|c| c.status == PASSING));
     }
-    let mut resp = json(&entries);
-    blocking::set_meta(&mut resp, index, &b);
-    mark_filtered(&mut resp, &token, filtered);
-    Ok(resp)
+    Ok(list_answer(&entries, index, &b, &token, filtered))
 }
 
 /// `GET /v1/health/checks/:service[?filter=..][&index=..&wait=..]`: the checks of every instance
@@ -88,16 +81,33 @@ pub async fn health_checks(state: &Arc<State>, req: &Req, name: &str) -> Result<
         |inner| views::service_checks(inner, &state.cfg, name),
     )
     .await;
-    let total = checks.len();
-    if !authz.can_read() {
-        checks.clear();
-    }
-    let filtered = checks.len() != total;
+    let filtered = drop_unreadable(authz, &mut checks);
     apply_filter(&mut checks, expr.as_ref());
-    let mut resp = json(&checks);
-    blocking::set_meta(&mut resp, index, &b);
-    mark_filtered(&mut resp, &token, filtered);
-    Ok(resp)
+    Ok(list_answer(&checks, index, &b, &token, filtered))
+}
+
+/// A list the caller's token may not read is answered empty (Consul's default deny filters
+/// reads, it does not refuse them); whether anything was dropped.
+fn drop_unreadable<T>(authz: acl::Authz, items: &mut Vec<T>) -> bool {
+    if authz.can_read() || items.is_empty() {
+        return false;
+    }
+    items.clear();
+    true
+}
+
+/// A blocking list query's answer: the items, the query-meta headers, and the ACL-filtered mark.
+fn list_answer<T: serde::Serialize>(
+    items: &[T],
+    index: u64,
+    b: &blocking::Blocking,
+    token: &str,
+    filtered: bool,
+) -> Resp {
+    let mut resp = json(items);
+    blocking::set_meta(&mut resp, index, b);
+    mark_filtered(&mut resp, token, filtered);
+    resp
 }
 
 /// `GET /v1/catalog/services`: service name → the union of its instances' tags.
