@@ -813,7 +813,7 @@ impl Coordinator {
             return;
         };
         match what {
-            Observed::Put(h) => self.observed_copy(m, &h.brief()),
+            Observed::Put(h) => self.observed_copy(m, &h.brief(), None),
             Observed::Gone { key, deregistered } => {
                 let Some(state) = self.owned.get(&key) else {
                     return;
@@ -827,15 +827,22 @@ impl Coordinator {
                     self.restore(m, &state.instance);
                 }
             }
-            Observed::Snapshot { service, held } => {
+            Observed::Snapshot {
+                service,
+                held,
+                read_at,
+            } => {
                 // Whole services of 100,000 copies come this way: nothing owned is cloned but
                 // what must be written again.
                 for h in &held {
-                    self.observed_copy(m, h);
+                    self.observed_copy(m, h, Some(read_at));
                 }
                 let present: std::collections::HashSet<&InstanceKey> =
                     held.iter().map(|h| &h.key).collect();
-                for instance in self.owned.held_but_absent(service.as_ref(), m, &present) {
+                for instance in self
+                    .owned
+                    .held_but_absent(service.as_ref(), m, &present, read_at)
+                {
                     tracing::info!(registry = %kind, instance = %instance.key, "a copy is missing; writing it again");
                     self.restore(m, &instance);
                 }
@@ -849,16 +856,21 @@ impl Coordinator {
         }
     }
 
-    /// One copy as registry `m` holds it, against what this replica owns.
-    fn observed_copy(&self, m: usize, h: &Brief) {
+    /// One copy as registry `m` holds it, against what this replica owns; `read_at` when it
+    /// comes from an answer read then rather than from an event in the registry's order.
+    fn observed_copy(&self, m: usize, h: &Brief, read_at: Option<Instant>) {
         let key = &h.key;
-        let Some((mine, copies)) = self.owned.brief(key) else {
+        let Some(standing) = self.owned.standing(key) else {
             return;
         };
+        let mine = standing.generation;
+        // A snapshot older than the copy's last change says nothing about it.
+        let current = self.owned.answer_is_current(&standing, m, read_at);
         match &h.holder {
             Holder::Me if h.generation == mine => {
-                if h.revision != 0 {
-                    self.owned.set_copy(key, mine, m, Copy::Held(h.revision));
+                let seen = Copy::Held(h.revision);
+                if h.revision != 0 && current && standing.copies[m] != seen {
+                    self.owned.set_copy(key, mine, m, seen);
                 }
             }
             Holder::Me => {}
@@ -867,14 +879,15 @@ impl Coordinator {
             // yet (this replica is adopting a dead one's instances, or took one over), and is
             // left to that rewrite.
             Holder::Replica(_) if m != 0 => {}
-            Holder::Replica(other) if h.generation >= mine => {
+            Holder::Replica(other) if h.generation >= mine && current => {
                 tracing::debug!(instance = %key, replica = %other, "taken over by another replica: no longer owned here");
                 self.owned.remove(key);
             }
             // Changed behind twinreg's back (another tool, an older record): written again.
             _ => {
                 if h.generation <= mine
-                    && matches!(copies[m], Copy::Held(_))
+                    && current
+                    && matches!(standing.copies[m], Copy::Held(_))
                     && let Some(state) = self.owned.get(key)
                 {
                     tracing::info!(instance = %key, "a copy changed behind twinreg's back; writing it again");
@@ -1095,6 +1108,42 @@ mod tests {
 
     fn instance(id: &str) -> Instance {
         Instance::for_test("payments", id)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_snapshot_read_before_a_copy_was_written_does_not_call_it_missing() {
+        let (c, _etcd, _consul) = coordinator(100);
+        let i = instance("fresh");
+        let without_it = |read_at| Observed::Snapshot {
+            service: Some(i.key.service.clone()),
+            held: Vec::new(),
+            read_at,
+        };
+        // Consul's answer was read just before the register's write landed, and handled after.
+        let before = Instant::now();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        c.register(i.clone(), ME).await.unwrap();
+        c.observed(RegistryKind::Consul, without_it(before)).await;
+        let r = c.heartbeat(&i.key, ME).await.unwrap();
+        assert!(!r.outcomes.degraded(), "{:?}", r.outcomes);
+        // An answer read after the write that lacks the copy: it really went away.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        c.observed(RegistryKind::Consul, without_it(Instant::now()))
+            .await;
+        let r = c.heartbeat(&i.key, ME).await.unwrap();
+        let consul = r
+            .outcomes
+            .0
+            .iter()
+            .find(|o| o.registry == RegistryKind::Consul);
+        assert!(
+            consul.is_some_and(|o| o
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("does not hold"))),
+            "{:?}",
+            r.outcomes
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -1436,6 +1485,7 @@ mod tests {
                         holder: Holder::Replica("dead".into()),
                     })
                     .collect(),
+                read_at: Instant::now(),
             },
         )
         .await;

@@ -52,6 +52,16 @@ impl From<Written> for Copy {
     }
 }
 
+/// An owned instance's generation and copies (see [`Owned::standing`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Standing {
+    pub generation: u64,
+    pub copies: [Copy; REGISTRIES],
+    /// Per registry, when its copy's state was last recorded (milliseconds after the table's
+    /// epoch).
+    recorded: [u64; REGISTRIES],
+}
+
 /// What this replica knows of one owned instance. In declaration order (`repr(C)`): what a
 /// heartbeat reads comes first, so that with [`Entry`]'s own fields it fits one cache line.
 #[derive(Debug, Clone)]
@@ -62,6 +72,9 @@ pub struct State {
     /// Per registry, in the coordinator's member order.
     pub copies: [Copy; REGISTRIES],
     pub instance: Instance,
+    /// Per registry, when its copy's state was last recorded (milliseconds after the table's
+    /// epoch): a registry's answer read before then may predate the copy.
+    recorded: [u64; REGISTRIES],
 }
 
 /// One owned instance. A heartbeat writes the deadline and takes the lock, and the two cores
@@ -134,6 +147,7 @@ impl Owned {
                 identity: identity.clone(),
                 copies,
                 instance,
+                recorded: [self.ms(Instant::now()); REGISTRIES],
             }),
         });
         let old = self
@@ -184,28 +198,49 @@ impl Owned {
     }
 
     /// The owned generation and the copies, without a copy of the record.
-    pub fn brief(&self, key: &InstanceKey) -> Option<(u64, [Copy; REGISTRIES])> {
+    pub fn standing(&self, key: &InstanceKey) -> Option<Standing> {
         let map = self.map.read().expect("not poisoned");
         let state = map.get(key)?.state.lock().expect("not poisoned");
-        Some((state.instance.generation, state.copies))
+        Some(Standing {
+            generation: state.instance.generation,
+            copies: state.copies,
+            recorded: state.recorded,
+        })
     }
 
     /// The owned instances of `service` (every service when `None`) that registry `member`
-    /// should hold, as this replica wrote them, but that are not among `present`.
+    /// should hold, as this replica wrote them, but that are not among `present`, an answer
+    /// read at `read_at`. A copy recorded since is left out: the answer may predate it (the
+    /// registry's next answer tells).
     pub fn held_but_absent(
         &self,
         service: Option<&ServiceName>,
         member: usize,
         present: &std::collections::HashSet<&InstanceKey>,
+        read_at: Instant,
     ) -> Vec<Instance> {
         let map = self.map.read().expect("not poisoned");
         map.iter()
             .filter(|(k, _)| service.is_none_or(|s| k.service == *s) && !present.contains(k))
             .filter_map(|(_, e)| {
                 let state = e.state.lock().expect("not poisoned");
-                matches!(state.copies[member], Copy::Held(_)).then(|| state.instance.clone())
+                (matches!(state.copies[member], Copy::Held(_))
+                    && self.recorded_before(state.recorded[member], read_at))
+                .then(|| state.instance.clone())
             })
             .collect()
+    }
+
+    /// True when what was `recorded` (see [`Standing::recorded`]) was before `at`: an answer
+    /// read at `at` can be trusted about it.
+    fn recorded_before(&self, recorded: u64, at: Instant) -> bool {
+        recorded < self.ms(at)
+    }
+
+    /// True when an answer of registry `member` read at `read_at` (`None`: an event in the
+    /// registry's own order) is news about the copy `s` describes, not an older state of it.
+    pub fn answer_is_current(&self, s: &Standing, member: usize, read_at: Option<Instant>) -> bool {
+        read_at.is_none_or(|at| self.recorded_before(s.recorded[member], at))
     }
 
     pub fn contains(&self, key: &InstanceKey) -> bool {
@@ -220,6 +255,7 @@ impl Owned {
             let mut s = e.state.lock().expect("not poisoned");
             if s.instance.generation == generation {
                 s.copies[member] = copy;
+                s.recorded[member] = self.ms(Instant::now());
             }
         }
     }

@@ -144,11 +144,13 @@ pub enum Observed {
         key: InstanceKey,
         deregistered: bool,
     },
-    /// Everything the registry holds of `service` (of every service when `None`), after a fresh
-    /// read: a copy not in it is gone.
+    /// Everything the registry holds of `service` (of every service when `None`), as a read
+    /// sent at `read_at` found it: a copy recorded before then and not in it is gone (one
+    /// recorded since may be missing only because the answer is older).
     Snapshot {
         service: Option<ServiceName>,
         held: Vec<Brief>,
+        read_at: tokio::time::Instant,
     },
     /// The registry lost every copy this replica keeps there (a Consul agent restarted empty):
     /// all of them must be written again.

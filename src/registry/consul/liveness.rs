@@ -234,10 +234,16 @@ impl Consul {
         stop: CancellationToken,
     ) {
         let mut index: u64 = 0;
+        // After a blocking query's answer, one plain read: the answer was read when the query
+        // was sent, for all twinreg can tell, so a copy recorded while it waited is judged only
+        // by a later answer, and a copy written and then lost in one wait would otherwise wait
+        // for the service's next change.
+        let mut confirm = false;
         let mut attempt = 0u32;
         let bound = FOLLOW_WAIT + FOLLOW_WAIT / 16 + Duration::from_secs(5);
         loop {
-            let path = if index == 0 {
+            let plain = index == 0 || confirm;
+            let path = if plain {
                 format!("/v1/health/checks/{service}")
             } else {
                 format!(
@@ -254,7 +260,8 @@ impl Consul {
                     revision: 0,
                 })
             });
-            let query = self.query(&path, index, reader);
+            let read_at = tokio::time::Instant::now();
+            let query = self.query(&path, if plain { 0 } else { index }, reader);
             let answer = tokio::select! {
                 a = tokio::time::timeout(bound, query) => a,
                 _ = stop.cancelled() => return,
@@ -274,10 +281,12 @@ impl Consul {
                     let Some((held, read)) = held else {
                         continue;
                     };
+                    confirm = !plain;
                     let next = tokio::time::Instant::now() + follow_gap(held.len(), read);
                     let snapshot = Observed::Snapshot {
                         service: Some(service.clone()),
                         held,
+                        read_at,
                     };
                     if !out.send(snapshot).await {
                         return;

@@ -155,6 +155,7 @@ impl Etcd {
         let mut held = Vec::new();
         let mut orphans = Vec::new();
         let mut orphan_leases = HashSet::new();
+        let read_at = tokio::time::Instant::now();
         let pages = super::range::read_dir_pages(&mut client, &root, false, |page| {
             for kv in &page {
                 match self.classify(kv.key()) {
@@ -192,6 +193,7 @@ impl Etcd {
             .send(Observed::Snapshot {
                 service: None,
                 held,
+                read_at,
             })
             .await
         {
