@@ -1,16 +1,58 @@
 //! Prometheus metrics, served as text on the admin listener's `/metrics`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::counter::{Atomic, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::registry::{RegistryKind, RegistryState};
+
+/// A counter's value spread over [`SLOTS`] cache lines, each thread adding to its own and a
+/// scrape summing them: counters every heartbeat adds to would otherwise be one cache line the
+/// cores hand back and forth at the rate of the heartbeats.
+#[derive(Debug, Default)]
+pub struct Spread([Slot; SLOTS]);
+
+/// One slot of a [`Spread`], alone in its cache line (two lines: adjacent lines are fetched
+/// together).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Slot(AtomicU64);
+
+/// Slots per counter: threads beyond that share one (still correct, just shared).
+const SLOTS: usize = 4;
+
+/// The calling thread's slot, handed out in turn as threads first count.
+fn slot() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SLOTS;
+    }
+    MINE.with(|s| *s)
+}
+
+impl Atomic<u64> for Spread {
+    fn inc(&self) -> u64 {
+        self.inc_by(1)
+    }
+
+    fn inc_by(&self, v: u64) -> u64 {
+        self.0[slot()].0.fetch_add(v, Ordering::Relaxed)
+    }
+
+    fn get(&self) -> u64 {
+        self.0.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// A counter on the heartbeat's path (see [`Spread`]).
+pub type HotCounter = Counter<u64, Spread>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -88,7 +130,7 @@ pub struct ReloadLabels {
 /// Every metric twinreg exports.
 pub struct Metrics {
     registry: Registry,
-    pub requests: Family<RequestLabels, Counter>,
+    pub requests: Family<RequestLabels, HotCounter>,
     pub registry_ops: Family<OutcomeLabels, Counter>,
     pub registry_latency: Family<OpLabels, Histogram>,
     pub registry_up: Family<RegistryLabels, Gauge>,
@@ -99,10 +141,10 @@ pub struct Metrics {
     pub repairs_done: Family<RegistryLabels, Counter>,
     pub handshakes: Handshakes,
     /// `twinreg_heartbeats_coalesced_total`, per registry, looked up once.
-    coalesced_by_registry: [Counter; 2],
+    coalesced_by_registry: [HotCounter; 2],
     /// `twinreg_http_requests_total` of heartbeats answered 200 (most of the traffic), looked
     /// up once.
-    heartbeats_ok: Counter,
+    heartbeats_ok: HotCounter,
     /// Watch streams and long polls being served.
     pub watchers: Gauge,
     watch_upstreams: Family<RegistryLabels, Gauge>,
@@ -125,7 +167,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix("twinreg");
-        let requests = Family::<RequestLabels, Counter>::default();
+        let requests = Family::<RequestLabels, HotCounter>::default();
         registry.register(
             "http_requests",
             "Requests answered on the public listener, by route, method and status (HTTP status; for gRPC routes, named grpc.<Method>, the gRPC status code)",
@@ -187,7 +229,7 @@ impl Metrics {
             "TLS handshakes made to reach a registry, by kind (full or resumed); flat in steady state",
             handshakes.0.clone(),
         );
-        let heartbeats_coalesced = Family::<RegistryLabels, Counter>::default();
+        let heartbeats_coalesced = Family::<RegistryLabels, HotCounter>::default();
         registry.register(
             "heartbeats_coalesced",
             "Heartbeats answered from memory, without a call to the registry (every heartbeat to the replica that owns the instance)",
@@ -491,5 +533,44 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spread_counter_sums_what_every_thread_added() {
+        let m = Metrics::new();
+        std::thread::scope(|s| {
+            for _ in 0..6 {
+                s.spawn(|| {
+                    for _ in 0..1000 {
+                        m.observe_request("heartbeat", &http::Method::PUT, 200);
+                        m.coalesced(RegistryKind::Consul);
+                    }
+                });
+            }
+        });
+        let text = m.encode();
+        let line = |prefix: &str| {
+            text.lines()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("{prefix} in {text}"))
+                .to_owned()
+        };
+        assert!(
+            line("twinreg_http_requests_total{").ends_with(" 6000"),
+            "{text}"
+        );
+        assert_eq!(
+            line("twinreg_heartbeats_coalesced_total{registry=\"consul\"}"),
+            "twinreg_heartbeats_coalesced_total{registry=\"consul\"} 6000"
+        );
+        assert!(
+            text.contains("# TYPE twinreg_http_requests counter"),
+            "{text}"
+        );
     }
 }
