@@ -209,6 +209,15 @@ pub enum Failure {
     UnknownInstance(Outcomes),
 }
 
+/// A heartbeat to the owner of its instance (see [`Coordinator::owner_beat`]).
+#[derive(Debug)]
+pub enum OwnerBeat {
+    /// Every copy in place, every registry answering: nothing to report but that.
+    InPlace,
+    /// Something is not: the full report.
+    Report(Result<WriteReport, Failure>),
+}
+
 /// A register, heartbeat or deregister that succeeded on at least one registry.
 #[derive(Debug)]
 pub struct WriteReport {
@@ -507,6 +516,40 @@ impl Coordinator {
         self.owned
             .touch(key, identity)
             .map(|copies| self.owner_answer(copies))
+    }
+
+    /// A heartbeat to the instance's owner (see [`Self::owner_heartbeat`]), without building
+    /// a report in the common case: [`OwnerBeat::InPlace`] when every copy is in place and
+    /// every registry answering (the answer [`Self::in_place_outcomes`] describes).
+    pub fn owner_beat(&self, key: &dyn KeyParts, identity: &str) -> Option<OwnerBeat> {
+        let copies = self.owned.touch(key, identity)?;
+        let in_place = self.members.iter().enumerate().all(|(m, member)| {
+            matches!(copies[m], Copy::Held(_) | Copy::Adopting) && !out_of_service(member)
+        });
+        if !in_place {
+            return Some(OwnerBeat::Report(self.owner_answer(copies)));
+        }
+        for member in &self.members {
+            self.metrics.coalesced(member.registry.kind());
+        }
+        Some(OwnerBeat::InPlace)
+    }
+
+    /// What the owner answers to a heartbeat when every copy is in place: each registry
+    /// coalesced, none called.
+    pub fn in_place_outcomes(&self) -> Outcomes {
+        Outcomes(
+            self.members
+                .iter()
+                .map(|member| Outcome {
+                    registry: member.registry.kind(),
+                    latency: Duration::ZERO,
+                    error: None,
+                    restored: false,
+                    coalesced: true,
+                })
+                .collect(),
+        )
     }
 
     /// The answer of the owner to a heartbeat, from what it knows of the copies.

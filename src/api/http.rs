@@ -23,6 +23,7 @@ use crate::authz::Peer;
 use crate::merge::{Sourced, view_index};
 use crate::model::ValidationError;
 use crate::model::{InstanceKey, MAX_BODY_BYTES, ServiceName, parse_register_body};
+use crate::replicate::OwnerBeat;
 use crate::watch::view::View;
 
 /// Longest a long poll may wait, and its default when `index` is given without `wait`.
@@ -335,45 +336,59 @@ fn owner_heartbeat(
     if !st.authz.can_write_name(peer, service) {
         return None;
     }
-    let report = st
-        .coordinator
-        .owner_heartbeat(&(service, id), &peer.identity)?
-        .ok()?;
-    Some(heartbeat_answer(st, &report))
+    match st.coordinator.owner_beat(&(service, id), &peer.identity)? {
+        OwnerBeat::InPlace => Some(in_place_answer(st)),
+        OwnerBeat::Report(report) => Some(heartbeat_answer(st, &report.ok()?)),
+    }
+}
+
+/// A heartbeat's answer (a struct, not a `json!` map: the hot path builds no intermediate JSON
+/// tree).
+#[derive(serde::Serialize)]
+struct HeartbeatAnswer<'a> {
+    ok: bool,
+    degraded: bool,
+    registries: &'a crate::replicate::Outcomes,
+}
+
+/// The owner's answer when every copy is in place: most heartbeats, the same answer every
+/// time, serialized once.
+fn in_place_answer(st: &AppState) -> Response {
+    let body = *st.heartbeat_answer.get_or_init(|| {
+        let answer = HeartbeatAnswer {
+            ok: true,
+            degraded: false,
+            registries: &st.coordinator.in_place_outcomes(),
+        };
+        let json = serde_json::to_vec(&answer).expect("a heartbeat answer serializes");
+        // Once per server: a few dozen bytes.
+        Box::leak(json.into_boxed_slice())
+    });
+    // Built by hand: axum's (headers, body) conversion goes through its generic header
+    // conversions: 711 instructions a heartbeat under callgrind, against about 450 this way.
+    let mut resp = Response::new(Body::from(bytes::Bytes::from_static(body)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    // Logged at debug only: its registries' part is not even built unless that line is wanted.
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        return logged(resp, &st.coordinator.in_place_outcomes());
+    }
+    resp
 }
 
 fn heartbeat_answer(st: &AppState, report: &crate::replicate::WriteReport) -> Response {
-    // A struct, not a `json!` map: the hot path builds no intermediate JSON tree.
-    #[derive(serde::Serialize)]
-    struct Answer<'a> {
-        ok: bool,
-        degraded: bool,
-        registries: &'a crate::replicate::Outcomes,
+    if report.outcomes.from_memory() {
+        return in_place_answer(st);
     }
     let degraded = report.outcomes.degraded();
-    let answer = Answer {
+    let resp = Json(HeartbeatAnswer {
         ok: true,
         degraded,
         registries: &report.outcomes,
-    };
-    let resp = if report.outcomes.from_memory() {
-        // Most heartbeats: the same answer every time, serialized once.
-        let body = *st.heartbeat_answer.get_or_init(|| {
-            let json = serde_json::to_vec(&answer).expect("a heartbeat answer serializes");
-            // Once per server: a few dozen bytes.
-            Box::leak(json.into_boxed_slice())
-        });
-        (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            bytes::Bytes::from_static(body),
-        )
-            .into_response()
-    } else {
-        Json(answer).into_response()
-    };
+    })
+    .into_response();
     // A heartbeat answered OK is logged at debug only: its registries' part is not even
     // formatted unless that line is wanted (or something is degraded).
     if degraded || tracing::enabled!(tracing::Level::DEBUG) {

@@ -92,7 +92,10 @@ struct Entry {
 
 pub struct Owned {
     epoch: Instant,
-    map: RwLock<HashMap<InstanceKey, Arc<Entry>>>,
+    /// Hashed with foldhash, not std's SipHash: the owner's heartbeat looks its key up here, and
+    /// SipHash was half of the lookup's instructions (341 of 645 a heartbeat, callgrind). Seeded
+    /// at random per process, so a client cannot choose colliding names in advance.
+    map: RwLock<HashMap<InstanceKey, Arc<Entry>, foldhash::fast::RandomState>>,
     /// The entries themselves, not their keys (no second copy of every key): an entry that was
     /// replaced in the map (a re-registration, a take-over) is dropped when its bucket comes due.
     wheel: Mutex<BTreeMap<u64, Vec<Arc<Entry>>>>,
