@@ -4,11 +4,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{
+    EncodeLabel, EncodeLabelSet, EncodeMetric, LabelSetEncoder, MetricEncoder, NoLabelSet,
+};
 use prometheus_client::metrics::counter::{Atomic, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::registry::{RegistryKind, RegistryState};
@@ -54,11 +57,160 @@ impl Atomic<u64> for Spread {
 /// A counter on the heartbeat's path (see [`Spread`]).
 pub type HotCounter = Counter<u64, Spread>;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// The content type of [`Metrics::encode`]'s text: the OpenMetrics text format (it ends with
+/// `# EOF`, and counters are typed without their `_total`), which Prometheus negotiates.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A request answered on the public listener. `status` is the HTTP status of the answer; a
+/// gRPC call also has its gRPC status code, by name, in `grpc_code` (REST answers have none,
+/// and the label is left out rather than empty).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct RequestLabels {
     pub route: &'static str,
     pub method: &'static str,
     pub status: u16,
+    pub grpc_code: Option<&'static str>,
+}
+
+impl EncodeLabelSet for RequestLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        ("route", self.route).encode(encoder.encode_label())?;
+        ("method", self.method).encode(encoder.encode_label())?;
+        ("status", self.status).encode(encoder.encode_label())?;
+        if let Some(code) = self.grpc_code {
+            ("grpc_code", code).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: &'static str,
+    pub method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+    pub commit: &'static str,
+}
+
+/// Upper bounds (seconds) of the request latency buckets: 0.5 ms to 10 s, with the latency
+/// objective's 0.5 s among them (deploy/prometheus/twinreg-rules.yml, `TwinregSlowRequests`).
+pub const REQUEST_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A latency histogram spread over [`SLOTS`] cache lines like a [`Spread`] counter: every
+/// heartbeat is observed, and one shared set of buckets would be written by both cores at
+/// the rate of the heartbeats. Clones share the buckets (a [`Family`] hands out clones).
+#[derive(Clone, Debug, Default)]
+pub struct SpreadHistogram(Arc<[HistogramSlot; SLOTS]>);
+
+/// One thread's buckets (the last one `+Inf`) and sum, in nanoseconds.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct HistogramSlot {
+    counts: [AtomicU64; REQUEST_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl SpreadHistogram {
+    pub fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let bucket = REQUEST_BUCKETS
+            .iter()
+            .position(|upper| secs <= *upper)
+            .unwrap_or(REQUEST_BUCKETS.len());
+        let slot = &self.0[slot()];
+        slot.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        slot.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for SpreadHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for SpreadHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let mut counts = [0u64; REQUEST_BUCKETS.len() + 1];
+        let mut sum_nanos = 0u64;
+        for slot in self.0.iter() {
+            for (total, c) in counts.iter_mut().zip(&slot.counts) {
+                *total += c.load(Ordering::Relaxed);
+            }
+            sum_nanos = sum_nanos.wrapping_add(slot.sum_nanos.load(Ordering::Relaxed));
+        }
+        let buckets: Vec<(f64, u64)> = REQUEST_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(counts)
+            .collect();
+        encoder.encode_histogram::<NoLabelSet>(
+            sum_nanos as f64 / 1e9,
+            counts.iter().sum(),
+            &buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// The label set of a method, fixed: an unusual method is counted as OTHER, not as a new
+/// series.
+fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::PUT => "PUT",
+        http::Method::POST => "POST",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::PATCH => "PATCH",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+/// A gRPC status code's canonical name, as `grpc_code`.
+pub fn grpc_code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// What [`Metrics::observe_request`] records of one answer.
+pub struct Answered {
+    pub route: &'static str,
+    pub status: u16,
+    /// The gRPC status code's name, for gRPC calls.
+    pub grpc_code: Option<&'static str>,
+    /// From the request's arrival to its answer, when that is the request's latency (not for
+    /// long polls and Watch streams, which wait by design).
+    pub took: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -131,6 +283,9 @@ pub struct ReloadLabels {
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, HotCounter>,
+    request_latency: Family<RouteLabels, SpreadHistogram>,
+    /// The owner's heartbeat's series, looked up once.
+    heartbeat_latency: SpreadHistogram,
     pub registry_ops: Family<OutcomeLabels, Counter>,
     pub registry_latency: Family<OpLabels, Histogram>,
     pub registry_up: Family<RegistryLabels, Gauge>,
@@ -170,9 +325,27 @@ impl Metrics {
         let requests = Family::<RequestLabels, HotCounter>::default();
         registry.register(
             "http_requests",
-            "Requests answered on the public listener, by route, method and status (HTTP status; for gRPC routes, named grpc.<Method>, the gRPC status code)",
+            "Requests answered on the public listener, by route, method and HTTP status; gRPC calls (routes grpc.<Method>) also by grpc_code, the gRPC status code's name",
             requests.clone(),
         );
+        let request_latency = Family::<RouteLabels, SpreadHistogram>::default();
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request's arrival to its answer on the public listener, by route and method (long polls and Watch streams are not timed)",
+            request_latency.clone(),
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        registry.register(
+            "build_info",
+            "1, with the version and commit of the twinreg binary serving",
+            build.clone(),
+        );
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                commit: env!("TWINREG_COMMIT"),
+            })
+            .set(1);
         let registry_ops = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "registry_operations",
@@ -240,6 +413,11 @@ impl Metrics {
             route: "heartbeat",
             method: "PUT",
             status: 200,
+            grpc_code: None,
+        });
+        let heartbeat_latency = request_latency.get_or_create_owned(&RouteLabels {
+            route: "heartbeat",
+            method: "PUT",
         });
         let coalesced_by_registry = [RegistryKind::Etcd, RegistryKind::Consul].map(|r| {
             heartbeats_coalesced.get_or_create_owned(&RegistryLabels {
@@ -355,6 +533,8 @@ impl Metrics {
         Arc::new(Self {
             registry,
             requests,
+            request_latency,
+            heartbeat_latency,
             registry_ops,
             registry_latency,
             registry_up,
@@ -383,29 +563,32 @@ impl Metrics {
         })
     }
 
-    pub fn observe_request(&self, route: &'static str, method: &http::Method, status: u16) {
-        if status == 200 && route == "heartbeat" && method == http::Method::PUT {
+    /// Counts an answer on the public listener and, where it has one, times it.
+    pub fn observe_request(&self, method: &http::Method, a: Answered) {
+        if a.status == 200 && a.route == "heartbeat" && method == http::Method::PUT {
             self.heartbeats_ok.inc();
+            if let Some(took) = a.took {
+                self.heartbeat_latency.observe(took);
+            }
             return;
         }
-        // A fixed label set: an unusual method is counted as OTHER, not as a new series.
-        let method = match *method {
-            http::Method::GET => "GET",
-            http::Method::PUT => "PUT",
-            http::Method::POST => "POST",
-            http::Method::DELETE => "DELETE",
-            http::Method::HEAD => "HEAD",
-            http::Method::PATCH => "PATCH",
-            http::Method::OPTIONS => "OPTIONS",
-            _ => "OTHER",
-        };
+        let method = method_label(method);
         self.requests
             .get_or_create(&RequestLabels {
-                route,
+                route: a.route,
                 method,
-                status,
+                status: a.status,
+                grpc_code: a.grpc_code,
             })
             .inc();
+        if let Some(took) = a.took {
+            self.request_latency
+                .get_or_create(&RouteLabels {
+                    route: a.route,
+                    method,
+                })
+                .observe(took);
+        }
     }
 
     pub fn set_owned(&self, n: usize) {
@@ -547,7 +730,15 @@ mod tests {
             for _ in 0..6 {
                 s.spawn(|| {
                     for _ in 0..1000 {
-                        m.observe_request("heartbeat", &http::Method::PUT, 200);
+                        m.observe_request(
+                            &http::Method::PUT,
+                            Answered {
+                                route: "heartbeat",
+                                status: 200,
+                                grpc_code: None,
+                                took: Some(Duration::from_micros(700)),
+                            },
+                        );
                         m.coalesced(RegistryKind::Consul);
                     }
                 });
@@ -572,5 +763,75 @@ mod tests {
             text.contains("# TYPE twinreg_http_requests counter"),
             "{text}"
         );
+        // Every heartbeat timed, in the 1 ms bucket, from every thread's slot.
+        assert_eq!(
+            line("twinreg_request_duration_seconds_count{"),
+            "twinreg_request_duration_seconds_count{route=\"heartbeat\",method=\"PUT\"} 6000"
+        );
+        assert_eq!(
+            line(
+                "twinreg_request_duration_seconds_bucket{le=\"0.0005\",route=\"heartbeat\",method=\"PUT\"}"
+            ),
+            "twinreg_request_duration_seconds_bucket{le=\"0.0005\",route=\"heartbeat\",method=\"PUT\"} 0"
+        );
+        assert_eq!(
+            line(
+                "twinreg_request_duration_seconds_bucket{le=\"0.001\",route=\"heartbeat\",method=\"PUT\"}"
+            ),
+            "twinreg_request_duration_seconds_bucket{le=\"0.001\",route=\"heartbeat\",method=\"PUT\"} 6000"
+        );
+        let sum: f64 = line("twinreg_request_duration_seconds_sum{")
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((sum - 4.2).abs() < 1e-6, "6000 x 0.7 ms: {sum}");
+    }
+
+    #[test]
+    fn grpc_answers_carry_their_code_by_name_and_rest_answers_none() {
+        let m = Metrics::new();
+        let answer = |route, status, grpc_code, took| Answered {
+            route,
+            status,
+            grpc_code,
+            took,
+        };
+        m.observe_request(
+            &http::Method::POST,
+            answer(
+                "grpc.Register",
+                200,
+                Some(grpc_code_name(tonic::Code::Unavailable)),
+                Some(Duration::from_secs(2)),
+            ),
+        );
+        m.observe_request(
+            &http::Method::POST,
+            answer("grpc.Watch", 200, Some("OK"), None),
+        );
+        m.observe_request(
+            &http::Method::DELETE,
+            answer("instance", 503, None, Some(Duration::from_millis(30))),
+        );
+        let text = m.encode();
+        for want in [
+            "twinreg_http_requests_total{route=\"grpc.Register\",method=\"POST\",status=\"200\",grpc_code=\"UNAVAILABLE\"} 1",
+            "twinreg_http_requests_total{route=\"grpc.Watch\",method=\"POST\",status=\"200\",grpc_code=\"OK\"} 1",
+            "twinreg_http_requests_total{route=\"instance\",method=\"DELETE\",status=\"503\"} 1",
+            "twinreg_request_duration_seconds_bucket{le=\"1.0\",route=\"grpc.Register\",method=\"POST\"} 0",
+            "twinreg_request_duration_seconds_bucket{le=\"2.5\",route=\"grpc.Register\",method=\"POST\"} 1",
+            "twinreg_request_duration_seconds_bucket{le=\"+Inf\",route=\"instance\",method=\"DELETE\"} 1",
+            "twinreg_build_info{version=\"",
+        ] {
+            assert!(text.contains(want), "{want} in {text}");
+        }
+        // A stream is counted, not timed.
+        assert!(
+            !text.contains("twinreg_request_duration_seconds_count{route=\"grpc.Watch\""),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "OpenMetrics text: {text}");
     }
 }

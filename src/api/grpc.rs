@@ -27,6 +27,7 @@ use super::layers::{Edge, Rules, Seen};
 use crate::api::error::{ApiError, ErrorCode, OutcomesLog, into_status};
 use crate::authz::Peer;
 use crate::merge::view_index;
+use crate::metrics::{Answered, grpc_code_name};
 use crate::model::{Instance, MAX_BODY_BYTES, register_from_fields};
 use crate::replicate::{Coordinator, Outcomes};
 use crate::watch::{Event, EventKind};
@@ -362,16 +363,21 @@ fn route_label(path: &str) -> &'static str {
     }
 }
 
+/// Whether a route's calls stream their answers (and so wait by design).
+fn streams(route: &str) -> bool {
+    matches!(
+        route,
+        "grpc.Watch" | "grpc.health.Watch" | "grpc.reflection"
+    )
+}
+
 /// The gRPC edge: streams wait by design, errors are gRPC statuses.
 pub struct GrpcEdge;
 
 impl Rules for GrpcEdge {
     /// Streams wait by design; unary calls are answered within the request timeout.
     fn waits(req: &HttpRequest) -> bool {
-        matches!(
-            route_label(req.uri().path()),
-            "grpc.Watch" | "grpc.health.Watch" | "grpc.reflection"
-        )
+        streams(route_label(req.uri().path()))
     }
 
     fn timed_out(limit: Duration) -> HttpResponse {
@@ -406,7 +412,16 @@ impl Rules for GrpcEdge {
             resp = into_status(too_large).into_http();
             code = Code::InvalidArgument;
         }
-        st.metrics.observe_request(route, &seen.method, code as u16);
+        st.metrics.observe_request(
+            &seen.method,
+            Answered {
+                route,
+                status: resp.status().as_u16(),
+                grpc_code: Some(grpc_code_name(code)),
+                // A stream answers with its headers and then streams: counted, not timed.
+                took: (!streams(route)).then(|| seen.start.elapsed()),
+            },
+        );
         let target = resp.extensions().get::<Target>();
         let (service, instance) = target.map_or(("", ""), |t| (t.0.as_str(), t.1.as_str()));
         let registries = front::outcomes_logged(&resp);

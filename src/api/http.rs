@@ -21,6 +21,7 @@ use super::{AppState, front};
 use crate::api::error::{ApiError, ErrorCode, OutcomesLog};
 use crate::authz::Peer;
 use crate::merge::{Sourced, view_index};
+use crate::metrics::Answered;
 use crate::model::ValidationError;
 use crate::model::{InstanceKey, MAX_BODY_BYTES, ServiceName, parse_register_body};
 use crate::replicate::OwnerBeat;
@@ -111,7 +112,18 @@ impl Rules for Rest {
         let path = seen.uri.path();
         let route = seen.route.unwrap_or_else(|| route_label(path));
         let status = resp.status().as_u16();
-        st.metrics.observe_request(route, &seen.method, status);
+        // A long poll waits by design: counted, not timed.
+        let long_poll =
+            route == "instances" && seen.uri.query().is_some_and(|q| q.contains("index="));
+        st.metrics.observe_request(
+            &seen.method,
+            Answered {
+                route,
+                status,
+                grpc_code: None,
+                took: (!long_poll).then(|| seen.start.elapsed()),
+            },
+        );
         let quiet = route == "heartbeat" && resp.status().is_success();
         if quiet && !tracing::enabled!(tracing::Level::DEBUG) {
             return resp;

@@ -26,10 +26,23 @@ async fn healthz_readyz_and_metrics() {
             .status,
         400
     );
-    let (s, m) = env.gw.admin_get("/metrics").await;
+    let (s, headers, m) = env.gw.admin_get_full("/metrics").await;
     assert_eq!(s, 200);
+    // The body is OpenMetrics text, and says so.
+    assert_eq!(
+        headers["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(m.ends_with("# EOF\n"), "{m}");
     for needle in [
         r#"twinreg_http_requests_total{route="instance",method="PUT",status="200"} 1"#,
+        r#"twinreg_request_duration_seconds_count{route="instance",method="PUT"} 2"#,
+        r#"twinreg_request_duration_seconds_bucket{le="+Inf",route="instance",method="PUT"} 2"#,
+        concat!(
+            r#"twinreg_build_info{version=""#,
+            env!("CARGO_PKG_VERSION"),
+            r#"",commit=""#
+        ),
         r#"twinreg_http_requests_total{route="instance",method="PUT",status="400"} 1"#,
         r#"twinreg_registry_operations_total{registry="etcd",op="register",outcome="ok"} 1"#,
         r#"twinreg_registry_operations_total{registry="consul",op="register",outcome="ok"} 1"#,

@@ -82,6 +82,38 @@ async fn every_metric_the_rules_and_dashboard_use_is_exported_and_documented() {
         .filter_map(|t| t["expr"].as_str())
         .collect();
     assert!(exprs.len() >= 10, "the dashboard has its panels");
+    // The replica selector scopes every panel: each series selector names the variable.
+    let variables: Vec<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert!(variables.contains(&"replica"), "{variables:?}");
+    for e in &exprs {
+        let selectors = e.matches("twinreg_").count();
+        assert_eq!(
+            e.matches("{instance=~\"$replica\"").count(),
+            selectors,
+            "a panel ignores the replica selector: {e}"
+        );
+    }
+    // Every alert links its runbook, a section of docs/metrics.md.
+    let docs = std::fs::read_to_string(repo("docs/metrics.md")).unwrap();
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    assert!(alerts.contains(&"TwinregDown") && alerts.contains(&"TwinregSlowRequests"));
+    for alert in &alerts {
+        let url = format!("runbook_url: \"docs/metrics.md#{}\"", alert.to_lowercase());
+        assert!(rules.contains(&url), "{alert} has no {url}");
+        assert!(
+            docs.contains(&format!("\n### {alert}\n")),
+            "{alert} has no runbook section in docs/metrics.md"
+        );
+    }
+    assert_eq!(rules.matches("runbook_url:").count(), alerts.len());
     let mut used = names(&rules);
     for e in &exprs {
         used.extend(names(e));

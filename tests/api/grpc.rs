@@ -196,20 +196,35 @@ async fn grpc_and_rest_share_one_listener_register_list_heartbeat_deregister() {
     assert_eq!(r.status, 404, "{}", r.text);
     assert_eq!(r.json["error"], "not_found");
 
-    // gRPC calls are counted like REST ones, by method and gRPC status code.
+    // gRPC calls are counted like REST ones, with the gRPC status code by name in its own
+    // label (the HTTP status of a gRPC answer is 200), and unary calls are timed.
     let (_, m) = env.gw.admin_get("/metrics").await;
-    let count = |route: &str, status: &str| {
+    let count = |route: &str, code: &str| {
         metric(
             &m,
             "twinreg_http_requests_total",
-            &[("route", route), ("method", "POST"), ("status", status)],
+            &[
+                ("route", route),
+                ("method", "POST"),
+                ("status", "200"),
+                ("grpc_code", code),
+            ],
         )
     };
-    assert_eq!(count("grpc.Register", "0"), 1.0, "{m}");
-    assert_eq!(count("grpc.ListInstances", "0"), 2.0, "{m}");
-    assert_eq!(count("grpc.Heartbeat", "0"), 1.0, "{m}");
-    assert_eq!(count("grpc.Heartbeat", "5"), 1.0, "{m}");
-    assert_eq!(count("grpc.Deregister", "0"), 2.0, "{m}");
+    assert_eq!(count("grpc.Register", "OK"), 1.0, "{m}");
+    assert_eq!(count("grpc.ListInstances", "OK"), 2.0, "{m}");
+    assert_eq!(count("grpc.Heartbeat", "OK"), 1.0, "{m}");
+    assert_eq!(count("grpc.Heartbeat", "NOT_FOUND"), 1.0, "{m}");
+    assert_eq!(count("grpc.Deregister", "OK"), 2.0, "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "twinreg_request_duration_seconds_count",
+            &[("route", "grpc.Heartbeat"), ("method", "POST")],
+        ),
+        2.0,
+        "{m}"
+    );
     assert_eq!(
         metric(
             &m,

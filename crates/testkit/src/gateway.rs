@@ -156,6 +156,12 @@ coalesce = {coalesce}
     }
 
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let (status, _, body) = self.admin_get_full(path).await;
+        (status, body)
+    }
+
+    /// An admin GET's status, headers and body.
+    pub async fn admin_get_full(&self, path: &str) -> (u16, http::HeaderMap, String) {
         let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http();
@@ -164,9 +170,10 @@ coalesce = {coalesce}
             .await
             .expect("admin answers");
         let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
         use http_body_util::BodyExt;
         let body = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8_lossy(&body).into_owned())
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
     }
 
     /// `twinreg_certificate_reloads_total{outcome}` now.
