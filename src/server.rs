@@ -135,6 +135,7 @@ pub async fn run(
         limits: Arc::new(settings.limits.clone()),
         requests: Requests::new(&settings.limits, metrics.clone()),
         heartbeat_answer: Default::default(),
+        sweep_enabled: settings.anti_entropy.enabled,
     });
     let connections = Connections::new(&settings.limits, metrics.clone());
 

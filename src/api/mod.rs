@@ -59,4 +59,7 @@ pub struct Shared {
     /// process's life (a static body is handed out without touching a shared reference count,
     /// which both cores would otherwise bounce on every heartbeat).
     pub heartbeat_answer: std::sync::OnceLock<&'static [u8]>,
+    /// Whether this replica takes part in the anti-entropy sweep (`anti_entropy.enabled`), for
+    /// the status page.
+    pub sweep_enabled: bool,
 }

@@ -246,6 +246,20 @@ impl Owned {
         read_at.is_none_or(|at| self.recorded_before(s.recorded[member], at))
     }
 
+    /// How long ago the client of an owned instance was last heard from (its register or
+    /// latest heartbeat), and its TTL; `None` when not owned here.
+    pub fn heard(&self, key: &InstanceKey) -> Option<(Duration, Duration)> {
+        let map = self.map.read().expect("not poisoned");
+        let entry = map.get(key)?;
+        let deadline = entry.deadline.load(Ordering::Relaxed);
+        let heard = deadline.saturating_sub(entry.ttl_ms);
+        let now = self.ms(Instant::now());
+        Some((
+            Duration::from_millis(now.saturating_sub(heard)),
+            Duration::from_millis(entry.ttl_ms),
+        ))
+    }
+
     pub fn contains(&self, key: &InstanceKey) -> bool {
         self.map.read().expect("not poisoned").contains_key(key)
     }

@@ -365,6 +365,12 @@ pub trait Registry: Send + Sync + 'static {
     async fn lead(&self, _holder: &str, _ttl: std::time::Duration) -> Result<bool, RegistryError> {
         Ok(false)
     }
+
+    /// Who holds the sweeper's leadership now (the `holder` of [`Self::lead`]), for the status
+    /// page; `Ok(None)` when nobody does or the registry cannot elect.
+    async fn leader(&self) -> Result<Option<String>, RegistryError> {
+        Ok(None)
+    }
 }
 
 /// A registry's state as `/readyz` reports it.

@@ -109,6 +109,15 @@ async fn status_shows_counts_per_registry_and_where_they_disagree() {
     }
     assert_eq!(registry(&s, "etcd")["role"], "primary");
     assert_eq!(s["repairs_pending"], 0);
+    assert_eq!(registry(&s, "etcd")["repair_oldest_seconds"], 0.0);
+    // The page names the replica; this one takes no part in the sweep, and nobody leads it.
+    let replica = s["replica"].as_str().expect("the replica's id");
+    assert!(replica.len() > 9, "{s}");
+    assert_eq!(
+        s["sweep"],
+        json!({"enabled": false, "here": false, "leader": null}),
+        "{s}"
+    );
 
     let t = &s["services"];
     assert_eq!(t["truncated"], false, "{t}");
@@ -154,8 +163,8 @@ async fn status_shows_counts_per_registry_and_where_they_disagree() {
         "{html}"
     );
     for needle in [
-        r#"<tr class="disagree" id="service-payments"><td><strong>payments</strong></td><td class="n">2</td><td class="n">3</td><td class="n">3</td>"#,
-        r#"<tr id="service-orders"><td><strong>orders</strong></td><td class="n">1</td><td class="n">1</td><td class="n">1</td>"#,
+        r#"<tr class="disagree" id="service-payments"><td><a href="/services/payments"><strong>payments</strong></a></td><td class="n">2</td><td class="n">3</td><td class="n">3</td>"#,
+        r#"<tr id="service-orders"><td><a href="/services/orders"><strong>orders</strong></a></td><td class="n">1</td><td class="n">1</td><td class="n">1</td>"#,
         "DISAGREE",
         "only in consul: <code>consul-only</code>",
         "2 services, 1 disagree",
@@ -163,10 +172,127 @@ async fn status_shows_counts_per_registry_and_where_they_disagree() {
         r#"<tr id="registry-consul">"#,
         "no repair pending",
         "<code>server</code>",
+        "anti-entropy sweep: off on this replica; no leader",
     ] {
         assert!(html.contains(needle), "the page lacks {needle}:\n{html}");
     }
     assert_self_contained(&html);
+    assert!(
+        html.contains(&format!(r#"<strong id="replica">{replica}</strong>"#)),
+        "{html}"
+    );
+}
+
+#[tokio::test]
+async fn a_service_drills_down_to_its_instances() {
+    let env = Env::start_with(no_sweep()).await;
+    populate(&env).await;
+    let (s, b) = env.gw.admin_get("/status/services/payments").await;
+    assert_eq!(s, 200, "{b}");
+    let d: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(d["service"], "payments");
+    assert_eq!(d["errors"], json!({}), "{d}");
+    let ids: Vec<&str> = d["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["consul-only", "pay-1", "pay-2"], "{d}");
+    let by_id = |id: &str| {
+        d["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    // Registered through this replica: owned here, heard from moments ago, in both registries.
+    let p1 = by_id("pay-1");
+    assert_eq!(p1["address"], "10.0.0.5");
+    assert_eq!(p1["port"], 8080);
+    assert_eq!(p1["sources"], json!(["etcd", "consul"]), "{p1}");
+    assert_eq!(p1["owned_here"], true, "{p1}");
+    let ago = p1["last_heartbeat_seconds_ago"]
+        .as_f64()
+        .expect("known here");
+    assert!((0.0..60.0).contains(&ago), "{p1}");
+    // Written into Consul behind twinreg's back: nobody here knows its heartbeats.
+    let c = by_id("consul-only");
+    assert_eq!(c["sources"], json!(["consul"]), "{c}");
+    assert_eq!(c["owned_here"], false, "{c}");
+    assert_eq!(c["last_heartbeat_seconds_ago"], Value::Null, "{c}");
+
+    let (s, html) = env.gw.admin_get("/services/payments").await;
+    assert_eq!(s, 200, "{html}");
+    for needle in [
+        r#"<tr id="instance-pay-1"><td><strong>pay-1</strong></td><td><code>10.0.0.5:8080</code></td>"#,
+        r#"<tr id="instance-consul-only">"#,
+        "this replica",
+        "another replica",
+        "3 instances in the registries",
+    ] {
+        assert!(html.contains(needle), "the page lacks {needle}:\n{html}");
+    }
+    assert_self_contained(&html);
+
+    // A name no service can have is the API's 400, naming the field.
+    let (s, b) = env.gw.admin_get("/status/services/Not_A_Service").await;
+    assert_eq!(s, 400, "{b}");
+    let e: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(e["error"], "invalid_request", "{e}");
+    assert_eq!(e["field"], "service", "{e}");
+    // A service nobody registered has no instance, and says so.
+    let (s, b) = env.gw.admin_get("/status/services/nobody").await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&b).unwrap()["instances"],
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn status_names_the_sweep_leader_and_the_oldest_repairs_age() {
+    let mut env = Env::start_with(Options {
+        extra_toml: "[anti_entropy]\ninterval = \"1s\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let s = eventually(Duration::from_secs(20), "a sweep leader", || async {
+        let s = status_json(&env).await;
+        (s["sweep"]["here"] == true).then_some(s)
+    })
+    .await;
+    // The one replica leads, under the name it holds the election's key with.
+    let replica = s["replica"].as_str().unwrap();
+    assert_eq!(s["sweep"]["enabled"], true, "{s}");
+    assert_eq!(s["sweep"]["leader"], format!("twinreg-{replica}"), "{s}");
+    let (_, html) = env.gw.admin_get("/").await;
+    assert!(
+        html.contains("anti-entropy sweep: led by this replica"),
+        "{html}"
+    );
+
+    // A write Consul misses waits in the repair queue, and the page says for how long.
+    env.consul.kill();
+    let r = env
+        .gw
+        .client("payments")
+        .put_json(&path("payments", "late"), &body("10.0.0.9", 80))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["degraded"], true, "{}", r.text);
+    let s = eventually(Duration::from_secs(20), "an aging repair", || async {
+        let s = status_json(&env).await;
+        (registry(&s, "consul")["repair_oldest_seconds"].as_f64()? >= 1.0).then_some(s)
+    })
+    .await;
+    assert!(
+        registry(&s, "consul")["repairs_pending"].as_u64().unwrap() >= 1,
+        "{s}"
+    );
+    assert_eq!(registry(&s, "etcd")["repair_oldest_seconds"], 0.0, "{s}");
 }
 
 #[tokio::test]

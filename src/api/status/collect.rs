@@ -17,6 +17,7 @@ use super::{
     CERT_WARN_DAYS, MAX_IDS, PROBE_TIMEOUT, READ_CONCURRENCY, READ_TIMEOUT, TABLE_BUDGET, TABLE_TTL,
 };
 use crate::breaker::BreakerState;
+use crate::liveness::owned::Owned;
 use crate::merge::{Sourced, merge};
 use crate::model::{Instance, ServiceName};
 use crate::registry::RegistryError;
@@ -52,6 +53,11 @@ impl Overall {
 pub struct Status {
     pub state: Overall,
     pub summary: String,
+    /// This replica's id (host name or listen address and a random suffix, new at each start):
+    /// the one other replicas' logs and the sweep leadership name.
+    pub replica: String,
+    /// Who runs the anti-entropy sweep.
+    pub sweep: SweepStatus,
     /// RFC 3339, UTC.
     pub generated_at: String,
     pub registries: Vec<RegistryStatus>,
@@ -78,6 +84,22 @@ pub struct RegistryStatus {
     pub probe: Probe,
     /// Writes being re-driven into this registry.
     pub repairs_pending: usize,
+    /// How long the oldest of them has waited, in seconds (0 when none).
+    pub repair_oldest_seconds: f64,
+}
+
+/// The anti-entropy sweep's leadership (one replica sweeps at a time, elected in etcd).
+#[derive(Debug, Serialize)]
+pub struct SweepStatus {
+    /// Whether the sweep is on in this replica's configuration (`anti_entropy.enabled`).
+    pub enabled: bool,
+    /// Whether this replica holds the leadership.
+    pub here: bool,
+    /// The holder (`twinreg-<replica id>`), as read from etcd while rendering; `null` when
+    /// nobody holds it or it could not be read (then `error` says why).
+    pub leader: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -299,6 +321,74 @@ async fn read<T>(
             READ_TIMEOUT.as_millis()
         ))),
     }
+}
+
+/// One service's instances, drilled down from its row of the service table (`GET
+/// /services/{service}` as a page, `GET /status/services/{service}` as JSON).
+#[derive(Debug, Serialize)]
+pub struct ServiceDetail {
+    pub service: String,
+    /// RFC 3339, UTC.
+    pub generated_at: String,
+    /// The replica answering: it knows the last heartbeat of the instances it owns only.
+    pub replica: String,
+    /// Registries that could not be read for this service, and why.
+    pub errors: PerRegistry<Unread>,
+    /// Every instance either registry holds, by id (the primary's record where they differ).
+    pub instances: Vec<InstanceDetail>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InstanceDetail {
+    pub id: String,
+    pub address: String,
+    pub port: u16,
+    pub tags: Vec<String>,
+    pub ttl_seconds: u32,
+    /// The registries holding it.
+    pub sources: Vec<RegistryKind>,
+    /// Whether this replica owns it: answers its heartbeats and expires it when they stop.
+    pub owned_here: bool,
+    /// Seconds since its client was last heard from (register or heartbeat); only the owning
+    /// replica knows, so `null` elsewhere.
+    pub last_heartbeat_seconds_ago: Option<f64>,
+}
+
+/// Reads `service` from every registry (each within [`READ_TIMEOUT`], all within
+/// [`TABLE_BUDGET`]) and tells, per instance, what this replica knows of its heartbeats.
+pub async fn service_detail(
+    registries: &[Arc<dyn Registry>],
+    owned: &Owned,
+    service: &ServiceName,
+) -> (PerRegistry<Unread>, Vec<InstanceDetail>) {
+    let deadline = Instant::now() + TABLE_BUDGET;
+    let reads = join_all(registries.iter().map(|r| read(deadline, r.list(service)))).await;
+    let mut errors = PerRegistry::default();
+    let mut sets = Vec::new();
+    for (r, got) in registries.iter().zip(reads) {
+        match got {
+            Ok(set) => sets.push((r.kind(), set)),
+            Err(e) => errors.0.push((r.kind(), e)),
+        }
+    }
+    let instances = merge(sets)
+        .into_values()
+        .map(|Sourced { instance, sources }| {
+            let heard = owned.heard(&instance.key);
+            InstanceDetail {
+                id: instance.key.id.to_string(),
+                address: instance.address,
+                port: instance.port,
+                tags: instance.tags,
+                ttl_seconds: instance.ttl_seconds,
+                sources,
+                owned_here: heard.is_some(),
+                last_heartbeat_seconds_ago: heard
+                    .map(|(since, _)| (since.as_secs_f64() * 10.0).round() / 10.0),
+            }
+        })
+        .collect();
+    (errors, instances)
 }
 
 /// Reads each registry's service names, then the live instances of the first `limit` names in
@@ -557,6 +647,7 @@ mod tests {
                 error: None,
             },
             repairs_pending: 0,
+            repair_oldest_seconds: 0.0,
         };
         let up = |n| reg(n, RegistryState::Up, BreakerState::Closed);
         assert_eq!(

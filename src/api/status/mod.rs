@@ -4,8 +4,9 @@
 //!
 //! It shows the overall state (ready, degraded, unavailable, draining); per registry its state,
 //! breaker, the latency of a probe made while rendering, and the repair backlog; per service the
-//! live instances in each registry, the merged count and the ids only one registry holds; and
-//! how long each certificate in use has left.
+//! live instances in each registry, the merged count and the ids only one registry holds, each
+//! service drilling down to its instances (`/services/{service}`); how long each certificate in
+//! use has left; and which replica this is and which one runs the anti-entropy sweep.
 //!
 //! The page only looks: its reads go to the registries directly, not through the breakers, each
 //! bounded in time, and change no registry's health or breaker. The service table costs a read
@@ -23,13 +24,13 @@ mod collect;
 mod render;
 
 pub use collect::*;
-pub use render::render;
+pub use render::{render, render_service};
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -37,6 +38,7 @@ use futures::future::join_all;
 use tokio::sync::Mutex;
 
 use super::AppState;
+use crate::model::ServiceName;
 
 /// The probe made per registry while rendering gives up after this long.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -74,26 +76,41 @@ pub fn router(app: AppState) -> Router {
     Router::new()
         .route("/", get(html))
         .route("/status.json", get(json))
+        .route("/services/{service}", get(service_html))
+        .route("/status/services/{service}", get(service_json))
         .with_state(page)
+}
+
+/// The headers of every HTML answer of the page.
+const HTML_HEADERS: [(header::HeaderName, &str); 4] = [
+    (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+    (header::CACHE_CONTROL, "no-store"),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    // Belt and braces: even a string that escaped escaping could load nothing.
+    (
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; \
+         form-action 'none'; frame-ancestors 'none'",
+    ),
+];
+
+async fn service_html(State(page): State<Page>, Path(service): Path<String>) -> Response {
+    match page.service(&service).await {
+        Ok(detail) => (HTML_HEADERS, render_service(&detail)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn service_json(State(page): State<Page>, Path(service): Path<String>) -> Response {
+    match page.service(&service).await {
+        Ok(detail) => ([(header::CACHE_CONTROL, "no-store")], axum::Json(detail)).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn html(State(page): State<Page>) -> Response {
     let status = page.gather().await;
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            // Belt and braces: even a string that escaped escaping could load nothing.
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; \
-                 form-action 'none'; frame-ancestors 'none'",
-            ),
-        ],
-        render(&status),
-    )
-        .into_response()
+    (HTML_HEADERS, render(&status)).into_response()
 }
 
 async fn json(State(page): State<Page>) -> Response {
@@ -106,7 +123,8 @@ impl Page {
         let app = &self.app;
         let members = app.coordinator.members();
         let probes = join_all(members.iter().map(|m| probe(m.registry.clone())));
-        let (probes, services) = tokio::join!(probes, self.table());
+        let leader = tokio::time::timeout(PROBE_TIMEOUT, members[0].registry.leader());
+        let (probes, services, leader) = tokio::join!(probes, self.table(), leader);
         let repairer = app.coordinator.repairer();
         let registries: Vec<RegistryStatus> = members
             .iter()
@@ -119,13 +137,32 @@ impl Page {
                 breaker: m.breaker.state(),
                 probe,
                 repairs_pending: repairer.pending_for(m.registry.kind()),
+                repair_oldest_seconds: (repairer.oldest(m.registry.kind()).as_secs_f64() * 10.0)
+                    .round()
+                    / 10.0,
             })
             .collect();
+        let (leader, error) = match leader {
+            Ok(Ok(holder)) => (holder, None),
+            Ok(Err(e)) => (None, Some(e.to_string())),
+            Err(_) => (
+                None,
+                Some(format!("not read within {} ms", PROBE_TIMEOUT.as_millis())),
+            ),
+        };
+        let sweep = SweepStatus {
+            enabled: app.sweep_enabled,
+            here: app.coordinator.metrics().sweeper_leader.get() == 1,
+            leader,
+            error,
+        };
         let (state, summary) = overall(app.shutdown.is_cancelled(), &registries);
         let now = unix_now();
         Status {
             state,
             summary,
+            replica: app.coordinator.replica().to_owned(),
+            sweep,
             generated_at: rfc3339(now),
             repairs_pending: repairer.pending(),
             registries,
@@ -137,6 +174,25 @@ impl Page {
                 .map(|(label, not_after)| cert_status(label, not_after, now))
                 .collect(),
         }
+    }
+
+    /// One service's instances; 400 naming the field for a name no service can have.
+    async fn service(&self, name: &str) -> Result<ServiceDetail, crate::api::error::ApiError> {
+        let service = ServiceName::parse(name)?;
+        let app = &self.app;
+        let (errors, instances) = service_detail(
+            &app.coordinator.registries(),
+            app.coordinator.owned(),
+            &service,
+        )
+        .await;
+        Ok(ServiceDetail {
+            service: service.to_string(),
+            generated_at: rfc3339(unix_now()),
+            replica: app.coordinator.replica().to_owned(),
+            errors,
+            instances,
+        })
     }
 
     /// The cached table while fresh; else computes it (others asking meanwhile wait for it).

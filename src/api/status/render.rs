@@ -4,7 +4,7 @@
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
-use super::collect::{Row, Status, Table};
+use super::collect::{Row, ServiceDetail, Status, Table};
 use super::{CERT_WARN_DAYS, REFRESH_SECONDS, SHOWN_IDS};
 use crate::breaker::BreakerState;
 use crate::registry::{RegistryKind, RegistryState};
@@ -29,9 +29,11 @@ pub fn render(s: &Status) -> String {
                     h1 { (state) }
                     p { (s.summary) }
                     p class="meta" {
-                        "twinreg " (env!("CARGO_PKG_VERSION")) " · generated " (s.generated_at)
+                        "replica " strong id="replica" { (s.replica) }
+                        " · twinreg " (env!("CARGO_PKG_VERSION")) " · generated " (s.generated_at)
                         " · refreshes every " (REFRESH_SECONDS) " s"
                     }
+                    p class="meta" id="sweep" { (sweep(s)) }
                 }
                 main {
                     (registries(s))
@@ -41,6 +43,75 @@ pub fn render(s: &Status) -> String {
                 footer {
                     "Also: " a href="/status.json" { "/status.json" } " (this page as JSON) · "
                     a href="/readyz" { "/readyz" } " · " a href="/metrics" { "/metrics" }
+                }
+            }
+        }
+    }
+    .into_string()
+}
+
+/// One service's instances (`/services/{service}`): where each is registered, whether this
+/// replica owns it, and when its client was last heard from.
+pub fn render_service(d: &ServiceDetail) -> String {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                meta http-equiv="refresh" content=(REFRESH_SECONDS);
+                title { "twinreg: " (d.service) }
+                style { (PreEscaped(CSS)) }
+            }
+            body {
+                header class="ready" id="banner" {
+                    h1 { (d.service) }
+                    p { (count(d.instances.len(), "instance", "instances")) " in the registries" }
+                    p class="meta" {
+                        "replica " strong id="replica" { (d.replica) } " · generated "
+                        (d.generated_at) " · the last heartbeat is known to the owning replica only"
+                    }
+                }
+                main {
+                    @for (k, e) in &d.errors.0 {
+                        p class="err" id={ "unread-" (k) } {
+                            (pill("bad", "not read")) " " (k) ": " (e.0)
+                        }
+                    }
+                    section id="instances" {
+                        table {
+                            thead { tr {
+                                th { "Instance" } th { "Address" } th { "Tags" }
+                                th class="n" { "TTL" } th { "Registered in" } th { "Owner" }
+                                th class="n" { "Last heartbeat" }
+                            } }
+                            tbody {
+                                @for i in &d.instances {
+                                    tr id={ "instance-" (i.id) } {
+                                        td { strong { (i.id) } }
+                                        td { code { (i.address) ":" (i.port) } }
+                                        td { (i.tags.join(", ")) }
+                                        td class="n" { (i.ttl_seconds) " s" }
+                                        td { @for (n, k) in i.sources.iter().enumerate() {
+                                            @if n > 0 { ", " } (k)
+                                        } }
+                                        td { @if i.owned_here { "this replica" } @else {
+                                            span class="muted" { "another replica" }
+                                        } }
+                                        td class="n" {
+                                            @if let Some(ago) = i.last_heartbeat_seconds_ago {
+                                                (format!("{ago:.1} s ago"))
+                                            } @else { "—" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                footer {
+                    a href="/" { "All services" } " · "
+                    a href={ "/status/services/" (d.service) } { "this page as JSON" }
                 }
             }
         }
@@ -70,7 +141,7 @@ fn registries(s: &Status) -> Markup {
             table {
                 thead { tr {
                     th { "Registry" } th { "State" } th { "Breaker" } th { "Probe now" }
-                    th class="n" { "Repairs pending" }
+                    th class="n" { "Repairs pending" } th class="n" { "Oldest repair" }
                 } }
                 tbody {
                     @for r in &s.registries {
@@ -95,14 +166,33 @@ fn registries(s: &Status) -> Markup {
                             }
                             @if r.repairs_pending > 0 {
                                 td class="n bad-n" { (r.repairs_pending) }
+                                td class="n" { (format!("{:.1} s", r.repair_oldest_seconds)) }
                             } @else {
                                 td class="n" { "0" }
+                                td class="n" { "—" }
                             }
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// Who sweeps: "anti-entropy sweep: led by this replica", "... led by twinreg-b-1f2e3d4c",
+/// "... off here; led by ...", "... no leader (...)".
+fn sweep(s: &Status) -> String {
+    let w = &s.sweep;
+    let who = match (&w.leader, &w.error) {
+        (_, _) if w.here => "led by this replica".to_owned(),
+        (Some(l), _) => format!("led by {l}"),
+        (None, Some(e)) => format!("leader not known ({e})"),
+        (None, None) => "no leader".to_owned(),
+    };
+    if w.enabled {
+        format!("anti-entropy sweep: {who}")
+    } else {
+        format!("anti-entropy sweep: off on this replica; {who}")
     }
 }
 
@@ -190,7 +280,7 @@ fn services(s: &Status) -> Markup {
 fn service_row(r: &Row, kinds: &[RegistryKind], t: &Table) -> Markup {
     html! {
         tr class=[r.disagree.then_some("disagree")] id={ "service-" (r.service) } {
-            td { strong { (r.service) } }
+            td { a href={ "/services/" (r.service) } { strong { (r.service) } } }
             @for k in kinds {
                 @match r.counts.get(*k).copied().flatten() {
                     Some(n) => td class="n" { (n) },
@@ -261,7 +351,8 @@ mod tests {
 
     use super::*;
     use crate::api::status::collect::{
-        CertStatus, OnlyIn, Overall, PerRegistry, Probe, RegistryStatus,
+        CertStatus, InstanceDetail, OnlyIn, Overall, PerRegistry, Probe, RegistryStatus,
+        SweepStatus, Unread,
     };
 
     /// Every string a registry or a client can put on the page, hostile.
@@ -290,6 +381,13 @@ mod tests {
         let status = Status {
             state: Overall::Degraded,
             summary: evil.into(),
+            replica: evil.into(),
+            sweep: SweepStatus {
+                enabled: true,
+                here: false,
+                leader: Some(evil.into()),
+                error: None,
+            },
             generated_at: evil.into(),
             registries: vec![RegistryStatus {
                 name: RegistryKind::Consul,
@@ -302,6 +400,7 @@ mod tests {
                     error: Some(evil.into()),
                 },
                 repairs_pending: 1,
+                repair_oldest_seconds: 12.5,
             }],
             repairs_pending: 1,
             services: Arc::new(Table::for_test(
@@ -319,7 +418,9 @@ mod tests {
         };
         let page = render(&status);
         assert!(!page.contains("<script"), "markup got through:\n{page}");
-        assert!(page.matches(escaped).count() >= 7, "{page}");
+        // Summary, generated_at, replica, the sweep's leader, and those below.
+        assert!(page.matches(escaped).count() >= 9, "{page}");
+        assert!(page.contains("12.5 s"), "the oldest repair's age: {page}");
         assert!(
             page.contains(r#"<header class="degraded" id="banner">"#),
             "{page}"
@@ -328,5 +429,25 @@ mod tests {
             page.contains(r#"<span class="pill bad">EXPIRED</span>"#),
             "{page}"
         );
+
+        let detail = ServiceDetail {
+            service: "payments".into(),
+            generated_at: evil.into(),
+            replica: evil.into(),
+            errors: PerRegistry(vec![(RegistryKind::Consul, Unread(evil.into()))]),
+            instances: vec![InstanceDetail {
+                id: "pay-1".into(),
+                address: evil.into(),
+                port: 80,
+                tags: vec![evil.into()],
+                ttl_seconds: 30,
+                sources: vec![RegistryKind::Etcd],
+                owned_here: true,
+                last_heartbeat_seconds_ago: Some(1.25),
+            }],
+        };
+        let page = render_service(&detail);
+        assert!(!page.contains("<script"), "markup got through:\n{page}");
+        assert_eq!(page.matches(escaped).count(), 5, "{page}");
     }
 }

@@ -384,4 +384,18 @@ impl Etcd {
             Ok(false)
         }
     }
+
+    /// The sweeper leadership's holder, read from its key.
+    pub(super) async fn leader_once(
+        &self,
+        conn: EtcdConn,
+    ) -> Result<Option<String>, RegistryError> {
+        let mut client = conn.client.clone();
+        let key = format!("{}/{LEADER_KEY}", self.prefix);
+        let resp = client.get(key.as_str(), None).await.map_err(to_err)?;
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
 }

@@ -361,6 +361,10 @@ impl Registry for Etcd {
         self.failover(|c| self.lead_once(c, holder, ttl)).await
     }
 
+    async fn leader(&self) -> Result<Option<String>, RegistryError> {
+        self.failover(|c| self.leader_once(c)).await
+    }
+
     fn watch(self: Arc<Self>, service: ServiceName, every: Duration, out: FeedSender) {
         tokio::spawn(self.watch_loop(service, every, out));
     }
