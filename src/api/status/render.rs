@@ -17,13 +17,7 @@ pub fn render(s: &Status) -> String {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                meta http-equiv="refresh" content=(REFRESH_SECONDS);
-                title { "twinreg: " (state) }
-                style { (PreEscaped(CSS)) }
-            }
+            (head(state))
             body {
                 header class=(state) id="banner" {
                     h1 { (state) }
@@ -56,13 +50,7 @@ pub fn render_service(d: &ServiceDetail) -> String {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                meta http-equiv="refresh" content=(REFRESH_SECONDS);
-                title { "twinreg: " (d.service) }
-                style { (PreEscaped(CSS)) }
-            }
+            (head(&d.service))
             body {
                 header class="ready" id="banner" {
                     h1 { (d.service) }
@@ -117,6 +105,20 @@ pub fn render_service(d: &ServiceDetail) -> String {
         }
     }
     .into_string()
+}
+
+/// Every page's head: self-contained (inline CSS), reloading itself every
+/// [`REFRESH_SECONDS`].
+fn head(title: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            meta http-equiv="refresh" content=(REFRESH_SECONDS);
+            title { "twinreg: " (title) }
+            style { (PreEscaped(CSS)) }
+        }
+    }
 }
 
 fn pill(class: &str, text: &str) -> Markup {
