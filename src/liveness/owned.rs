@@ -247,16 +247,16 @@ impl Owned {
     }
 
     /// How long ago the client of an owned instance was last heard from (its register or
-    /// latest heartbeat), and its TTL; `None` when not owned here.
-    pub fn heard(&self, key: &InstanceKey) -> Option<(Duration, Duration)> {
+    /// latest heartbeat); `None` when not owned here.
+    pub fn heard(&self, key: &InstanceKey) -> Option<Duration> {
         let map = self.map.read().expect("not poisoned");
         let entry = map.get(key)?;
-        let deadline = entry.deadline.load(Ordering::Relaxed);
-        let heard = deadline.saturating_sub(entry.ttl_ms);
-        let now = self.ms(Instant::now());
-        Some((
-            Duration::from_millis(now.saturating_sub(heard)),
-            Duration::from_millis(entry.ttl_ms),
+        let heard = entry
+            .deadline
+            .load(Ordering::Relaxed)
+            .saturating_sub(entry.ttl_ms);
+        Some(Duration::from_millis(
+            self.ms(Instant::now()).saturating_sub(heard),
         ))
     }
 

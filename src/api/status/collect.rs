@@ -384,7 +384,7 @@ pub async fn service_detail(
                 sources,
                 owned_here: heard.is_some(),
                 last_heartbeat_seconds_ago: heard
-                    .map(|(since, _)| (since.as_secs_f64() * 10.0).round() / 10.0),
+                    .map(|since| (since.as_secs_f64() * 10.0).round() / 10.0),
             }
         })
         .collect();
