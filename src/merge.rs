@@ -60,6 +60,10 @@ pub fn view_index<'a>(view: impl IntoIterator<Item = &'a Sourced>) -> u64 {
         eat(i.address.as_bytes());
         eat(&i.port.to_be_bytes());
         eat(&i.ttl_seconds.to_be_bytes());
+        if i.drained {
+            // Only when drained: the index of an undrained set is what it always was.
+            eat(b"drained");
+        }
         for t in &i.tags {
             eat(t.as_bytes());
         }

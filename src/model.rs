@@ -299,6 +299,9 @@ pub struct Instance {
     pub ttl_seconds: u32,
     /// Monotonic per write; stored with the record so an older write can be told from a newer.
     pub generation: u64,
+    /// Taken out of rotation by an operator (`PUT …/drain`): still registered and heartbeating,
+    /// but hidden from native discovery (etcd's resolver, Consul's passing queries and DNS).
+    pub drained: bool,
 }
 
 impl Instance {
@@ -313,6 +316,7 @@ impl Instance {
             meta: Default::default(),
             ttl_seconds: 30,
             generation: next_generation(),
+            drained: false,
         }
     }
 
@@ -324,6 +328,7 @@ impl Instance {
             && self.tags == other.tags
             && self.meta == other.meta
             && self.ttl_seconds == other.ttl_seconds
+            && self.drained == other.drained
     }
 }
 
@@ -366,6 +371,7 @@ pub fn register_from_fields(
         meta,
         ttl_seconds,
         generation: next_generation(),
+        drained: false,
     })
 }
 

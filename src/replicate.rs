@@ -456,6 +456,65 @@ impl Coordinator {
         let replies = self
             .fan_out("register", |r| async move { r.register_new(i).await })
             .await;
+        self.own_written(instance, identity, replies)
+    }
+
+    /// Drains (`drained`: out of native discovery, still registered and heartbeating) or
+    /// undrains an instance: its record, as this replica owns it or as the registries hold it
+    /// (the primary's wins), written to every registry again with the flag and a new
+    /// generation; this replica owns it from then on, as after a take-over. An instance no
+    /// registry knows is [`Failure::UnknownInstance`].
+    pub async fn drain(
+        &self,
+        key: &InstanceKey,
+        drained: bool,
+        identity: &str,
+    ) -> Result<WriteReport, Failure> {
+        let (record, owner) = match self.owned.get(key) {
+            // The instance's own identity keeps its request budget.
+            Some(state) => (state.instance, state.identity.to_string()),
+            None => {
+                let replies = self
+                    .fan_out("drain", |r| async move { r.held(key).await })
+                    .await;
+                let found = replies
+                    .iter()
+                    .find_map(|r| r.result.as_ref().ok().and_then(|h| h.clone()));
+                let Some(held) = found else {
+                    let out = unknown_outcomes(&replies, "unknown instance");
+                    return Err(if replies.iter().any(|r| r.result.is_err()) {
+                        Failure::Unavailable(out)
+                    } else {
+                        Failure::UnknownInstance(out)
+                    });
+                };
+                (held.instance, identity.to_string())
+            }
+        };
+        if self.deregistration_of(&record).is_some() {
+            let out = Outcomes(Vec::new());
+            return Err(Failure::UnknownInstance(out));
+        }
+        let instance = Instance {
+            drained,
+            generation: next_generation(),
+            ..record
+        };
+        let i = &instance;
+        let replies = self
+            .fan_out("drain", |r| async move { r.register(i).await })
+            .await;
+        self.own_written(instance, &owner, replies)
+    }
+
+    /// After a client's write of `instance` (a registration, a drain): this replica owns it,
+    /// holding the copies the registries accepted; the others are handed to the repairer.
+    fn own_written(
+        &self,
+        instance: Instance,
+        identity: &str,
+        replies: Vec<Reply<Written>>,
+    ) -> Result<WriteReport, Failure> {
         let outcomes = outcomes(&replies);
         if replies.iter().all(|r| r.result.is_err()) {
             return Err(Failure::Unavailable(outcomes));

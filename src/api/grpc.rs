@@ -28,7 +28,7 @@ use crate::api::error::{ApiError, ErrorCode, OutcomesLog, into_status};
 use crate::authz::Peer;
 use crate::merge::view_index;
 use crate::metrics::{Answered, grpc_code_name};
-use crate::model::{Instance, MAX_BODY_BYTES, register_from_fields};
+use crate::model::{Instance, InstanceKey, MAX_BODY_BYTES, register_from_fields};
 use crate::replicate::{Coordinator, Outcomes};
 use crate::watch::{Event, EventKind};
 
@@ -170,6 +170,7 @@ fn instance(i: &Instance, sources: &[crate::registry::RegistryKind]) -> pb::Inst
             .collect(),
         ttl_seconds: i.ttl_seconds,
         sources: sources.iter().map(|s| s.as_str().to_owned()).collect(),
+        drained: i.drained,
     }
 }
 
@@ -203,6 +204,27 @@ fn caller<T>(req: &Request<T>) -> Result<Arc<Peer>, Status> {
 /// `twinreg.v1.Registry`.
 pub struct Grpc {
     st: AppState,
+}
+
+impl Grpc {
+    /// Drain and Undrain: authorized as a write.
+    async fn set_drained<T>(
+        &self,
+        req: &Request<T>,
+        service: &str,
+        id: &str,
+        drained: bool,
+    ) -> Result<(InstanceKey, crate::replicate::WriteReport), Status> {
+        let peer = caller(req)?;
+        let key = front::writable_key(&self.st, &peer, service, id).map_err(into_status)?;
+        let report = self
+            .st
+            .coordinator
+            .drain(&key, drained, &peer.identity)
+            .await
+            .map_err(|f| into_status(failure(f)))?;
+        Ok((key, report))
+    }
 }
 
 #[tonic::async_trait]
@@ -289,6 +311,46 @@ impl Registry for Grpc {
         ))
     }
 
+    async fn drain(
+        &self,
+        req: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        let (key, report) = self
+            .set_drained(&req, &req.get_ref().service, &req.get_ref().id, true)
+            .await?;
+        let message = pb::DrainResponse {
+            drained: true,
+            degraded: report.outcomes.degraded(),
+            registries: registries(&report.outcomes),
+        };
+        Ok(answer(
+            message,
+            key.service.as_str(),
+            key.id.as_str(),
+            &report.outcomes,
+        ))
+    }
+
+    async fn undrain(
+        &self,
+        req: Request<pb::UndrainRequest>,
+    ) -> Result<Response<pb::UndrainResponse>, Status> {
+        let (key, report) = self
+            .set_drained(&req, &req.get_ref().service, &req.get_ref().id, false)
+            .await?;
+        let message = pb::UndrainResponse {
+            drained: false,
+            degraded: report.outcomes.degraded(),
+            registries: registries(&report.outcomes),
+        };
+        Ok(answer(
+            message,
+            key.service.as_str(),
+            key.id.as_str(),
+            &report.outcomes,
+        ))
+    }
+
     async fn list_instances(
         &self,
         req: Request<pb::ListInstancesRequest>,
@@ -354,6 +416,8 @@ fn route_label(path: &str) -> &'static str {
         "/twinreg.v1.Registry/Register" => "grpc.Register",
         "/twinreg.v1.Registry/Heartbeat" => "grpc.Heartbeat",
         "/twinreg.v1.Registry/Deregister" => "grpc.Deregister",
+        "/twinreg.v1.Registry/Drain" => "grpc.Drain",
+        "/twinreg.v1.Registry/Undrain" => "grpc.Undrain",
         "/twinreg.v1.Registry/ListInstances" => "grpc.ListInstances",
         "/twinreg.v1.Registry/Watch" => "grpc.Watch",
         "/grpc.health.v1.Health/Check" => "grpc.health.Check",

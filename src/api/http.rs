@@ -40,6 +40,10 @@ pub fn router(state: AppState) -> Edge<Rest> {
             "/v1/services/{service}/instances/{id}/heartbeat",
             put(heartbeat),
         )
+        .route(
+            "/v1/services/{service}/instances/{id}/drain",
+            put(drain).delete(undrain),
+        )
         .route("/v1/services", get(services))
         .route("/v1/services/{service}/instances", get(list))
         .fallback(not_found)
@@ -68,6 +72,9 @@ fn route_label(path: &str) -> &'static str {
             if !s.is_empty() && !i.is_empty() =>
         {
             "heartbeat"
+        }
+        ["", "v1", "services", s, "instances", i, "drain"] if !s.is_empty() && !i.is_empty() => {
+            "drain"
         }
         _ => "other",
     }
@@ -308,6 +315,66 @@ async fn register(
     Ok(logged(resp, &report.outcomes))
 }
 
+async fn drain(
+    State(st): State<AppState>,
+    params: RawParams,
+    p: Option<Extension<Arc<Peer>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    set_drained(st, params, p, headers, body, true).await
+}
+
+async fn undrain(
+    State(st): State<AppState>,
+    params: RawParams,
+    p: Option<Extension<Arc<Peer>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    set_drained(st, params, p, headers, body, false).await
+}
+
+/// `PUT …/drain` (`drained`) and `DELETE …/drain`: authorized as a write, no body (an empty
+/// JSON object is taken as none; anything else is refused, not ignored).
+async fn set_drained(
+    st: AppState,
+    params: RawParams,
+    p: Option<Extension<Arc<Peer>>>,
+    headers: HeaderMap,
+    body: Body,
+    drained: bool,
+) -> Result<Response, ApiError> {
+    let (key, peer) = writable(&st, &params, p)?;
+    let bytes = read_body(&headers, body, st.limits.body_read_timeout).await?;
+    let text = String::from_utf8_lossy(&bytes);
+    let text = text.trim();
+    if !text.is_empty()
+        && serde_json::from_str::<serde_json::Map<String, Value>>(text)
+            .map_or(true, |m| !m.is_empty())
+    {
+        return Err(ValidationError::new(
+            "body",
+            "a drain takes no body (send none, or {}); nothing was changed",
+        )
+        .into());
+    }
+    let report = st
+        .coordinator
+        .drain(&key, drained, &peer.identity)
+        .await
+        .map_err(failure)?;
+    let resp = Json(json!({
+        "drained": drained,
+        "service": key.service,
+        "id": key.id,
+        "degraded": report.outcomes.degraded(),
+        "registries": report.outcomes,
+    }))
+    .into_response();
+    Ok(logged(resp, &report.outcomes))
+}
+
 async fn heartbeat(
     State(st): State<AppState>,
     params: RawParams,
@@ -487,6 +554,7 @@ fn render<'a>(
                     "tags": i.tags,
                     "meta": i.meta,
                     "ttl_seconds": i.ttl_seconds,
+                    "drained": i.drained,
                     "sources": sources,
                 })
             },

@@ -224,27 +224,42 @@ impl Consul {
         })
     }
 
-    /// Registers the service and its TTL check, and passes the check.
     /// Registers the instance with its check aliasing this replica's service: one PUT (the alias
-    /// takes its status from the replica's check at once, there is no TTL to pass).
+    /// takes its status from the replica's check at once, there is no TTL to pass). A drained
+    /// instance is registered in Consul's maintenance mode in the same PUT (the check Consul's
+    /// maintenance endpoint adds, `_service_maintenance:{id}`, critical), so no re-write of it
+    /// (a take-over, a repair) shows it passing for a moment; every write replaces the service's
+    /// checks, so a live one's write ends a maintenance.
     async fn write(&self, i: &Instance) -> Result<Written, RegistryError> {
         self.ensure_replica().await?;
         let sid = service_id(&i.key);
-        let payload = json!({
+        let liveness = json!({
+            "CheckID": check_id(&i.key),
+            "Name": "twinreg liveness",
+            "AliasService": self.replica_service_id(),
+            "Notes": notes(i, &self.replica),
+            "DeregisterCriticalServiceAfter": go_duration(self.deregister_after),
+        });
+        let mut payload = json!({
             "ID": sid,
             "Name": i.key.service,
             "Address": i.address,
             "Port": i.port,
             "Tags": i.tags,
             "Meta": i.meta,
-            "Check": {
-                "CheckID": check_id(&i.key),
-                "Name": "twinreg liveness",
-                "AliasService": self.replica_service_id(),
-                "Notes": notes(i, &self.replica),
-                "DeregisterCriticalServiceAfter": go_duration(self.deregister_after),
-            },
         });
+        if i.drained {
+            payload["Checks"] = json!([liveness, {
+                "CheckID": maintenance_check_id(&i.key),
+                "Name": "Service Maintenance Mode",
+                "Notes": DRAINED_NOTES,
+                "Status": "critical",
+                // Never passed: critical for as long as it lasts (a TTL check must have a TTL).
+                "TTL": "24h",
+            }]);
+        } else {
+            payload["Check"] = liveness;
+        }
         self.put_service(&payload, "agent/service/register").await?;
         Ok(Written::At(0))
     }
@@ -385,16 +400,25 @@ pub(crate) fn parse_health(
 impl HealthEntry {
     /// The twinreg instance of this entry, whether it is alive (no critical check), and its
     /// check's notes; `None` for a service that is not twinreg's.
+    /// A drained instance (in maintenance) is alive while its own check passes: maintenance
+    /// hides it from discovery, not from twinreg.
     fn into_copy(self, service: &ServiceName) -> Option<HealthCopy> {
-        let alive = !self.checks.iter().any(|c| c.status == "critical");
+        let own = format!("service:{}", self.service.id);
+        let maintenance = format!("{MAINTENANCE_PREFIX}{}", self.service.id);
+        let drained = self.checks.iter().any(|c| c.check_id == maintenance);
+        let alive = !self
+            .checks
+            .iter()
+            .any(|c| c.status == "critical" && c.check_id != maintenance);
         let notes = self
             .checks
             .iter()
-            .find(|c| c.service_id == self.service.id)
+            .find(|c| c.check_id == own)
+            .or_else(|| self.checks.iter().find(|c| c.service_id == self.service.id))
             .map(|c| c.notes.clone())
             .unwrap_or_default();
         self.service
-            .into_instance(service, &notes)
+            .into_instance(service, &notes, drained)
             .map(|i| (i, alive, notes))
     }
 }
@@ -405,6 +429,17 @@ fn service_id(key: &InstanceKey) -> String {
 
 fn check_id(key: &InstanceKey) -> String {
     format!("service:{}", service_id(key))
+}
+
+/// Consul's maintenance check of a service is `_service_maintenance:{service id}`.
+const MAINTENANCE_PREFIX: &str = "_service_maintenance:";
+
+/// The notes of a drained instance's maintenance check (Consul shows them as the reason).
+const DRAINED_NOTES: &str =
+    "drained through twinreg; undrain with DELETE /v1/services/{service}/instances/{id}/drain";
+
+fn maintenance_check_id(key: &InstanceKey) -> String {
+    format!("{MAINTENANCE_PREFIX}{}", service_id(key))
 }
 
 pub(crate) fn notes(i: &Instance, replica: &str) -> String {
@@ -573,7 +608,7 @@ struct HealthCheck {
 
 impl AgentService {
     /// A twinreg instance, when the ID has twinreg's `{service}.{id}` shape; `None` otherwise.
-    fn into_instance(self, service: &ServiceName, notes: &str) -> Option<Instance> {
+    fn into_instance(self, service: &ServiceName, notes: &str, drained: bool) -> Option<Instance> {
         let (svc, id) = self.id.split_once('.')?;
         if svc != service.as_str() || self.service != service.as_str() {
             return None;
@@ -593,6 +628,7 @@ impl AgentService {
             meta: self.meta.unwrap_or_default(),
             ttl_seconds,
             generation,
+            drained,
         })
     }
 }
@@ -810,7 +846,7 @@ mod tests {
             address: "10.0.0.1".into(),
             port: 80,
         };
-        let i = s.into_instance(&svc, "").unwrap();
+        let i = s.into_instance(&svc, "", false).unwrap();
         assert_eq!(i.key.id.as_str(), "pay.1");
         assert!(i.tags.is_empty() && i.meta.is_empty());
         let other = AgentService {
@@ -821,6 +857,6 @@ mod tests {
             address: "10.0.0.1".into(),
             port: 80,
         };
-        assert!(other.into_instance(&svc, "").is_none());
+        assert!(other.into_instance(&svc, "", false).is_none());
     }
 }

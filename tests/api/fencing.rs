@@ -54,6 +54,7 @@ fn instance(address: &str, generation: u64) -> Instance {
         meta: Default::default(),
         ttl_seconds: 30,
         generation,
+        drained: false,
     }
 }
 

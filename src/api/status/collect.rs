@@ -352,6 +352,8 @@ pub struct InstanceDetail {
     /// Seconds since its client was last heard from (register or heartbeat); only the owning
     /// replica knows, so `null` elsewhere.
     pub last_heartbeat_seconds_ago: Option<f64>,
+    /// Out of native discovery (drained), still registered.
+    pub drained: bool,
 }
 
 /// Reads `service` from every registry (each within [`READ_TIMEOUT`], all within
@@ -385,6 +387,7 @@ pub async fn service_detail(
                 owned_here: heard.is_some(),
                 last_heartbeat_seconds_ago: heard
                     .map(|since| (since.as_secs_f64() * 10.0).round() / 10.0),
+                drained: instance.drained,
             }
         })
         .collect();

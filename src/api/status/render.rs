@@ -71,7 +71,7 @@ pub fn render_service(d: &ServiceDetail) -> String {
                             thead { tr {
                                 th { "Instance" } th { "Address" } th { "Tags" }
                                 th class="n" { "TTL" } th { "Registered in" } th { "Owner" }
-                                th class="n" { "Last heartbeat" }
+                                th class="n" { "Last heartbeat" } th { "Discovery" }
                             } }
                             tbody {
                                 @for i in &d.instances {
@@ -91,6 +91,9 @@ pub fn render_service(d: &ServiceDetail) -> String {
                                                 (format!("{ago:.1} s ago"))
                                             } @else { "—" }
                                         }
+                                        td { @if i.drained { (pill("warn", "drained")) } @else {
+                                            (pill("good", "in rotation"))
+                                        } }
                                     }
                                 }
                             }
@@ -446,6 +449,7 @@ mod tests {
                 sources: vec![RegistryKind::Etcd],
                 owned_here: true,
                 last_heartbeat_seconds_ago: Some(1.25),
+                drained: true,
             }],
         };
         let page = render_service(&detail);

@@ -1,6 +1,12 @@
 //! The value stored under each etcd key, and reading keys back: a record carries the instance's
 //! fields and what etcd's gRPC name resolver reads (`Op`, `Addr`, `Metadata`); a value another tool
 //! wrote is read as garbage, never a panic.
+//!
+//! A drained instance keeps its key and its fields, `"drained": true`, and `"Op": "drained"`: etcd's
+//! resolver (`clientv3/naming/endpoints`) takes every readable put as an endpoint whatever its
+//! `Op` says, and skips a value it cannot read, which a string `Op` is (it is a number there). A
+//! drain therefore deletes the key before writing it back drained ([`super::txn`]): a resolver
+//! already watching drops the endpoint on the delete and ignores the drained put.
 
 use std::net::IpAddr;
 
@@ -26,9 +32,12 @@ pub(crate) struct Record {
     ttl_seconds: u32,
     #[serde(default)]
     generation: u64,
-    /// etcd naming `endpoints.Update`: 0 = Add.
-    #[serde(rename = "Op", default)]
-    op: u8,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    drained: bool,
+    /// etcd naming `endpoints.Update`: 0 = Add; `"drained"` for a drained instance, so the
+    /// resolver cannot read the value and skips it. Written for the resolver, never read back.
+    #[serde(rename = "Op", default, skip_deserializing)]
+    op: serde_json::Value,
     #[serde(rename = "Addr", default)]
     addr: String,
     /// Written for the resolver, never read back (a second decoded copy of the meta).
@@ -55,7 +64,12 @@ impl Record {
             meta: i.meta.clone(),
             ttl_seconds: i.ttl_seconds,
             generation: i.generation,
-            op: 0,
+            drained: i.drained,
+            op: if i.drained {
+                serde_json::Value::from("drained")
+            } else {
+                serde_json::Value::from(0)
+            },
             addr,
             metadata: serde_json::to_value(&i.meta).unwrap_or_default(),
         }
@@ -83,6 +97,7 @@ impl Record {
             meta: r.meta,
             ttl_seconds: ttl,
             generation: r.generation,
+            drained: r.drained,
         })
     }
 }
@@ -152,12 +167,32 @@ mod tests {
             meta: [("zone".to_string(), "eu-1a".to_string())].into(),
             ttl_seconds: 30,
             generation: 7,
+            drained: false,
         };
         let v = serde_json::to_value(Record::from_instance(&i)).unwrap();
         assert_eq!(v["Op"], 0);
+        assert!(
+            v.get("drained").is_none(),
+            "a live record carries no drained field"
+        );
         assert_eq!(v["Addr"], "[::1]:8080");
         assert_eq!(v["Metadata"]["zone"], "eu-1a");
         assert_eq!(v["ttl_seconds"], 30);
+        let back = Record::decode(&key(), &serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(back, i);
+    }
+
+    #[test]
+    fn a_drained_record_is_unreadable_to_the_resolver_and_read_back_drained() {
+        let i = Instance {
+            drained: true,
+            ..Instance::for_test("payments", "pay-1")
+        };
+        let v = serde_json::to_value(Record::from_instance(&i)).unwrap();
+        // etcd's resolver decodes `Op` as a number (`endpoints.Operation`, a uint8): a string
+        // fails its json.Unmarshal and the key is skipped.
+        assert!(v["Op"].is_string(), "Op must not read as a number: {v}");
+        assert_eq!(v["drained"], true);
         let back = Record::decode(&key(), &serde_json::to_vec(&v).unwrap()).unwrap();
         assert_eq!(back, i);
     }

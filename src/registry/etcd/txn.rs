@@ -51,6 +51,7 @@ pub(super) enum Read {
 pub(super) struct Stored {
     generation: u64,
     mod_revision: i64,
+    drained: bool,
 }
 
 /// The record and the tombstone as read.
@@ -132,9 +133,13 @@ impl Etcd {
             ));
         };
         Ok(Current {
-            record: rec.kvs().first().map(|kv| Stored {
-                generation: Record::decode(key, kv.value()).map_or(0, |i| i.generation),
-                mod_revision: kv.mod_revision(),
+            record: rec.kvs().first().map(|kv| {
+                let stored = Record::decode(key, kv.value());
+                Stored {
+                    generation: stored.as_ref().map_or(0, |i| i.generation),
+                    mod_revision: kv.mod_revision(),
+                    drained: stored.is_some_and(|i| i.drained),
+                }
             }),
             tombstone: tomb.kvs().first().map(|kv| {
                 let g = std::str::from_utf8(kv.value())
@@ -154,6 +159,10 @@ impl Etcd {
         conn: EtcdConn,
         instance: &Instance,
     ) -> Result<Written, RegistryError> {
+        if instance.drained {
+            // A drain must delete a live record first: the read path does that.
+            return self.register_once(conn, instance).await;
+        }
         let lease = self.class_lease(&conn, instance.ttl_seconds).await?;
         let mut client = conn.client.clone();
         let key = self.key(&instance.key);
@@ -173,7 +182,10 @@ impl Etcd {
     }
 
     /// Writes the record on this replica's lease unless a newer generation (record or
-    /// tombstone) is stored; removes an older tombstone in the same transaction.
+    /// tombstone) is stored; removes an older tombstone in the same transaction. A drained
+    /// record replacing a live one is written after deleting it (a guarded transaction each):
+    /// etcd's resolver drops an endpoint only on a delete, and would keep serving the address
+    /// over a put it cannot read (see [`super::record`]).
     pub(super) async fn register_once(
         &self,
         conn: EtcdConn,
@@ -191,6 +203,16 @@ impl Etcd {
             if current.newest() > instance.generation {
                 tracing::debug!(instance = %instance.key, "etcd holds a newer generation; write fenced");
                 return Ok(Written::Fenced);
+            }
+            if instance.drained && current.record.as_ref().is_some_and(|r| !r.drained) {
+                let txn = Txn::new()
+                    .when(current.unchanged(&key, &tomb))
+                    .and_then([TxnOp::delete(key.as_str(), None)]);
+                client.txn(txn).await.map_err(to_err)?;
+                current = self
+                    .current(&mut client, &instance.key, Read::Latest)
+                    .await?;
+                continue;
             }
             let mut ops = vec![TxnOp::put(
                 key.as_str(),
