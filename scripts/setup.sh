@@ -143,6 +143,17 @@ check_openssl() {
   "${OPENSSL_BIN:-openssl}" version >/dev/null 2>&1 || { echo "'openssl version' failed"; return 1; }
 }
 
+# Native discovery (tests/api/discovery.rs): etcd's own gRPC resolver, built offline in GOPATH
+# mode from Debian's sources, and Debian's Consul client for Debian's own python3.
+check_etcd_resolver_sources() {
+  [ -d /usr/share/gocode/src/go.etcd.io/etcd/clientv3/naming/resolver ] \
+    || { echo "/usr/share/gocode/src/go.etcd.io/etcd/clientv3/naming/resolver is missing"; return 1; }
+}
+
+check_python_consul() {
+  /usr/bin/python3 -c 'import consul' 2>&1 || { echo "/usr/bin/python3 cannot import consul"; return 1; }
+}
+
 check_cxx() {
   printf '#include <vector>\nint main() { std::vector<int> v{1}; return v.size() - 1; }\n' >"$tmp/check.cc"
   c++ -o "$tmp/check" "$tmp/check.cc" 2>&1 && "$tmp/check" || { echo "c++ cannot build a program"; return 1; }
@@ -165,6 +176,8 @@ if [ "$mode" = test ]; then
     "docker-compose|check_compose|docker-compose|"
     "openssl|check_openssl|openssl|OPENSSL_BIN"
     "c++|check_cxx|g++|"
+    "etcd resolver sources|check_etcd_resolver_sources|golang-etcd-server-dev|"
+    "python3-consul|check_python_consul|python3-consul|"
   )
 fi
 

@@ -7,6 +7,7 @@ mod authz_edges;
 mod connections;
 mod credentials;
 mod deploy;
+mod discovery;
 mod drain;
 mod examples;
 mod faults;
