@@ -159,6 +159,38 @@ pub enum Observed {
     Orphans(Vec<Held>),
 }
 
+/// One member of a registry's cluster (etcd), as the status page shows it: what the member list
+/// says of it, and what its own status says when it could be read. No credential is in it (URLs
+/// are shown without user info).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterMember {
+    /// Its `--name` (empty for a member added but not started yet).
+    pub name: String,
+    /// Its member ID in hex, as `etcdctl member list` prints it.
+    pub id: String,
+    /// The URLs it serves clients on.
+    pub client_urls: Vec<String>,
+    /// The URLs it talks to the other members on.
+    pub peer_urls: Vec<String>,
+    /// It is the raft leader, as the members that answered report it (those of the newest term).
+    pub leader: bool,
+    /// A learner: a non-voting member catching up with the log.
+    pub learner: bool,
+    /// Whether its own status was read: `false` when that failed (`error` says why), `null`
+    /// when twinreg has no connection to it to ask (none of `etcd.endpoints` reaches it).
+    pub reachable: Option<bool>,
+    /// The etcd version it runs (from its status).
+    pub version: Option<String>,
+    /// The size of its database file, in bytes (from its status).
+    pub db_size_bytes: Option<i64>,
+    /// The raft term it is in (from its status).
+    pub raft_term: Option<u64>,
+    /// Errors it reports about itself (alarms such as `NOSPACE`), from its status.
+    pub reported_errors: Vec<String>,
+    /// Why its status was not read.
+    pub error: Option<String>,
+}
+
 /// Where a registry's follow sends what it observes.
 #[derive(Clone)]
 pub struct ObservedSender {
@@ -370,6 +402,16 @@ pub trait Registry: Send + Sync + 'static {
     /// page; `Ok(None)` when nobody does or the registry cannot elect.
     async fn leader(&self) -> Result<Option<String>, RegistryError> {
         Ok(None)
+    }
+
+    /// The members of the registry's cluster, each with what its own status says, for the status
+    /// page. Every read gives up after `within`: a member that has not answered by then is listed
+    /// as unreachable, not left out. Default: none (a registry without members to show).
+    async fn cluster_members(
+        &self,
+        _within: std::time::Duration,
+    ) -> Result<Vec<ClusterMember>, RegistryError> {
+        Ok(Vec::new())
     }
 }
 

@@ -8,8 +8,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::{Env, body, path};
+use testkit::cluster::Cluster;
+use testkit::consul::Consul;
 use testkit::eventually;
-use testkit::gateway::Options;
+use testkit::gateway::{Gateway, Options};
 
 /// No anti-entropy sweep: it would copy the Consul-only instance into etcd and end the
 /// disagreement these tests look for.
@@ -43,9 +45,19 @@ async fn populate(env: &Env) {
 }
 
 async fn status_json(env: &Env) -> Value {
-    let (s, b) = env.gw.admin_get("/status.json").await;
+    gateway_status(&env.gw).await
+}
+
+async fn gateway_status(gw: &Gateway) -> Value {
+    let (s, b) = gw.admin_get("/status.json").await;
     assert_eq!(s, 200, "{b}");
     serde_json::from_str(&b).unwrap_or_else(|e| panic!("/status.json is not JSON ({e}): {b}"))
+}
+
+fn etcd_members(status: &Value) -> &Vec<Value> {
+    status["etcd_members"]
+        .as_array()
+        .unwrap_or_else(|| panic!("etcd_members is a list: {status}"))
 }
 
 fn registry<'a>(status: &'a Value, name: &str) -> &'a Value {
@@ -79,11 +91,26 @@ async fn populated_status(env: &Env) -> Value {
     .await
 }
 
-/// What a page must never hold: anything that makes the browser fetch from elsewhere.
+/// What a page must never hold: anything that makes the browser fetch from elsewhere. (A URL as
+/// text, such as an etcd member's client URL in a `<code>`, fetches nothing; one in an attribute
+/// would be a link or a resource.)
 fn assert_self_contained(html: &str) {
     let lower = html.to_ascii_lowercase();
     for needle in [
-        "<script", "<link", "<img", "<iframe", "@import", "url(", "src=", "http://", "https://",
+        "<script",
+        "<link",
+        "<img",
+        "<iframe",
+        "@import",
+        "url(",
+        "src=",
+        "=\"http:",
+        "=\"https:",
+        "='http:",
+        "='https:",
+        "=\"//",
+        "=http:",
+        "=https:",
     ] {
         assert!(
             !lower.contains(needle),
@@ -118,6 +145,28 @@ async fn status_shows_counts_per_registry_and_where_they_disagree() {
         json!({"enabled": false, "here": false, "leader": null}),
         "{s}"
     );
+
+    // The one etcd member: the test's etcd, leader of itself, its status read.
+    let members = etcd_members(&s);
+    assert_eq!(members.len(), 1, "{s}");
+    let m = &members[0];
+    assert_eq!(m["name"], "t", "{m}");
+    assert_eq!(m["client_urls"], json!([env.etcd.endpoint()]), "{m}");
+    assert_eq!(m["leader"], true, "{m}");
+    assert_eq!(m["learner"], false, "{m}");
+    assert_eq!(m["reachable"], true, "{m}");
+    assert_eq!(m["error"], Value::Null, "{m}");
+    assert!(
+        m["version"].as_str().is_some_and(|v| v.starts_with('3')),
+        "{m}"
+    );
+    assert!(m["db_size_bytes"].as_i64().is_some_and(|b| b > 0), "{m}");
+    let member_id = m["id"].as_str().unwrap().to_owned();
+    assert!(
+        !member_id.is_empty() && member_id.chars().all(|c| c.is_ascii_hexdigit()),
+        "{m}"
+    );
+    assert!(s.get("etcd_members_error").is_none(), "{s}");
 
     let t = &s["services"];
     assert_eq!(t["truncated"], false, "{t}");
@@ -181,6 +230,140 @@ async fn status_shows_counts_per_registry_and_where_they_disagree() {
         html.contains(&format!(r#"<strong id="replica">{replica}</strong>"#)),
         "{html}"
     );
+    for needle in [
+        format!(r#"<tr id="member-{member_id}"><td><strong>t</strong>"#),
+        format!("<code>{}</code>", env.etcd.endpoint()),
+        "1 member, leader t".to_owned(),
+        r#"<span class="pill good">leader</span>"#.to_owned(),
+    ] {
+        assert!(html.contains(&needle), "the page lacks {needle}:\n{html}");
+    }
+}
+
+/// How long the page may take with a member dead: the service table's budget, and some slack.
+const PAGE_BOUND: Duration = Duration::from_secs(4);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_lists_each_member_of_a_three_member_cluster_and_one_dead_or_frozen() {
+    let (mut cluster, consul) = tokio::join!(Cluster::start(), Consul::start());
+    let gw = Gateway::launch(cluster.endpoints(), consul.address(), no_sweep()).await;
+    gw.wait_both_up().await;
+
+    let s = eventually(
+        Duration::from_secs(20),
+        "three members, each with its status, one of them leader",
+        || async {
+            let s = gateway_status(&gw).await;
+            let m = etcd_members(&s);
+            (m.len() == 3
+                && m.iter().all(|m| m["reachable"] == true)
+                && m.iter().filter(|m| m["leader"] == true).count() == 1)
+                .then_some(s)
+        },
+    )
+    .await;
+    let members = etcd_members(&s);
+    let names: Vec<&str> = members
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["m0", "m1", "m2"], "by name: {s}");
+    for (m, endpoint) in members.iter().zip(cluster.endpoints()) {
+        assert_eq!(m["client_urls"], json!([endpoint]), "{m}");
+        assert_eq!(m["learner"], false, "{m}");
+        assert!(
+            m["version"].is_string() && m["db_size_bytes"].is_i64(),
+            "{m}"
+        );
+    }
+    let leader = cluster.leader().await.expect("the cluster has a leader");
+    assert_eq!(
+        members[leader]["leader"], true,
+        "the page names the leader the members report: {s}"
+    );
+
+    // A follower dies: the page still answers in time, listing it as unreachable.
+    let dead = (leader + 1) % 3;
+    cluster.kill(dead);
+    let (s, html) = eventually(
+        Duration::from_secs(20),
+        "the dead member shown as unreachable",
+        || async {
+            let start = std::time::Instant::now();
+            let s = gateway_status(&gw).await;
+            let (_, html) = gw.admin_get("/").await;
+            let took = start.elapsed();
+            assert!(
+                took < 2 * PAGE_BOUND,
+                "/status.json and / took {took:?} with a member dead"
+            );
+            (etcd_members(&s)[dead]["reachable"] == false).then_some((s, html))
+        },
+    )
+    .await;
+    let members = etcd_members(&s);
+    assert_eq!(
+        members.len(),
+        3,
+        "a dead member is listed, not dropped: {s}"
+    );
+    let d = &members[dead];
+    assert_eq!(d["name"], format!("m{dead}"), "{d}");
+    assert!(d["error"].as_str().is_some_and(|e| !e.is_empty()), "{d}");
+    assert_eq!(d["version"], Value::Null, "{d}");
+    assert_eq!(d["leader"], false, "{d}");
+    assert_eq!(members[leader]["leader"], true, "{s}");
+    assert_eq!(members[leader]["reachable"], true, "{s}");
+    assert!(html.contains("3 members, leader m"), "{html}");
+    assert!(html.contains("1 unreachable"), "{html}");
+    assert!(
+        html.contains(r#"<span class="pill bad">unreachable</span>"#),
+        "{html}"
+    );
+    assert_self_contained(&html);
+    // Each request, timed alone.
+    for path in ["/status.json", "/"] {
+        let start = std::time::Instant::now();
+        let (status, _) = gw.admin_get(path).await;
+        assert_eq!(status, 200);
+        assert!(
+            start.elapsed() < PAGE_BOUND,
+            "{path} took {:?} with a member dead",
+            start.elapsed()
+        );
+    }
+
+    // Back, then frozen (SIGSTOP: its sockets accept, nothing answers): its status read gives up
+    // at the page's deadline, and the page still answers in time.
+    cluster.restart(dead).await;
+    eventually(Duration::from_secs(30), "the member back", || async {
+        (etcd_members(&gateway_status(&gw).await)[dead]["reachable"] == true).then_some(())
+    })
+    .await;
+    cluster.freeze(dead);
+    let s = eventually(
+        Duration::from_secs(20),
+        "the frozen member shown as unreachable",
+        || async {
+            let start = std::time::Instant::now();
+            let s = gateway_status(&gw).await;
+            let took = start.elapsed();
+            assert!(
+                took < PAGE_BOUND,
+                "/status.json took {took:?} with a member frozen"
+            );
+            (etcd_members(&s)[dead]["reachable"] == false).then_some(s)
+        },
+    )
+    .await;
+    let members = etcd_members(&s);
+    assert_eq!(members.len(), 3, "{s}");
+    assert_eq!(
+        members[dead]["error"], "timed out after 1000 ms",
+        "{}",
+        members[dead]
+    );
+    cluster.thaw(dead);
 }
 
 #[tokio::test]
@@ -495,6 +678,7 @@ async fn headless_chromium_renders_the_status_page_and_saves_a_screenshot() {
         "DISAGREE",
         "<code>consul-only</code>",
         "Registries",
+        "etcd members",
         "Certificates",
     ] {
         assert!(

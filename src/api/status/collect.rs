@@ -1,6 +1,7 @@
 //! What the status page shows, gathered: each registry's state, breaker, a probe and its repair
-//! backlog; the service table (live instances per registry, read directly and bounded in time);
-//! the certificates' expiry; and the banner's verdict. These types are what `/status.json` returns.
+//! backlog; each etcd member with its own status; the service table (live instances per registry,
+//! read directly and bounded in time); the certificates' expiry; and the banner's verdict. These
+//! types are what `/status.json` returns.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -21,7 +22,7 @@ use crate::liveness::owned::Owned;
 use crate::merge::{Sourced, merge};
 use crate::model::{Instance, ServiceName};
 use crate::registry::RegistryError;
-use crate::registry::{Registry, RegistryKind, RegistryState};
+use crate::registry::{ClusterMember, Registry, RegistryKind, RegistryState};
 
 /// The state the banner shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -61,6 +62,11 @@ pub struct Status {
     /// RFC 3339, UTC.
     pub generated_at: String,
     pub registries: Vec<RegistryStatus>,
+    /// Each member of the etcd cluster, by name: empty when they could not be read (then
+    /// `etcd_members_error` says why).
+    pub etcd_members: Vec<ClusterMember>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_members_error: Option<String>,
     /// Writes being re-driven into any registry.
     pub repairs_pending: usize,
     #[serde(serialize_with = "through_arc")]
@@ -288,6 +294,27 @@ pub(super) async fn probe(registry: Arc<dyn Registry>) -> Probe {
             latency_ms: None,
             error: Some(format!("no answer within {} ms", PROBE_TIMEOUT.as_millis())),
         },
+    }
+}
+
+/// The members of `etcd`'s cluster, each with its own status, read within [`PROBE_TIMEOUT`]
+/// (a member that does not answer by then is listed as unreachable); or why they could not be
+/// listed. None without etcd.
+pub(super) async fn cluster(
+    etcd: Option<Arc<dyn Registry>>,
+) -> (Vec<ClusterMember>, Option<String>) {
+    /// The adapter gives up after [`PROBE_TIMEOUT`] by itself; this bounds one that would not.
+    const GRACE: Duration = Duration::from_millis(100);
+    let Some(etcd) = etcd else {
+        return (Vec::new(), None);
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT + GRACE, etcd.cluster_members(PROBE_TIMEOUT)).await {
+        Ok(Ok(members)) => (members, None),
+        Ok(Err(e)) => (Vec::new(), Some(e.to_string())),
+        Err(_) => (
+            Vec::new(),
+            Some(format!("not read within {} ms", PROBE_TIMEOUT.as_millis())),
+        ),
     }
 }
 

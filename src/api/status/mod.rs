@@ -6,7 +6,8 @@
 //! breaker, the latency of a probe made while rendering, and the repair backlog; per service the
 //! live instances in each registry, the merged count and the ids only one registry holds, each
 //! service drilling down to its instances (`/services/{service}`); how long each certificate in
-//! use has left; and which replica this is and which one runs the anti-entropy sweep.
+//! use has left; which replica this is and which one runs the anti-entropy sweep; and each etcd
+//! member (leader or learner, its version and database size, or why its status was not read).
 //!
 //! The page only looks: its reads go to the registries directly, not through the breakers, each
 //! bounded in time, and change no registry's health or breaker. The service table costs a read
@@ -39,6 +40,7 @@ use tokio::sync::Mutex;
 
 use super::AppState;
 use crate::model::ServiceName;
+use crate::registry::RegistryKind;
 
 /// The probe made per registry while rendering gives up after this long.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -124,7 +126,12 @@ impl Page {
         let members = app.coordinator.members();
         let probes = join_all(members.iter().map(|m| probe(m.registry.clone())));
         let leader = tokio::time::timeout(PROBE_TIMEOUT, members[0].registry.leader());
-        let (probes, services, leader) = tokio::join!(probes, self.table(), leader);
+        let etcd = members
+            .iter()
+            .find(|m| m.registry.kind() == RegistryKind::Etcd)
+            .map(|m| m.registry.clone());
+        let (probes, services, leader, (etcd_members, etcd_members_error)) =
+            tokio::join!(probes, self.table(), leader, cluster(etcd));
         let repairer = app.coordinator.repairer();
         let registries: Vec<RegistryStatus> = members
             .iter()
@@ -166,6 +173,8 @@ impl Page {
             generated_at: rfc3339(now),
             repairs_pending: repairer.pending(),
             registries,
+            etcd_members,
+            etcd_members_error,
             services,
             certificates: app
                 .certs

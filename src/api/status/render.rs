@@ -1,4 +1,4 @@
-//! The status page as HTML: a banner, then registries, services and certificates. maud escapes
+//! The status page as HTML: a banner, then registries, etcd members, services and certificates. maud escapes
 //! every dynamic string (names, error messages, ids) as it writes it; the stylesheet is
 //! `style.css`, inlined (the page loads nothing from anywhere).
 
@@ -31,6 +31,7 @@ pub fn render(s: &Status) -> String {
                 }
                 main {
                     (registries(s))
+                    (etcd_members(s))
                     (services(s))
                     (certificates(s))
                 }
@@ -181,6 +182,98 @@ fn registries(s: &Status) -> Markup {
                 }
             }
         }
+    }
+}
+
+/// Each etcd member: its name and ID, client URLs, role, and what its status says (or why it
+/// was not read). Nothing when etcd is not configured.
+fn etcd_members(s: &Status) -> Markup {
+    let members = &s.etcd_members;
+    if members.is_empty() && s.etcd_members_error.is_none() {
+        return html! {};
+    }
+    let unreachable = members
+        .iter()
+        .filter(|m| m.reachable == Some(false))
+        .count();
+    let mut headline = vec![count(members.len(), "member", "members")];
+    match members.iter().find(|m| m.leader) {
+        Some(l) if l.name.is_empty() => headline.push(format!("leader {}", l.id)),
+        Some(l) => headline.push(format!("leader {}", l.name)),
+        None if !members.is_empty() => headline.push("no leader known".to_owned()),
+        None => {}
+    }
+    if unreachable > 0 {
+        headline.push(format!("{unreachable} unreachable"));
+    }
+    html! {
+        section id="etcd-members" {
+            h2 { "etcd members " small { (headline.join(", ")) } }
+            @if let Some(e) = &s.etcd_members_error {
+                p class="note" { "The member list could not be read: " span class="err" { (e) } }
+            }
+            @if !members.is_empty() {
+                table {
+                    thead { tr {
+                        th { "Member" } th { "Client URLs" } th { "Role" } th { "Version" }
+                        th class="n" { "DB size" } th class="n" { "Raft term" } th { "Status" }
+                    } }
+                    tbody {
+                        @for m in members {
+                            tr id={ "member-" (m.id) } {
+                                td {
+                                    @if m.name.is_empty() { span class="muted" { "(not started)" } }
+                                    @else { strong { (m.name) } }
+                                    " " span class="muted" { (m.id) }
+                                }
+                                td { @for (i, u) in m.client_urls.iter().enumerate() {
+                                    @if i > 0 { ", " } code { (u) }
+                                } }
+                                td {
+                                    @if m.leader { (pill("good", "leader")) }
+                                    @else if !m.learner { span class="muted" { "follower" } }
+                                    @if m.learner { (pill("warn", "learner")) }
+                                }
+                                td { (m.version.as_deref().unwrap_or("—")) }
+                                td class="n" { @match m.db_size_bytes {
+                                    Some(b) => (size(b)),
+                                    None => "—",
+                                } }
+                                td class="n" { @match m.raft_term {
+                                    Some(t) => (t),
+                                    None => "—",
+                                } }
+                                td {
+                                    @match m.reachable {
+                                        Some(true) => (pill("good", "reachable")),
+                                        Some(false) => (pill("bad", "unreachable")),
+                                        None => (pill("warn", "not asked")),
+                                    }
+                                    @if let Some(e) = &m.error { " " span class="err" { (e) } }
+                                    @for e in &m.reported_errors { " " span class="err" { (e) } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A size in bytes in decimal units, as etcdctl shows it: "20.5 kB", "1.5 MB".
+fn size(bytes: i64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = bytes.max(0) as f64;
+    let mut unit = 0;
+    while v >= 1000.0 && unit < UNITS.len() - 1 {
+        v /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 || v >= 100.0 {
+        format!("{v:.0} {}", UNITS[unit])
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
     }
 }
 
@@ -359,6 +452,7 @@ mod tests {
         CertStatus, InstanceDetail, OnlyIn, Overall, PerRegistry, Probe, RegistryStatus,
         SweepStatus, Unread,
     };
+    use crate::registry::ClusterMember;
 
     /// Every string a registry or a client can put on the page, hostile.
     #[test]
@@ -407,6 +501,37 @@ mod tests {
                 repairs_pending: 1,
                 repair_oldest_seconds: 12.5,
             }],
+            etcd_members: vec![
+                ClusterMember {
+                    name: evil.into(),
+                    id: evil.into(),
+                    client_urls: vec![evil.into()],
+                    peer_urls: vec![evil.into()],
+                    leader: true,
+                    learner: false,
+                    reachable: Some(true),
+                    version: Some(evil.into()),
+                    db_size_bytes: Some(20_480),
+                    raft_term: Some(7),
+                    reported_errors: vec![evil.into()],
+                    error: None,
+                },
+                ClusterMember {
+                    name: "m1".into(),
+                    id: "8e9e05c52164694d".into(),
+                    client_urls: vec!["http://10.0.0.2:2379".into()],
+                    peer_urls: vec![],
+                    leader: false,
+                    learner: true,
+                    reachable: Some(false),
+                    version: None,
+                    db_size_bytes: None,
+                    raft_term: None,
+                    reported_errors: vec![],
+                    error: Some(evil.into()),
+                },
+            ],
+            etcd_members_error: Some(evil.into()),
             repairs_pending: 1,
             services: Arc::new(Table::for_test(
                 evil,
@@ -423,8 +548,19 @@ mod tests {
         };
         let page = render(&status);
         assert!(!page.contains("<script"), "markup got through:\n{page}");
-        // Summary, generated_at, replica, the sweep's leader, and those below.
-        assert!(page.matches(escaped).count() >= 9, "{page}");
+        // Summary, generated_at, replica, the sweep's leader, the etcd members' (7, and the
+        // headline naming the leader), and those below.
+        assert!(page.matches(escaped).count() >= 17, "{page}");
+        assert!(page.contains("2 members, leader &lt;script"), "{page}");
+        assert!(page.contains("1 unreachable"), "{page}");
+        assert!(page.contains("20.5 kB"), "the database size: {page}");
+        assert!(
+            page.contains(r#"<tr id="member-8e9e05c52164694d"><td><strong>m1</strong>"#),
+            "{page}"
+        );
+        for pill in ["leader", "learner", "unreachable", "reachable"] {
+            assert!(page.contains(&format!(">{pill}</span>")), "{pill}: {page}");
+        }
         assert!(page.contains("12.5 s"), "the oldest repair's age: {page}");
         assert!(
             page.contains(r#"<header class="degraded" id="banner">"#),

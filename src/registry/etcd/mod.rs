@@ -18,6 +18,7 @@ mod errors;
 mod follow;
 mod keepalive;
 mod leases;
+mod members;
 mod range;
 mod record;
 mod txn;
@@ -43,8 +44,8 @@ use crate::pool::WarmPool;
 use crate::registry::RegistryError;
 use crate::registry::transport::Dialer;
 use crate::registry::{
-    FeedSender, Followed, Held, Listed, ObservedSender, Registry, RegistryKind, Revision,
-    SetupError, Written,
+    ClusterMember, FeedSender, Followed, Held, Listed, ObservedSender, Registry, RegistryKind,
+    Revision, SetupError, Written,
 };
 use crate::secret::Secret;
 use crate::tls::{Certs, registry_client_config};
@@ -87,6 +88,8 @@ pub struct Etcd {
     replica: String,
     /// Attempts per operation: one per endpoint, at least two.
     attempts: usize,
+    /// Each configured endpoint as `host:port`, by its index (`EtcdConn::member`).
+    authorities: Vec<String>,
     /// The lease of this replica's sweeper leadership, while it holds it.
     leadership: std::sync::Mutex<Option<i64>>,
     pool: Arc<WarmPool<EtcdConnect>>,
@@ -126,6 +129,7 @@ impl Etcd {
             .iter()
             .map(|e| Dialer::new(KIND, e, tls.clone(), CONNECT_TIMEOUT, handshakes.clone()))
             .collect::<Result<Vec<_>, _>>()?;
+        let authorities = members.iter().map(Dialer::authority).collect();
         // At least one connection per member, so fail-over always has somewhere to go.
         let size = cfg.pool_size.max(members.len());
         let connect = EtcdConnect {
@@ -140,6 +144,7 @@ impl Etcd {
                 prefix: cfg.prefix.clone(),
                 replica: replica.to_owned(),
                 attempts: cfg.endpoints.len().max(2),
+                authorities,
                 leadership: std::sync::Mutex::new(None),
                 pool: pool.clone(),
                 leases: Leases::default(),
@@ -363,6 +368,10 @@ impl Registry for Etcd {
 
     async fn leader(&self) -> Result<Option<String>, RegistryError> {
         self.failover(|c| self.leader_once(c)).await
+    }
+
+    async fn cluster_members(&self, within: Duration) -> Result<Vec<ClusterMember>, RegistryError> {
+        self.members_within(within).await
     }
 
     fn watch(self: Arc<Self>, service: ServiceName, every: Duration, out: FeedSender) {
