@@ -1,5 +1,5 @@
-//! The agent endpoints: service register/deregister, TTL check updates, and the agent's own
-//! view of its services and checks (no blocking index, no `X-Consul-Index`).
+//! The agent endpoints: service register/deregister, maintenance mode, TTL check updates, and the
+//! agent's own view of its services and checks (no blocking index, no `X-Consul-Index`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -46,17 +46,53 @@ pub async fn register(state: &Arc<State>, req: &Req) -> Result<Resp, ApiError> {
     Ok(empty_ok())
 }
 
-/// `PUT /v1/agent/service/deregister/:service_id`.
-pub fn deregister(state: &State, req: &Req, id: &str) -> Result<Resp, ApiError> {
-    let (authz, _) = authorize(state, req)?;
+/// Consul's `vetServiceUpdateWithAuthorizer`: service `id` must exist (`404` naming it, before any
+/// permission check) and the token needs `service:write` on its name.
+fn vet_service_update(state: &State, authz: Authz, id: &str) -> Result<(), ApiError> {
     let name = state.lock().services.get(id).map(|s| s.name.clone());
     let Some(name) = name else {
         return Err(ApiError::not_found(format!(
             "Unknown service ID {id:?}. Ensure that the service ID is passed, not the service name."
         )));
     };
-    authz.service_write(&name)?;
+    authz.service_write(&name)
+}
+
+/// `PUT /v1/agent/service/deregister/:service_id`.
+pub fn deregister(state: &State, req: &Req, id: &str) -> Result<Resp, ApiError> {
+    let (authz, _) = authorize(state, req)?;
+    vet_service_update(state, authz, id)?;
     state.deregister(id);
+    Ok(empty_ok())
+}
+
+/// `PUT /v1/agent/service/maintenance/:service_id?enable=<bool>[&reason=...]`, in Consul's order:
+/// the ID, then `enable` (present, a Go bool), then the token, the service and `service:write`.
+/// Enabling adds the critical `_service_maintenance:<id>` check (nothing when it exists),
+/// disabling removes it (nothing when it does not).
+pub fn service_maintenance(state: &State, req: &Req, id: &str) -> Result<Resp, ApiError> {
+    if id.is_empty() {
+        return Err(ApiError::bad_request("Missing service ID"));
+    }
+    if !req.has_query("enable") {
+        return Err(ApiError::bad_request("Missing value for enable"));
+    }
+    let raw = req.query("enable").unwrap_or_default();
+    let enable = crate::http::parse_bool(raw)
+        .ok_or_else(|| ApiError::bad_request(format!("Invalid value for enable: {raw:?}")))?;
+    let (authz, _) = authorize(state, req)?;
+    vet_service_update(state, authz, id)?;
+    let found = if enable {
+        state.enable_maintenance(id, req.query("reason").unwrap_or_default())
+    } else {
+        state.disable_maintenance(id)
+    };
+    if !found {
+        // Deregistered since the check above.
+        return Err(ApiError::not_found(format!(
+            "No service registered with ID {id:?}"
+        )));
+    }
     Ok(empty_ok())
 }
 

@@ -7,19 +7,10 @@ use std::sync::Arc;
 
 use crate::acl;
 use crate::agent::{apply_filter, mark_filtered, parse_filter};
-use crate::http::{ApiError, Req, Resp, json};
+use crate::http::{ApiError, Req, Resp, json, parse_bool};
 use crate::model::PASSING;
 use crate::state::State;
 use crate::{blocking, views};
-
-/// Go's `strconv.ParseBool`.
-fn parse_bool(s: &str) -> Option<bool> {
-    match s {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
-        _ => None,
-    }
-}
 
 /// `GET /v1/health/service/:service[?passing][&tag=..][&filter=..][&index=..&wait=..]`.
 pub async fn health_service(state: &Arc<State>, req: &Req, name: &str) -> Result<Resp, ApiError> {

@@ -69,7 +69,7 @@ async fn run_probe(spec: &CheckSpec) -> (&'static str, String) {
     };
     match &spec.probe {
         // Not probed: spawn_probe is only called for HTTP and TCP checks.
-        Probe::Ttl | Probe::Alias { .. } => (PASSING, String::new()),
+        Probe::Ttl | Probe::Alias { .. } | Probe::Maintenance => (PASSING, String::new()),
         Probe::Tcp { address } => {
             match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await {
                 Ok(Ok(_)) => (PASSING, format!("TCP connect {address}: Success")),

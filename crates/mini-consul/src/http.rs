@@ -106,6 +106,15 @@ impl Req {
     }
 }
 
+/// Go's `strconv.ParseBool`: exactly these spellings, nothing else.
+pub fn parse_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
 fn unhex(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
 }
@@ -153,6 +162,7 @@ fn parse_query(raw: &str) -> Result<Vec<(String, String)>, ()> {
 enum Endpoint {
     Register,
     Deregister,
+    ServiceMaintenance,
     AgentService,
     AgentServices,
     AgentChecks,
@@ -172,6 +182,11 @@ enum Endpoint {
 const ROUTES: &[(&str, &str, Endpoint)] = &[
     ("/v1/agent/service/register", "PUT", Endpoint::Register),
     ("/v1/agent/service/deregister/", "PUT", Endpoint::Deregister),
+    (
+        "/v1/agent/service/maintenance/",
+        "PUT",
+        Endpoint::ServiceMaintenance,
+    ),
     ("/v1/agent/service/", "GET", Endpoint::AgentService),
     ("/v1/agent/services", "GET", Endpoint::AgentServices),
     ("/v1/agent/checks", "GET", Endpoint::AgentChecks),
@@ -193,7 +208,13 @@ const ROUTES: &[(&str, &str, Endpoint)] = &[
 ];
 
 /// The longest matching pattern, its method and endpoint, and the rest of the path after it.
+/// None for a subtree's root without its slash (`/v1/agent/service/maintenance`): Go's
+/// `ServeMux` redirects it to the subtree before matching, so a shorter subtree
+/// (`/v1/agent/service/`) does not take it.
 fn route(path: &str) -> Option<(&'static str, &'static str, Endpoint, &str)> {
+    if subtree_root(path) {
+        return None;
+    }
     ROUTES
         .iter()
         .filter(|(p, _, _)| {
@@ -283,6 +304,7 @@ async fn handle(
     let result = match endpoint {
         Endpoint::Register => agent::register(state, &r).await,
         Endpoint::Deregister => agent::deregister(state, &r, rest),
+        Endpoint::ServiceMaintenance => agent::service_maintenance(state, &r, rest),
         Endpoint::AgentService => agent::service(state, &r, rest).await,
         Endpoint::AgentServices => agent::services(state, &r),
         Endpoint::AgentChecks => agent::checks(state, &r),
@@ -301,10 +323,20 @@ async fn handle(
     result.unwrap_or_else(ApiError::into_response)
 }
 
+/// Whether `path` names a subtree (a pattern ending in `/`) without its trailing slash, and is no
+/// pattern itself.
+fn subtree_root(path: &str) -> bool {
+    !path.ends_with('/')
+        && !ROUTES.iter().any(|(p, _, _)| *p == path)
+        && ROUTES
+            .iter()
+            .any(|(p, _, _)| p.strip_suffix('/') == Some(path))
+}
+
 /// Paths no endpoint serves: Go's subtree redirect, the index page, or Consul's 404 texts.
 fn not_routed(path: &str, raw_query: &str) -> Resp {
-    let with_slash = format!("{path}/");
-    if ROUTES.iter().any(|(p, _, _)| *p == with_slash) {
+    if subtree_root(path) {
+        let with_slash = format!("{path}/");
         let location = if raw_query.is_empty() {
             with_slash
         } else {

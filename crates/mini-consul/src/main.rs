@@ -1,16 +1,18 @@
 //! mini-consul: a Consul-API-compatible test server, used by twinreg's tests when no real
 //! `consul` binary is available. It reproduces, with Consul's documented semantics, the part of
 //! Consul's HTTP API twinreg uses (see `docs/consul.md`): agent service register/deregister,
-//! TTL checks with expiry and DeregisterCriticalServiceAfter, `/v1/health/service`,
-//! `/v1/health/checks` and `/v1/catalog/services` with blocking queries, ACL tokens, and TLS with verified client
-//! certificates. One process, all state in memory: a restart starts empty, like `consul agent -dev`.
+//! service maintenance mode, TTL checks with expiry and DeregisterCriticalServiceAfter,
+//! `/v1/health/service`, `/v1/health/checks` and `/v1/catalog/services` with blocking queries, ACL
+//! tokens, and TLS with verified client certificates. One process, all state in memory: a restart
+//! starts empty, like `consul agent -dev`.
 //!
 //! Layout (one module per concern):
 //! - `main.rs` — command line, start-up, signals.
 //! - `server.rs` — TCP/TLS listener, HTTP/1.1 + h2 connections, graceful stop.
 //! - `tls.rs` — rustls server config (ring provider, ALPN, client-certificate verification).
 //! - `http.rs` — routing like Go's ServeMux, Consul's shared rules (405/`Allow`, 404, errors).
-//! - `agent.rs` — `/v1/agent/...` endpoints (register, deregister, checks, services).
+//! - `agent.rs` — `/v1/agent/...` endpoints (register, deregister, maintenance, checks,
+//!   services).
 //! - `catalog.rs` — `/v1/health/service/:name`, `/v1/health/checks/:name` and
 //!   `/v1/catalog/services`.
 //! - `decode.rs` — decoding service definitions and check types like Consul's Go code.

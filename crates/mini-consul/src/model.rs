@@ -10,6 +10,13 @@ pub const PASSING: &str = "passing";
 pub const WARNING: &str = "warning";
 pub const CRITICAL: &str = "critical";
 
+/// A service's maintenance check is this prefix and the service ID (Consul's
+/// `structs.ServiceMaintPrefix`).
+pub const SERVICE_MAINT_PREFIX: &str = "_service_maintenance:";
+
+/// The maintenance check's notes when no reason is given (Consul's `defaultServiceMaintReason`).
+pub const DEFAULT_SERVICE_MAINT_REASON: &str = "Maintenance mode is enabled for this service, but no reason was provided. This is a default message.";
+
 /// Settings fixed at start-up.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -73,6 +80,9 @@ pub enum Probe {
     /// The aggregate status of another service's checks (`AliasService`, `AliasNode` as given),
     /// kept up to date by the state whenever that service or its checks change.
     Alias { service: String, node: String },
+    /// The check the maintenance endpoint adds (`_service_maintenance:<id>`): nothing runs it,
+    /// it is critical until the endpoint removes it.
+    Maintenance,
 }
 
 impl Probe {
@@ -108,6 +118,7 @@ impl CheckSpec {
             Probe::Http { .. } => "http",
             Probe::Tcp { .. } => "tcp",
             Probe::Alias { .. } => "alias",
+            Probe::Maintenance => "maintenance",
         }
     }
 }

@@ -8,7 +8,8 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::model::{
-    CRITICAL, Check, CheckSpec, Config, PASSING, Probe, Service, WARNING, truncate_output,
+    CRITICAL, Check, CheckSpec, Config, DEFAULT_SERVICE_MAINT_REASON, PASSING, Probe,
+    SERVICE_MAINT_PREFIX, Service, WARNING, truncate_output,
 };
 use crate::store::Inner;
 
@@ -205,6 +206,75 @@ impl State {
         true
     }
 
+    /// Consul's `EnableServiceMaintenance`: adds the critical check `_service_maintenance:<id>`
+    /// to service `service_id`, with `reason` (or Consul's default text) as its notes. Nothing
+    /// changes when a check of that ID exists already (Consul returns early), whatever added it.
+    /// False when there is no such service.
+    pub fn enable_maintenance(&self, service_id: &str, reason: &str) -> bool {
+        let now = Instant::now();
+        let mut g = self.lock();
+        if !g.services.contains_key(service_id) {
+            return false;
+        }
+        let id = format!("{SERVICE_MAINT_PREFIX}{service_id}");
+        if g.checks.contains_key(&id) {
+            return true;
+        }
+        let notes = if reason.is_empty() {
+            DEFAULT_SERVICE_MAINT_REASON
+        } else {
+            reason
+        };
+        let generation = g.next_generation();
+        let idx = g.bump();
+        g.insert_check(Check {
+            spec: CheckSpec {
+                id,
+                name: "Service Maintenance Mode".to_owned(),
+                notes: notes.to_owned(),
+                status: Some(CRITICAL.to_owned()),
+                probe: Probe::Maintenance,
+                ttl: 0,
+                interval: 0,
+                timeout: 0,
+                deregister_after: None,
+                output_max_size: 4096,
+            },
+            service_id: service_id.to_owned(),
+            status: CRITICAL.to_owned(),
+            output: String::new(),
+            last_output: String::new(),
+            ttl_deadline: None,
+            critical_since: Some(now),
+            create_index: idx,
+            modify_index: idx,
+            generation,
+            runner: None,
+        });
+        tracing::info!(service = %service_id, "service entered maintenance mode");
+        self.after_checks_of_changed(g, service_id, idx);
+        true
+    }
+
+    /// Consul's `DisableServiceMaintenance`: removes check `_service_maintenance:<id>` if there is
+    /// one (however it was added). False when there is no such service.
+    pub fn disable_maintenance(&self, service_id: &str) -> bool {
+        let mut g = self.lock();
+        if !g.services.contains_key(service_id) {
+            return false;
+        }
+        let Some(old) = g.remove_check(&format!("{SERVICE_MAINT_PREFIX}{service_id}")) else {
+            return true;
+        };
+        if let Some(r) = old.runner {
+            r.abort();
+        }
+        let idx = g.bump();
+        tracing::info!(service = %service_id, "service left maintenance mode");
+        self.after_checks_of_changed(g, &old.service_id, idx);
+        true
+    }
+
     /// A TTL check update (pass/warn/fail/update): restarts the TTL clock.
     pub fn update_ttl(
         &self,
@@ -260,16 +330,22 @@ impl State {
             c.modify_index = idx;
             c.service_id.clone()
         });
-        if let Some(name) = service_id
-            .as_ref()
-            .and_then(|s| g.services.get(s))
-            .map(|s| s.name.clone())
-        {
+        match service_id {
+            Some(s) => self.after_checks_of_changed(g, &s, idx),
+            None => {
+                drop(g);
+                self.publish(idx);
+            }
+        }
+    }
+
+    /// After a check of service `service_id` changed, came or went at `idx`: the health index of
+    /// the service's name moves, the aliases of the service follow, and watchers wake.
+    fn after_checks_of_changed(&self, mut g: MutexGuard<'_, Inner>, service_id: &str, idx: u64) {
+        if let Some(name) = g.services.get(service_id).map(|s| s.name.clone()) {
             g.touch_name(&name, idx);
         }
-        let idx = service_id
-            .and_then(|s| refresh_aliases_of(&mut g, &s, Instant::now()))
-            .unwrap_or(idx);
+        let idx = refresh_aliases_of(&mut g, service_id, Instant::now()).unwrap_or(idx);
         drop(g);
         self.publish(idx);
     }

@@ -9,6 +9,7 @@ mod alias;
 mod blocking;
 mod errors;
 mod health;
+mod maintenance;
 mod metrics;
 mod probes;
 mod process;
