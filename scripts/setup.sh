@@ -19,6 +19,11 @@
 #   docker-compose      validates docker-compose.yml (no Docker engine is installed or needed)
 #   openssl             `openssl s_client` offers protocols and suites the listener must refuse
 #   g++                 libfuzzer-sys compiles libFuzzer for the fuzz targets
+#   golang-etcd-server-dev  etcd's own gRPC naming resolver, built offline (GOPATH mode) by the
+#                       native-discovery test (docs/discovery.md)
+#   python3-consul      Debian's Consul client for the same test
+#   python3-venv        a virtual environment for schemathesis (from PyPI, pinned below), which
+#                       fuzzes a live twinreg from docs/openapi.json
 #
 # A requirement counts as met only when its check passes: protoc compiles a file importing a
 # well-known type, etcd starts and answers /health, chromium renders a page, g++ compiles, and so
@@ -154,6 +159,22 @@ check_python_consul() {
   /usr/bin/python3 -c 'import consul' 2>&1 || { echo "/usr/bin/python3 cannot import consul"; return 1; }
 }
 
+# schemathesis, pinned, in its own virtual environment under the user's cache (kept across clones
+# of the repository; tests/api/openapi.rs looks for it there).
+SCHEMATHESIS_VERSION=4.32.5
+schemathesis_venv() { echo "${XDG_CACHE_HOME:-$HOME/.cache}/twinreg/schemathesis"; }
+
+check_venv() {
+  /usr/bin/python3 -m venv "$tmp/venv-check" >/dev/null 2>&1 \
+    || { echo "/usr/bin/python3 -m venv cannot make a virtual environment"; return 1; }
+}
+
+check_schemathesis() {
+  local v
+  v=$("$(schemathesis_venv)/bin/schemathesis" --version 2>&1) || { echo "schemathesis is not installed"; return 1; }
+  grep -q "$SCHEMATHESIS_VERSION" <<<"$v" || { echo "schemathesis is $v, not $SCHEMATHESIS_VERSION"; return 1; }
+}
+
 check_cxx() {
   printf '#include <vector>\nint main() { std::vector<int> v{1}; return v.size() - 1; }\n' >"$tmp/check.cc"
   c++ -o "$tmp/check" "$tmp/check.cc" 2>&1 && "$tmp/check" || { echo "c++ cannot build a program"; return 1; }
@@ -178,6 +199,7 @@ if [ "$mode" = test ]; then
     "c++|check_cxx|g++|"
     "etcd resolver sources|check_etcd_resolver_sources|golang-etcd-server-dev|"
     "python3-consul|check_python_consul|python3-consul|"
+    "python3-venv|check_venv|python3-venv|"
   )
 fi
 
@@ -233,8 +255,20 @@ if [ ${#packages[@]} -gt 0 ]; then
   done
 fi
 
+if [ "$mode" = test ] && ! check_schemathesis >/dev/null 2>&1; then
+  echo "setup: installing schemathesis $SCHEMATHESIS_VERSION from PyPI into $(schemathesis_venv)"
+  rm -rf "$(schemathesis_venv)"
+  /usr/bin/python3 -m venv "$(schemathesis_venv)"
+  "$(schemathesis_venv)/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" >"$tmp/pip.log" 2>&1 || {
+    tail -20 "$tmp/pip.log" >&2
+    echo "setup: 'pip install schemathesis==$SCHEMATHESIS_VERSION' failed (above): PyPI must be reachable" >&2
+    exit 1
+  }
+  check_schemathesis >&2 || { echo "setup: schemathesis does not run after installing it" >&2; exit 1; }
+fi
+
 versions="etcd $("${ETCD_BIN:-etcd}" --version 2>/dev/null | awk 'NR==1{print $3}'), protoc $("${PROTOC:-protoc}" --version | awk '{print $2}')"
 if [ "$mode" = test ]; then
-  versions+=", $("${GO_BIN:-go}" version | awk '{print $3}'), $(${PYTHON3_BIN:-python3} --version 2>&1), $("$(chromium_bin)" --version 2>/dev/null), docker-compose $(docker-compose version --short 2>/dev/null)"
+  versions+=", schemathesis $SCHEMATHESIS_VERSION, $("${GO_BIN:-go}" version | awk '{print $3}'), $(${PYTHON3_BIN:-python3} --version 2>&1), $("$(chromium_bin)" --version 2>/dev/null), docker-compose $(docker-compose version --short 2>/dev/null)"
 fi
 echo "setup ($mode): ok: $versions"

@@ -39,6 +39,9 @@ enum Command {
         #[arg(long, short, env = "TWINREG_CONFIG")]
         config: PathBuf,
     },
+    /// Print the REST API's OpenAPI 3.1 description (what the admin listener serves at
+    /// /openapi.json, and docs/openapi.json).
+    Openapi,
     /// Certificate helpers.
     Certs {
         #[command(subcommand)]
@@ -107,6 +110,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Openapi => {
+            print!("{}", twinreg::api::openapi::json());
+            ExitCode::SUCCESS
+        }
         Command::CheckConfig { config } => match load(&config) {
             Ok(_) => {
                 println!("{}: ok", config.display());

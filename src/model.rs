@@ -419,11 +419,21 @@ fn is_rfc1123_host(s: &str) -> bool {
         })
 }
 
+/// A JSON number that is a non-negative integer: `30` or `30.0` (JSON, and JSON Schema, do not
+/// tell them apart; some encoders write every number as a float).
+fn whole(n: &serde_json::Number) -> Option<u64> {
+    n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(f))
+            .map(|f| f as u64)
+    })
+}
+
 fn parse_port(v: Option<Value>) -> Result<u16, ValidationError> {
     let field = "port";
     match v {
         None | Some(Value::Null) => Err(ValidationError::new(field, "is required")),
-        Some(Value::Number(n)) => match n.as_u64() {
+        Some(Value::Number(n)) => match whole(&n) {
             Some(p @ 1..=65535) => Ok(p as u16),
             _ => Err(ValidationError::new(
                 field,
@@ -442,7 +452,7 @@ fn parse_ttl(v: Option<Value>) -> Result<u32, ValidationError> {
     let msg = format!("must be an integer from {MIN_TTL_SECONDS} to {MAX_TTL_SECONDS} (seconds)");
     match v {
         None | Some(Value::Null) => Ok(DEFAULT_TTL_SECONDS),
-        Some(Value::Number(n)) => match n.as_u64() {
+        Some(Value::Number(n)) => match whole(&n) {
             Some(t) if (MIN_TTL_SECONDS as u64..=MAX_TTL_SECONDS as u64).contains(&t) => {
                 Ok(t as u32)
             }

@@ -1,4 +1,4 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and the status page (`/` and
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, and the status page (`/` and
 //! `/status.json`, see [`super::status`]). Plain HTTP, meant for the load balancer, Prometheus and
 //! the people on call.
 
@@ -16,8 +16,19 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
         .with_state(state.clone())
         .merge(super::status::router(state))
+}
+
+/// The REST API's OpenAPI description (also `docs/openapi.json` and `twinreg openapi`).
+async fn openapi() -> Response {
+    static JSON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        JSON.get_or_init(super::openapi::json).as_str(),
+    )
+        .into_response()
 }
 
 async fn healthz() -> Response {

@@ -20,7 +20,7 @@ use crate::replicate::Failure;
 use crate::watch::WatchError;
 
 /// The error codes of the API contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     InvalidRequest,

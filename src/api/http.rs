@@ -12,11 +12,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Extension, Json};
 use http_body_util::{BodyExt, Limited};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use super::error::{failure, retry_after};
 use super::layers::{Edge, Rules, Seen};
+use super::openapi::{
+    InstanceErrors, InstancePath, LongPoll, ReadErrors, RegisterBody, RegisterErrors,
+    RegistryOutcome, ServicePath,
+};
 use super::{AppState, front};
 use crate::api::error::{ApiError, ErrorCode, OutcomesLog};
 use crate::authz::Peer;
@@ -24,6 +29,8 @@ use crate::merge::{Sourced, view_index};
 use crate::metrics::Answered;
 use crate::model::ValidationError;
 use crate::model::{InstanceKey, MAX_BODY_BYTES, ServiceName, parse_register_body};
+use crate::registry::RegistryKind;
+use crate::replicate::Outcomes;
 use crate::replicate::OwnerBeat;
 use crate::watch::view::View;
 
@@ -181,7 +188,7 @@ async fn method_not_allowed() -> Response {
 /// The path parameters exactly as sent, read from the request's path (axum's extractors,
 /// `RawPathParams` included, percent-decode them): an encoded character can never be valid, so
 /// `pay%6Dents` is rejected rather than silently taken for `payments`.
-struct RawParams {
+pub(crate) struct RawParams {
     route: MatchedPath,
     uri: Uri,
 }
@@ -283,7 +290,38 @@ async fn read_body_now(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, 
     }
 }
 
-async fn register(
+/// A register's answer.
+#[derive(Serialize, ToSchema)]
+pub struct Registered<'a> {
+    /// Always `true` in an answer.
+    registered: bool,
+    #[schema(value_type = String)]
+    service: &'a ServiceName,
+    #[schema(value_type = String)]
+    id: &'a crate::model::InstanceId,
+    ttl_seconds: u32,
+    /// A registry did not accept it; twinreg keeps writing it there in the background.
+    degraded: bool,
+    #[schema(value_type = BTreeMap<String, RegistryOutcome>)]
+    registries: &'a Outcomes,
+}
+
+/// Registers an instance (an idempotent upsert) in both registries at once.
+///
+/// 200 when at least one registry accepted it (`degraded` when one did not: that registry is
+/// written again in the background until it accepts, the instance is deregistered, or its TTL
+/// lapses). The same request again changes nothing; a changed address, port, tags or meta
+/// replaces the record. A new registration of a drained instance puts it back in rotation.
+#[utoipa::path(
+    put,
+    path = "/v1/services/{service}/instances/{id}",
+    tag = "instances",
+    operation_id = "register",
+    params(InstancePath),
+    request_body = RegisterBody,
+    responses((status = 200, description = "registered", body = Registered), RegisterErrors),
+)]
+pub(crate) async fn register(
     State(st): State<AppState>,
     params: RawParams,
     p: Option<Extension<Arc<Peer>>>,
@@ -293,29 +331,52 @@ async fn register(
     let (key, peer) = writable(&st, &params, p)?;
     let bytes = read_body(&headers, body, st.limits.body_read_timeout).await?;
     let instance = parse_register_body(key, &bytes)?;
-    let (service, id, ttl) = (
-        instance.key.service.clone(),
-        instance.key.id.clone(),
-        instance.ttl_seconds,
-    );
+    let (key, ttl) = (instance.key.clone(), instance.ttl_seconds);
     let report = st
         .coordinator
         .register(instance, &peer.identity)
         .await
         .map_err(failure)?;
-    let resp = Json(json!({
-        "registered": true,
-        "service": service,
-        "id": id,
-        "ttl_seconds": ttl,
-        "degraded": report.outcomes.degraded(),
-        "registries": report.outcomes,
-    }))
+    let resp = Json(Registered {
+        registered: true,
+        service: &key.service,
+        id: &key.id,
+        ttl_seconds: ttl,
+        degraded: report.outcomes.degraded(),
+        registries: &report.outcomes,
+    })
     .into_response();
     Ok(logged(resp, &report.outcomes))
 }
 
-async fn drain(
+/// A drain's or an undrain's answer.
+#[derive(Serialize, ToSchema)]
+pub struct Drained<'a> {
+    /// Whether the instance is drained now.
+    drained: bool,
+    #[schema(value_type = String)]
+    service: &'a ServiceName,
+    #[schema(value_type = String)]
+    id: &'a crate::model::InstanceId,
+    /// A registry did not accept it; twinreg keeps writing it there in the background.
+    degraded: bool,
+    #[schema(value_type = BTreeMap<String, RegistryOutcome>)]
+    registries: &'a Outcomes,
+}
+
+/// Drains an instance: out of native discovery, still registered and heartbeating.
+///
+/// etcd's gRPC resolver drops it, Consul's passing queries and DNS leave it out (maintenance
+/// mode); lists and watches show `drained: true`. Idempotent. Takes no body (none, or `{}`).
+#[utoipa::path(
+    put,
+    path = "/v1/services/{service}/instances/{id}/drain",
+    tag = "instances",
+    operation_id = "drain",
+    params(InstancePath),
+    responses((status = 200, description = "drained", body = Drained), InstanceErrors),
+)]
+pub(crate) async fn drain(
     State(st): State<AppState>,
     params: RawParams,
     p: Option<Extension<Arc<Peer>>>,
@@ -325,7 +386,18 @@ async fn drain(
     set_drained(st, params, p, headers, body, true).await
 }
 
-async fn undrain(
+/// Undrains an instance: back in native discovery.
+///
+/// Idempotent. Takes no body (none, or `{}`).
+#[utoipa::path(
+    delete,
+    path = "/v1/services/{service}/instances/{id}/drain",
+    tag = "instances",
+    operation_id = "undrain",
+    params(InstancePath),
+    responses((status = 200, description = "undrained", body = Drained), InstanceErrors),
+)]
+pub(crate) async fn undrain(
     State(st): State<AppState>,
     params: RawParams,
     p: Option<Extension<Arc<Peer>>>,
@@ -364,18 +436,30 @@ async fn set_drained(
         .drain(&key, drained, &peer.identity)
         .await
         .map_err(failure)?;
-    let resp = Json(json!({
-        "drained": drained,
-        "service": key.service,
-        "id": key.id,
-        "degraded": report.outcomes.degraded(),
-        "registries": report.outcomes,
-    }))
+    let resp = Json(Drained {
+        drained,
+        service: &key.service,
+        id: &key.id,
+        degraded: report.outcomes.degraded(),
+        registries: &report.outcomes,
+    })
     .into_response();
     Ok(logged(resp, &report.outcomes))
 }
 
-async fn heartbeat(
+/// Renews an instance's TTL (every ttl/3).
+///
+/// To the replica that owns it, answered from memory (`coalesced`); to another, the instance is
+/// taken over. 404 when no registry knows it: register again.
+#[utoipa::path(
+    put,
+    path = "/v1/services/{service}/instances/{id}/heartbeat",
+    tag = "instances",
+    operation_id = "heartbeat",
+    params(InstancePath),
+    responses((status = 200, description = "renewed", body = HeartbeatAnswer), InstanceErrors),
+)]
+pub(crate) async fn heartbeat(
     State(st): State<AppState>,
     params: RawParams,
     p: Option<Extension<Arc<Peer>>>,
@@ -423,11 +507,14 @@ fn owner_heartbeat(
 
 /// A heartbeat's answer (a struct, not a `json!` map: the hot path builds no intermediate JSON
 /// tree).
-#[derive(serde::Serialize)]
-struct HeartbeatAnswer<'a> {
+#[derive(Serialize, ToSchema)]
+pub struct HeartbeatAnswer<'a> {
+    /// Always `true` in an answer.
     ok: bool,
+    /// A registry does not hold its copy now (it is being written again) or is not answering.
     degraded: bool,
-    registries: &'a crate::replicate::Outcomes,
+    #[schema(value_type = BTreeMap<String, RegistryOutcome>)]
+    registries: &'a Outcomes,
 }
 
 /// The owner's answer when every copy is in place: most heartbeats, the same answer every
@@ -476,44 +563,143 @@ fn heartbeat_answer(st: &AppState, report: &crate::replicate::WriteReport) -> Re
     resp
 }
 
-async fn deregister(
+/// A deregister's answer.
+#[derive(Serialize, ToSchema)]
+pub struct Deregistered<'a> {
+    /// Always `true` in an answer.
+    deregistered: bool,
+    /// Whether a registry held the instance.
+    existed: bool,
+    /// A registry missed the delete; twinreg re-drives it in the background.
+    degraded: bool,
+    #[schema(value_type = BTreeMap<String, RegistryOutcome>)]
+    registries: &'a Outcomes,
+}
+
+/// Deregisters an instance from both registries.
+///
+/// Idempotent: `existed` says whether a registry held it. A registry that missed the delete is
+/// re-driven in the background.
+#[utoipa::path(
+    delete,
+    path = "/v1/services/{service}/instances/{id}",
+    tag = "instances",
+    operation_id = "deregister",
+    params(InstancePath),
+    responses((status = 200, description = "deregistered", body = Deregistered), InstanceErrors),
+)]
+pub(crate) async fn deregister(
     State(st): State<AppState>,
     params: RawParams,
     p: Option<Extension<Arc<Peer>>>,
 ) -> Result<Response, ApiError> {
     let key = writable_key(&st, &params, p)?;
     let report = st.coordinator.deregister(&key).await.map_err(failure)?;
-    let resp = Json(json!({
-        "deregistered": true,
-        "existed": report.existed,
-        "degraded": report.outcomes.degraded(),
-        "registries": report.outcomes,
-    }))
+    let resp = Json(Deregistered {
+        deregistered: true,
+        existed: report.existed,
+        degraded: report.outcomes.degraded(),
+        registries: &report.outcomes,
+    })
     .into_response();
     Ok(logged(resp, &report.outcomes))
 }
 
-async fn services(
+/// The services and how many instances each has.
+#[derive(Serialize, ToSchema)]
+pub struct ServicesAnswer {
+    services: Vec<ServiceCount>,
+    #[schema(value_type = BTreeMap<String, RegistryOutcome>)]
+    registries: Outcomes,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ServiceCount {
+    #[schema(value_type = String)]
+    name: ServiceName,
+    instances: usize,
+}
+
+/// Lists the services and their instance counts.
+///
+/// Only the services the caller may read.
+#[utoipa::path(
+    get,
+    path = "/v1/services",
+    tag = "instances",
+    operation_id = "services",
+    responses((status = 200, description = "the services", body = ServicesAnswer), ReadErrors),
+)]
+pub(crate) async fn services(
     State(st): State<AppState>,
     p: Option<Extension<Arc<Peer>>>,
 ) -> Result<Response, ApiError> {
     let peer = peer(p)?;
     let (names, outcomes) = st.coordinator.services().await.map_err(failure)?;
-    let services: Vec<Value> = names
+    let services = names
         .into_iter()
         .filter(|(name, _)| st.authz.can_read(&peer, name))
-        .map(|(name, n)| json!({"name": name, "instances": n}))
+        .map(|(name, instances)| ServiceCount { name, instances })
         .collect();
-    Ok(Json(json!({"services": services, "registries": outcomes})).into_response())
+    Ok(Json(ServicesAnswer {
+        services,
+        registries: outcomes,
+    })
+    .into_response())
 }
 
 #[derive(Deserialize)]
-struct ListQuery {
+pub(crate) struct ListQuery {
     index: Option<String>,
     wait: Option<String>,
 }
 
+/// A `wait`: one or more `<digits><unit>` with unit `ms`, `s`, `m` or `h` (Go's and Consul's
+/// forms: `30s`, `2m`, `1m30s`), at most nine digits each; `None` for anything else.
+fn parse_wait(s: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits > 9 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (Duration::from_millis(1), 2)
+        } else if rest.starts_with('s') {
+            (Duration::from_secs(1), 1)
+        } else if rest.starts_with('m') {
+            (Duration::from_secs(60), 1)
+        } else if rest.starts_with('h') {
+            (Duration::from_secs(3600), 1)
+        } else {
+            return None;
+        };
+        total = total.saturating_add(unit.saturating_mul(u32::try_from(n).ok()?));
+        rest = &rest[len..];
+    }
+    Some(total)
+}
+
 fn parse_long_poll(q: &ListQuery) -> Result<Option<(u64, Duration)>, ValidationError> {
+    // A `wait` is read whether or not an `index` comes with it: one that is not a duration is
+    // refused, never ignored.
+    let wait = match &q.wait {
+        None => MAX_WAIT,
+        Some(w) => parse_wait(w)
+            .ok_or_else(|| {
+                ValidationError::new(
+                    "wait",
+                    "must be a duration of numbers with units ms, s, m or h, e.g. 30s, 2m or 1m30s",
+                )
+            })?
+            .min(MAX_WAIT),
+    };
     let Some(index) = &q.index else {
         return Ok(None);
     };
@@ -523,15 +709,39 @@ fn parse_long_poll(q: &ListQuery) -> Result<Option<(u64, Duration)>, ValidationE
             "must be a non-negative integer from a previous answer",
         )
     })?;
-    let wait = match &q.wait {
-        None => MAX_WAIT,
-        Some(w) => humantime::parse_duration(w)
-            .map_err(|_| {
-                ValidationError::new("wait", "must be a duration with a unit, e.g. 30s or 2m")
-            })?
-            .min(MAX_WAIT),
-    };
     Ok((index != 0).then_some((index, wait)))
+}
+
+/// A list's answer.
+#[derive(Serialize, ToSchema)]
+pub struct InstancesAnswer<'a> {
+    #[schema(value_type = String)]
+    service: &'a ServiceName,
+    /// The set's content index: the same set gives the same index on every replica. Pass it
+    /// back as `?index=` to wait for a change.
+    #[schema(schema_with = super::openapi::index_schema)]
+    index: u64,
+    instances: Vec<InstanceView<'a>>,
+    /// Each registry's part in this answer.
+    #[schema(value_type = BTreeMap<String, RegistryOutcome>)]
+    registries: Value,
+}
+
+/// One instance of a list: the union of both registries, the primary's (etcd's) record winning.
+#[derive(Serialize, ToSchema)]
+pub struct InstanceView<'a> {
+    #[schema(value_type = String)]
+    id: &'a crate::model::InstanceId,
+    address: &'a str,
+    port: u16,
+    tags: &'a [String],
+    #[schema(value_type = BTreeMap<String, String>)]
+    meta: &'a crate::model::Meta,
+    ttl_seconds: u32,
+    /// Out of native discovery (drained), still registered.
+    drained: bool,
+    /// The registries holding it.
+    sources: &'a [RegistryKind],
 }
 
 fn render<'a>(
@@ -540,32 +750,30 @@ fn render<'a>(
     index: u64,
     registries: Value,
 ) -> Response {
-    let instances: Vec<Value> = instances
+    let instances = instances
         .into_iter()
         .map(
             |Sourced {
                  instance: i,
                  sources,
-             }| {
-                json!({
-                    "id": i.key.id,
-                    "address": i.address,
-                    "port": i.port,
-                    "tags": i.tags,
-                    "meta": i.meta,
-                    "ttl_seconds": i.ttl_seconds,
-                    "drained": i.drained,
-                    "sources": sources,
-                })
+             }| InstanceView {
+                id: &i.key.id,
+                address: &i.address,
+                port: i.port,
+                tags: &i.tags,
+                meta: &i.meta,
+                ttl_seconds: i.ttl_seconds,
+                drained: i.drained,
+                sources,
             },
         )
         .collect();
-    let mut resp = Json(json!({
-        "service": service,
-        "index": index,
-        "instances": instances,
-        "registries": registries,
-    }))
+    let mut resp = Json(InstancesAnswer {
+        service,
+        index,
+        instances,
+        registries,
+    })
     .into_response();
     resp.headers_mut().insert("X-Twinreg-Index", index.into());
     resp
@@ -583,14 +791,34 @@ fn feeding(view: &View) -> Value {
     Value::Object(m)
 }
 
-/// Lists a service; with `?index=N` waits (up to `wait`) until the set differs from the one that
-/// produced `N`, watching the registries through the service's shared watch hub.
-async fn list(
+/// Lists a service's instances.
+///
+/// The union of both registries, one entry per id, the primary's (etcd's) record winning, with
+/// `sources` saying where each was found; it answers from one registry when the other is down.
+/// With `?index=N`, waits (at most `wait`) until the set differs from the one that produced `N`
+/// (an instance added, changed or removed), else answers the same index after `wait`.
+#[utoipa::path(
+    get,
+    path = "/v1/services/{service}/instances",
+    tag = "instances",
+    operation_id = "list",
+    params(ServicePath, LongPoll),
+    responses(
+        (status = 200, description = "the instances", body = InstancesAnswer,
+         headers(("X-Twinreg-Index" = u64, description = "the answer's index"))),
+        ReadErrors,
+    ),
+)]
+// The long poll watches the registries through the service's shared watch hub.
+pub(crate) async fn list(
     State(st): State<AppState>,
     params: RawParams,
     p: Option<Extension<Arc<Peer>>>,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    // A query axum cannot read (a parameter given twice, bytes that are not UTF-8) is the API's
+    // 400, in its JSON shape.
+    let Query(q) = q.map_err(|e| ValidationError::new("query", e.body_text()))?;
     let service = front::readable_service(&st, &*peer(p)?, path_param(&params, "service"))?;
     match parse_long_poll(&q)? {
         None => {
@@ -618,6 +846,32 @@ async fn list(
 #[cfg(test)]
 mod tests {
     use super::route_label;
+
+    #[test]
+    fn a_wait_is_numbers_with_units_and_nothing_else() {
+        use super::parse_wait;
+        use std::time::Duration;
+        assert_eq!(parse_wait("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_wait("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_wait("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_wait("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_wait("1h"), Some(Duration::from_secs(3600)));
+        for bad in [
+            "",
+            "0",
+            "30",
+            "s",
+            "1 m",
+            "1min",
+            "-1s",
+            "1.5s",
+            "1000000000s",
+            "5d",
+            "1s ",
+        ] {
+            assert_eq!(parse_wait(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn route_labels_follow_the_routes_and_nothing_else() {

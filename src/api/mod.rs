@@ -19,6 +19,7 @@ pub mod front;
 pub mod grpc;
 pub mod http;
 pub mod layers;
+pub mod openapi;
 pub mod status;
 
 /// What every handler needs, behind one reference count: axum clones the state for every

@@ -33,7 +33,7 @@ pub enum SetupError {
 }
 
 /// Which registry. The primary is etcd: its record wins where the two disagree.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RegistryKind {
     Etcd,

@@ -15,6 +15,7 @@ mod fencing;
 mod grpc;
 mod heartbeat;
 mod limits;
+mod openapi;
 mod logs;
 mod ownership;
 mod register;
