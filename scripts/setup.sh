@@ -24,6 +24,12 @@
 #   python3-consul      Debian's Consul client for the same test
 #   python3-venv        a virtual environment for schemathesis (from PyPI, pinned below), which
 #                       fuzzes a live twinreg from docs/openapi.json
+#   nodejs, npm         the TypeScript client (clients/typescript, built and run against a live
+#                       gateway), and buf (@bufbuild/buf, pinned below), which lints proto/
+#   golang-google-protobuf-dev, golang-google-grpc-dev
+#                       the Go client's offline build, and the sources scripts/gen-go.sh builds
+#                       protoc-gen-go and protoc-gen-go-grpc from (Debian's protoc-gen-go package
+#                       conflicts with golang-etcd-server-dev's dependencies, so it is not used)
 #
 # A requirement counts as met only when its check passes: protoc compiles a file importing a
 # well-known type, etcd starts and answers /health, chromium renders a page, g++ compiles, and so
@@ -175,6 +181,28 @@ check_schemathesis() {
   grep -q "$SCHEMATHESIS_VERSION" <<<"$v" || { echo "schemathesis is $v, not $SCHEMATHESIS_VERSION"; return 1; }
 }
 
+check_node() {
+  "${NODE_BIN:-node}" -e 'process.exit(+process.versions.node.split(".")[0] >= 18 ? 0 : 1)' 2>&1 \
+    || { echo "node 18 or later is needed"; return 1; }
+  "${NPM_BIN:-npm}" --version >/dev/null 2>&1 || { echo "'npm --version' failed"; return 1; }
+}
+
+check_go_grpc() {
+  [ -d /usr/share/gocode/src/google.golang.org/grpc/cmd/protoc-gen-go-grpc ] \
+    && [ -d /usr/share/gocode/src/google.golang.org/protobuf/cmd/protoc-gen-go ] \
+    || { echo "grpc-go or protobuf-go sources are missing under /usr/share/gocode"; return 1; }
+}
+
+# buf, pinned, from npm, under the user's cache (tests/proto.rs looks for it there).
+BUF_VERSION=1.75.0
+buf_dir() { echo "${XDG_CACHE_HOME:-$HOME/.cache}/twinreg/buf"; }
+
+check_buf() {
+  local v
+  v=$("$(buf_dir)/node_modules/.bin/buf" --version 2>&1) || { echo "buf is not installed"; return 1; }
+  [ "$v" = "$BUF_VERSION" ] || { echo "buf is $v, not $BUF_VERSION"; return 1; }
+}
+
 check_cxx() {
   printf '#include <vector>\nint main() { std::vector<int> v{1}; return v.size() - 1; }\n' >"$tmp/check.cc"
   c++ -o "$tmp/check" "$tmp/check.cc" 2>&1 && "$tmp/check" || { echo "c++ cannot build a program"; return 1; }
@@ -200,6 +228,8 @@ if [ "$mode" = test ]; then
     "etcd resolver sources|check_etcd_resolver_sources|golang-etcd-server-dev|"
     "python3-consul|check_python_consul|python3-consul|"
     "python3-venv|check_venv|python3-venv|"
+    "node+npm|check_node|nodejs npm|NODE_BIN"
+    "Go gRPC sources|check_go_grpc|golang-google-protobuf-dev golang-google-grpc-dev|"
   )
 fi
 
@@ -267,8 +297,19 @@ if [ "$mode" = test ] && ! check_schemathesis >/dev/null 2>&1; then
   check_schemathesis >&2 || { echo "setup: schemathesis does not run after installing it" >&2; exit 1; }
 fi
 
+if [ "$mode" = test ] && ! check_buf >/dev/null 2>&1; then
+  echo "setup: installing buf $BUF_VERSION from npm into $(buf_dir)"
+  rm -rf "$(buf_dir)"
+  npm install --prefix "$(buf_dir)" --no-audit --no-fund --loglevel=error "@bufbuild/buf@$BUF_VERSION" >"$tmp/npm.log" 2>&1 || {
+    tail -20 "$tmp/npm.log" >&2
+    echo "setup: 'npm install @bufbuild/buf@$BUF_VERSION' failed (above): the npm registry must be reachable" >&2
+    exit 1
+  }
+  check_buf >&2 || { echo "setup: buf does not run after installing it" >&2; exit 1; }
+fi
+
 versions="etcd $("${ETCD_BIN:-etcd}" --version 2>/dev/null | awk 'NR==1{print $3}'), protoc $("${PROTOC:-protoc}" --version | awk '{print $2}')"
 if [ "$mode" = test ]; then
-  versions+=", schemathesis $SCHEMATHESIS_VERSION, $("${GO_BIN:-go}" version | awk '{print $3}'), $(${PYTHON3_BIN:-python3} --version 2>&1), $("$(chromium_bin)" --version 2>/dev/null), docker-compose $(docker-compose version --short 2>/dev/null)"
+  versions+=", schemathesis $SCHEMATHESIS_VERSION, buf $BUF_VERSION, $("${GO_BIN:-go}" version | awk '{print $3}'), $(${PYTHON3_BIN:-python3} --version 2>&1), $("$(chromium_bin)" --version 2>/dev/null), docker-compose $(docker-compose version --short 2>/dev/null)"
 fi
 echo "setup ($mode): ok: $versions"

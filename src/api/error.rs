@@ -12,8 +12,9 @@ use axum::response::{IntoResponse, Response};
 use rand::Rng;
 use serde::Serialize;
 use serde_json::Value;
-use tonic::metadata::MetadataValue;
+use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::model::ValidationError;
 use crate::replicate::Failure;
@@ -143,9 +144,12 @@ impl From<WatchError> for ApiError {
 }
 
 /// An [`ApiError`] as a gRPC status. The message is the REST `message` (for invalid input
-/// `"<field>: <rule>"`), followed by each registry's outcome for a coordinator failure. Metadata
-/// repeats the REST fields: `twinreg-error` (the REST error code), `twinreg-field`, and
-/// `retry-after` (seconds) on UNAVAILABLE.
+/// `"<field>: <rule>"`). The details are google.rpc's, as any gRPC client library reads them
+/// (`grpc-status-details-bin`): `ErrorInfo` (reason: the REST error code in capitals, domain
+/// `twinreg`, metadata: the REST `error` and `field`, and each registry's outcome as
+/// `registry.<name>` = `ok` or its error), `BadRequest` naming the field for invalid input, and
+/// `RetryInfo` when a retry should wait. Metadata repeats the REST fields too: `twinreg-error`,
+/// `twinreg-field`, and `retry-after` (seconds).
 pub fn into_status(e: ApiError) -> Status {
     let code = match e.code {
         ErrorCode::InvalidRequest | ErrorCode::PayloadTooLarge => Code::InvalidArgument,
@@ -155,16 +159,32 @@ pub fn into_status(e: ApiError) -> Status {
         ErrorCode::RateLimited => Code::ResourceExhausted,
         ErrorCode::RequestTimeout => Code::DeadlineExceeded,
     };
-    let mut message = e.message;
-    if let Some(registries) = e.details.as_ref().and_then(|d| d.get("registries")) {
-        message.push_str("; registries: ");
-        message.push_str(&registries.to_string());
+    let rest_code = match serde_json::to_value(e.code) {
+        Ok(Value::String(c)) => c,
+        _ => String::new(),
+    };
+    let mut details = ErrorDetails::new();
+    let mut info = std::collections::HashMap::new();
+    info.insert("error".to_owned(), rest_code.clone());
+    if let Some(field) = &e.field {
+        info.insert("field".to_owned(), field.to_string());
+        details.add_bad_request_violation(field.as_ref(), e.message.as_str());
     }
-    let mut status = Status::new(code, message);
-    let md = status.metadata_mut();
-    if let Some(Value::String(c)) = serde_json::to_value(e.code).ok()
-        && let Ok(v) = MetadataValue::try_from(c.as_str())
-    {
+    if let Some(Value::Object(registries)) = e.details.as_ref().and_then(|d| d.get("registries")) {
+        for (name, outcome) in registries {
+            let said = match outcome.get("error").and_then(Value::as_str) {
+                Some(error) => error.to_owned(),
+                None => "ok".to_owned(),
+            };
+            info.insert(format!("registry.{name}"), said);
+        }
+    }
+    details.set_error_info(rest_code.to_uppercase(), "twinreg", info);
+    if let Some(secs) = e.retry_after_secs {
+        details.set_retry_info(Some(std::time::Duration::from_secs(secs)));
+    }
+    let mut md = MetadataMap::new();
+    if let Ok(v) = MetadataValue::try_from(rest_code.as_str()) {
         md.insert("twinreg-error", v);
     }
     if let Some(field) = e.field
@@ -175,7 +195,7 @@ pub fn into_status(e: ApiError) -> Status {
     if let Some(secs) = e.retry_after_secs {
         md.insert("retry-after", MetadataValue::from(secs));
     }
-    status
+    Status::with_error_details_and_metadata(code, e.message, details, md)
 }
 
 /// Seconds a client should wait before retrying an unavailable answer, jittered so clients

@@ -9,6 +9,7 @@ use tonic::{Code, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+use tonic_types::StatusExt;
 use twinreg::api::grpc::pb;
 use twinreg::api::grpc::pb::registry_client::RegistryClient;
 
@@ -52,13 +53,18 @@ fn md<'a>(s: &'a Status, key: &str) -> Option<&'a str> {
     s.metadata().get(key).and_then(|v| v.to_str().ok())
 }
 
-/// Each registry's outcome, from the JSON at the end of a failure's message.
-fn registries_in(s: &Status) -> serde_json::Value {
-    let (_, json) = s
-        .message()
-        .split_once("; registries: ")
-        .unwrap_or_else(|| panic!("no registries in the message: {s:?}"));
-    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {s:?}"))
+/// Each registry's outcome (`ok` or its error), from the status's google.rpc `ErrorInfo`; the
+/// message carries no JSON.
+fn registries_in(s: &Status) -> HashMap<String, String> {
+    assert!(!s.message().contains('{'), "JSON in the message: {s:?}");
+    let info = s
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo: {s:?}"));
+    assert_eq!(info.domain, "twinreg");
+    info.metadata
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("registry.")?.to_owned(), v)))
+        .collect()
 }
 
 fn assert_both_ok(registries: &HashMap<String, pb::RegistryOutcome>, what: &str) {
@@ -157,10 +163,13 @@ async fn grpc_and_rest_share_one_listener_register_list_heartbeat_deregister() {
     assert!(e.message().contains("register it again"), "{e:?}");
     let registries = registries_in(&e);
     for name in ["etcd", "consul"] {
-        assert_eq!(registries[name]["ok"], false, "{e:?}");
-        assert_eq!(registries[name]["error"], "unknown instance", "{e:?}");
+        assert_eq!(registries[name], "unknown instance", "{e:?}");
     }
     assert_eq!(md(&e, "twinreg-error"), Some("unknown_instance"));
+    assert_eq!(
+        e.get_details_error_info().unwrap().reason,
+        "UNKNOWN_INSTANCE"
+    );
 
     // Deregister, idempotently; gone from both registries and from the list.
     let d = c
@@ -290,6 +299,11 @@ async fn grpc_invalid_input_names_the_field_like_rest_and_writes_nothing() {
         );
         assert_eq!(md(&e, "twinreg-field"), Some(field), "{what}: {e:?}");
         assert_eq!(md(&e, "twinreg-error"), Some("invalid_request"), "{what}");
+        // google.rpc.BadRequest names the field, as any gRPC client library reads it.
+        let bad = e
+            .get_details_bad_request()
+            .unwrap_or_else(|| panic!("{what}: no BadRequest: {e:?}"));
+        assert_eq!(bad.field_violations[0].field, field, "{what}");
         if let Some(b) = rest_body {
             let r = rest.put_json(&path("payments", "pay-1"), &b).await;
             assert_eq!(r.status, 400, "{}", r.text);
@@ -390,12 +404,17 @@ async fn grpc_unavailable_when_both_registries_are_down_and_health_follows() {
         .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     let registries = registries_in(&e);
+    // Wait as long as the status's RetryInfo says (the REST Retry-After).
+    let retry = e
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .unwrap_or_else(|| panic!("no RetryInfo: {e:?}"));
+    assert!((1..=4).contains(&retry.as_secs()), "{retry:?}");
     for name in ["etcd", "consul"] {
-        assert_eq!(registries[name]["ok"], false, "{e:?}");
         assert!(
-            registries[name]["error"]
-                .as_str()
-                .is_some_and(|s| !s.is_empty()),
+            registries
+                .get(name)
+                .is_some_and(|s| !s.is_empty() && s != "ok"),
             "{e:?}"
         );
     }

@@ -4,6 +4,7 @@ mod admin;
 mod antientropy;
 mod authz;
 mod authz_edges;
+mod client_go;
 mod client_typescript;
 mod connections;
 mod credentials;
