@@ -5,6 +5,7 @@ mod antientropy;
 mod authz;
 mod authz_edges;
 mod client_go;
+mod client_python;
 mod client_typescript;
 mod connections;
 mod credentials;
