@@ -22,6 +22,7 @@
 #   golang-etcd-server-dev  etcd's own gRPC naming resolver, built offline (GOPATH mode) by the
 #                       native-discovery test (docs/discovery.md)
 #   python3-consul      Debian's Consul client for the same test
+#   python3-wheel       builds the Python client (clients/python) offline in its test
 #   python3-venv        a virtual environment for schemathesis (from PyPI, pinned below), which
 #                       fuzzes a live twinreg from docs/openapi.json
 #   nodejs, npm         the TypeScript client (clients/typescript, built and run against a live
@@ -161,6 +162,10 @@ check_etcd_resolver_sources() {
     || { echo "/usr/share/gocode/src/go.etcd.io/etcd/clientv3/naming/resolver is missing"; return 1; }
 }
 
+check_python_wheel() {
+  /usr/bin/python3 -c 'import wheel' 2>&1 || { echo "/usr/bin/python3 cannot import wheel"; return 1; }
+}
+
 check_python_consul() {
   /usr/bin/python3 -c 'import consul' 2>&1 || { echo "/usr/bin/python3 cannot import consul"; return 1; }
 }
@@ -228,6 +233,7 @@ if [ "$mode" = test ]; then
     "etcd resolver sources|check_etcd_resolver_sources|golang-etcd-server-dev|"
     "python3-consul|check_python_consul|python3-consul|"
     "python3-venv|check_venv|python3-venv|"
+    "python3-wheel|check_python_wheel|python3-wheel|"
     "node+npm|check_node|nodejs npm|NODE_BIN"
     "Go gRPC sources|check_go_grpc|golang-google-protobuf-dev golang-google-grpc-dev|"
   )
