@@ -4,26 +4,21 @@
 //! the gRPC Watch (generated stubs in clients/go/twinregv1) sees a peer appear. Built offline in
 //! GOPATH mode against Debian's grpc-go and protobuf sources.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::json;
-use testkit::find_binary;
-use twinreg::certs::ClientNames;
+use testkit::signal;
 
+use crate::child::{Child, go, write_certs};
 use crate::{Env, path};
 
 const DEBIAN_GOPATH: &str = "/usr/share/gocode";
 
+/// `go vet`s clients/go and builds its command into `out`.
 fn build(out: &Path) -> PathBuf {
-    let go = find_binary("GO_BIN", "go").unwrap_or_else(|| {
-        panic!("`go` is not on PATH (nor set in GO_BIN): run scripts/setup.sh --test, which installs Debian's golang-go")
-    });
     let grpc = Path::new(DEBIAN_GOPATH).join("src/google.golang.org/grpc");
     assert!(
         grpc.is_dir(),
@@ -41,80 +36,20 @@ fn build(out: &Path) -> PathBuf {
     )
     .unwrap();
     let bin = out.join("twinreg-keepalive");
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go");
-    for args in [
-        vec!["vet", "./..."],
-        vec![
-            "build",
-            "-o",
-            bin.to_str().unwrap(),
-            "./cmd/twinreg-keepalive",
-        ],
-    ] {
-        let result = Command::new(&go)
-            .args(&args)
-            .current_dir(src.join("go"))
-            .env("GO111MODULE", "off")
-            .env(
-                "GOPATH",
-                format!("{}:{DEBIAN_GOPATH}", gopath.to_str().unwrap()),
-            )
-            .env("GOCACHE", cache.join("cache"))
-            .env("GOFLAGS", "")
-            .env("GOPROXY", "off")
-            .env("GOTOOLCHAIN", "local")
-            .env("CGO_ENABLED", "0")
-            .output()
-            .expect("running go");
-        assert!(
-            result.status.success(),
-            "go {args:?} of clients/go failed ({}):\n{}{}",
-            result.status,
-            String::from_utf8_lossy(&result.stdout),
-            String::from_utf8_lossy(&result.stderr)
-        );
-    }
+    let gopath = format!("{}:{DEBIAN_GOPATH}", gopath.display());
+    let module = src.join("go");
+    go(&["vet", "./..."], &module, Some(&gopath));
+    let target = [
+        "build",
+        "-o",
+        bin.to_str().unwrap(),
+        "./cmd/twinreg-keepalive",
+    ];
+    go(&target, &module, Some(&gopath));
     bin
 }
 
-struct Program {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Program {
-    /// Waits (20 s at most) for a line starting with `prefix`; the lines before it are kept.
-    fn expect(&mut self, prefix: &str) -> String {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.starts_with(prefix) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!("no line {prefix:?}; printed so far: {:?}", self.seen),
-            }
-        }
-    }
-}
-
-impl Drop for Program {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Waits for a line without holding up the runtime's other tasks (the gateway runs in it).
-fn expect(p: &mut Program, prefix: &str) -> String {
-    tokio::task::block_in_place(|| p.expect(prefix))
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn the_go_library_keeps_an_instance_alive_reports_refusals_and_watches_over_grpc() {
     let out = tempfile::tempdir().unwrap();
     let bin = tokio::task::spawn_blocking({
@@ -124,46 +59,32 @@ async fn the_go_library_keeps_an_instance_alive_reports_refusals_and_watches_ove
     .await
     .unwrap();
     let env = Env::start().await;
-    let id = env.gw.issue(&ClientNames::cn("orders"));
-    let dir = out.path();
-    std::fs::write(dir.join("ca.pem"), &env.gw.ca.cert_pem).unwrap();
-    std::fs::write(dir.join("orders.pem"), &id.cert_pem).unwrap();
-    std::fs::write(dir.join("orders-key.pem"), &id.key_pem).unwrap();
-    let mut child = Command::new(&bin)
-        .arg(format!("-url=https://127.0.0.1:{}", env.gw.addr.port()))
-        .arg(format!("-cert={}", dir.join("orders.pem").display()))
-        .arg(format!("-key={}", dir.join("orders-key.pem").display()))
-        .arg(format!("-ca={}", dir.join("ca.pem").display()))
+    let (ca, cert, key) = write_certs(&env, out.path(), "orders");
+    let mut cmd = Command::new(&bin);
+    cmd.arg(format!("-url=https://127.0.0.1:{}", env.gw.addr.port()))
+        .arg(format!("-cert={}", cert.display()))
+        .arg(format!("-key={}", key.display()))
+        .arg(format!("-ca={}", ca.display()))
         .args([
             "-service=orders",
             "-id=ord-1",
             "-address=127.0.0.1",
             "-port=9000",
         ])
-        .args(["-ttl=5", "-peer=billing", "-check"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting twinreg-keepalive");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let mut p = Program {
-        child,
-        lines,
-        seen: Vec::new(),
-    };
+        .args(["-ttl=5", "-peer=billing", "-check"]);
+    let mut p = Child::spawn("the Go client", cmd);
 
     // A refusal carries twinreg's code and field, not a bare status.
-    assert_eq!(expect(&mut p, "error").trim(), "error invalid_request port");
-    assert_eq!(expect(&mut p, "error").trim(), "error forbidden");
-    expect(&mut p, "registered orders/ord-1");
+    let error = |l: &str| l.starts_with("error ");
+    assert_eq!(
+        p.expect_line("an error", error).await,
+        "error invalid_request port"
+    );
+    assert_eq!(
+        p.expect_line("an error", error).await.trim(),
+        "error forbidden"
+    );
+    p.expect("registered orders/ord-1").await;
     let listed = env
         .gw
         .client("orders")
@@ -185,8 +106,10 @@ async fn the_go_library_keeps_an_instance_alive_reports_refusals_and_watches_ove
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let event = expect(&mut p, "event billing ADDED");
-    assert!(event.contains("bill-1"), "{event}");
+    let event = p
+        .expect_line("the peer's ADDED", |l| l.starts_with("event billing ADDED"))
+        .await;
+    assert!(event.contains(" bill-1 "), "{event}");
 
     // Forgotten behind its back: the next heartbeat's 404 makes it register again.
     let r = env
@@ -195,13 +118,13 @@ async fn the_go_library_keeps_an_instance_alive_reports_refusals_and_watches_ove
         .delete(&path("orders", "ord-1"))
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    expect(&mut p, "registered orders/ord-1");
+    p.expect("registered orders/ord-1").await;
 
     // SIGTERM: deregistered, exit 0.
-    kill(Pid::from_raw(p.child.id() as i32), Signal::SIGTERM).unwrap();
-    expect(&mut p, "deregistered orders/ord-1");
-    let status = tokio::task::block_in_place(|| p.child.wait()).unwrap();
-    assert!(status.success(), "{status}");
+    signal(p.id(), Signal::SIGTERM);
+    p.expect("deregistered orders/ord-1").await;
+    let status = p.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "{status}\n{}", p.transcript());
     let listed = env
         .gw
         .client("orders")

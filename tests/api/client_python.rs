@@ -5,18 +5,15 @@
 //! closed on SIGTERM, and `watch` reports a peer service's changes. The driver prints what the
 //! library did; this file decides whether that is right.
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::json;
-use tokio::sync::mpsc;
-use twinreg::certs::ClientNames;
 
+use crate::child::{Child, kept_alive_past_ttl, write_certs};
 use crate::{Env, path};
 use testkit::{eventually, signal};
 
@@ -28,7 +25,6 @@ const ID: &str = "ord-py-1";
 /// The peer it watches; its certificate may not write this service (the 403 case).
 const PEER: &str = "billing";
 const TTL: u64 = 5;
-const LINE_WAIT: Duration = Duration::from_secs(30);
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -223,160 +219,6 @@ fn python_client_unit_tests_pass_against_the_installed_package() {
     assert_eq!(lines.next(), Some("None"), "runtime dependencies declared");
 }
 
-/// Writes the gateway's CA and a client certificate and key for [`SERVICE`] into `dir`.
-fn write_certs(env: &Env, dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let id = env.gw.issue(&ClientNames::cn(SERVICE));
-    let (ca, cert, key) = (
-        dir.join("ca.pem"),
-        dir.join(format!("{SERVICE}.pem")),
-        dir.join(format!("{SERVICE}-key.pem")),
-    );
-    std::fs::write(&ca, &env.gw.ca.cert_pem).unwrap();
-    std::fs::write(&cert, &id.cert_pem).unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&key)
-        .unwrap()
-        .write_all(id.key_pem.as_bytes())
-        .unwrap();
-    (ca, cert, key)
-}
-
-/// The running driver: stdout lines arrive on a channel as they are printed; both streams are
-/// kept for failure messages.
-struct Driver {
-    child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    /// Lines read but not matched yet (the watch thread prints concurrently).
-    unmatched: VecDeque<String>,
-    stdout: Arc<Mutex<Vec<String>>>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Driver {
-    fn spawn(mut cmd: Command) -> Driver {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting the Python driver");
-        let (tx, lines) = mpsc::unbounded_channel();
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let seen = stdout.clone();
-        std::thread::spawn(move || {
-            for line in out.lines().map_while(Result::ok) {
-                seen.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err = child.stderr.take().unwrap();
-        let kept = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                kept.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Driver {
-            child,
-            lines,
-            unmatched: VecDeque::new(),
-            stdout,
-            stderr,
-        }
-    }
-
-    fn transcript(&self) -> String {
-        format!(
-            "--- driver stdout ---\n{}\n--- driver stderr ---\n{}",
-            self.stdout.lock().unwrap().join("\n"),
-            self.stderr.lock().unwrap()
-        )
-    }
-
-    /// The first unmatched stdout line satisfying `pred`, waiting at most [`LINE_WAIT`].
-    async fn expect_line(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        if let Some(i) = self.unmatched.iter().position(|l| pred(l)) {
-            return self.unmatched.remove(i).unwrap();
-        }
-        let deadline = tokio::time::Instant::now() + LINE_WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
-                Ok(Some(line)) if pred(&line) => return line,
-                Ok(Some(line)) => self.unmatched.push_back(line),
-                Ok(None) => panic!(
-                    "the driver closed its output before printing {what}\n{}",
-                    self.transcript()
-                ),
-                Err(_) => panic!(
-                    "timed out after {LINE_WAIT:?} waiting for the driver to print {what}\n{}",
-                    self.transcript()
-                ),
-            }
-        }
-    }
-
-    /// The line starting with `prefix`, which must be exactly `expected`.
-    async fn expect_exact(&mut self, prefix: &str, expected: &str) {
-        let line = self
-            .expect_line(&format!("a `{prefix}` line"), |l| l.starts_with(prefix))
-            .await;
-        assert_eq!(line, expected, "{}", self.transcript());
-    }
-
-    /// Every line not matched yet, without waiting.
-    fn drain(&mut self) -> Vec<String> {
-        let mut out: Vec<String> = self.unmatched.drain(..).collect();
-        while let Ok(line) = self.lines.try_recv() {
-            out.push(line);
-        }
-        out
-    }
-
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!("the driver exited early ({status})\n{}", self.transcript());
-        }
-    }
-
-    async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                panic!(
-                    "the driver did not exit within {limit:?} of SIGTERM\n{}",
-                    self.transcript()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// `<prefix> index=N` with N > 0.
 fn with_index(line: &str, prefix: &str) -> bool {
     line.strip_prefix(prefix)
@@ -407,7 +249,7 @@ async fn python_client_keeps_an_instance_alive_watches_and_deregisters() {
     let python = tokio::task::spawn_blocking(venv_python).await.unwrap();
     let env = Env::start().await;
     let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = write_certs(&env, certs.path());
+    let (ca, cert, key) = write_certs(&env, certs.path(), SERVICE);
 
     // A peer instance before the driver starts.
     let peer = env.gw.client(PEER);
@@ -441,7 +283,7 @@ async fn python_client_keeps_an_instance_alive_watches_and_deregisters() {
             PEER,
         ])
         .args(["--ttl", &TTL.to_string()]);
-    let mut d = Driver::spawn(cmd);
+    let mut d = Child::spawn("the Python driver", cmd);
 
     // The installed package, not the source tree.
     let module = d
@@ -567,33 +409,12 @@ async fn python_client_keeps_an_instance_alive_watches_and_deregisters() {
     .await;
 
     // Heartbeats every ttl/3 keep it alive well past its TTL, without registering again.
-    tokio::time::sleep(Duration::from_secs(TTL + 3)).await;
-    d.assert_running();
-    assert!(
-        env.etcd_record(SERVICE, ID).await.is_some(),
-        "lapsed in etcd despite heartbeats\n{}",
-        d.transcript()
-    );
-    assert!(
-        env.consul_service(SERVICE, ID).await.is_some(),
-        "gone from Consul despite heartbeats\n{}",
-        d.transcript()
-    );
-    let since = d.drain();
+    let since = kept_alive_past_ttl(&env, &mut d, SERVICE, ID, TTL).await;
     let beats = since.iter().filter(|l| l.starts_with("heartbeat ")).count();
     assert!(
         beats >= 3,
         "{beats} heartbeats in {}s with a {TTL}s TTL\n{}",
         TTL + 3,
-        d.transcript()
-    );
-    let again: Vec<&String> = since
-        .iter()
-        .filter(|l| l.starts_with("registered "))
-        .collect();
-    assert!(
-        again.is_empty(),
-        "kept alive by registering again, not by heartbeats: {again:?}\n{}",
         d.transcript()
     );
 
@@ -619,7 +440,7 @@ async fn python_client_keeps_an_instance_alive_watches_and_deregisters() {
     .await;
 
     // SIGTERM: the driver leaves the `with KeepAlive` block, which deregisters, and exits 0.
-    signal(d.child.id(), Signal::SIGTERM);
+    signal(d.id(), Signal::SIGTERM);
     let status = d.wait_exit(Duration::from_secs(20)).await;
     assert!(status.success(), "exit status {status}\n{}", d.transcript());
     d.expect_exact(

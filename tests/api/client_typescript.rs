@@ -8,18 +8,14 @@
 //! node_modules into the source tree. Node 18 or newer and npm are needed: Debian's `nodejs` and
 //! `npm` (scripts/setup.sh --test); a missing one fails the test.
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde_json::json;
-use tokio::sync::mpsc;
-use twinreg::certs::ClientNames;
 
+use crate::child::{Child, kept_alive_past_ttl, write_certs};
 use crate::{Env, path};
 use testkit::{eventually, find_binary, signal};
 
@@ -34,7 +30,6 @@ const PEER: &str = "billing";
 /// A service the driver's certificate may not write.
 const OTHER: &str = "payments";
 const TTL: u64 = 5;
-const LINE_WAIT: Duration = Duration::from_secs(30);
 
 /// node and npm: from NODE_BIN / NPM_BIN, else PATH; a missing one or a Node older than 18 fails
 /// the test, naming the Debian packages.
@@ -242,158 +237,6 @@ async fn typescript_client_is_generated_from_the_description_and_keeps_an_instan
     );
 }
 
-/// Writes the gateway's CA and a client certificate and key for [`SERVICE`] into `dir`.
-fn write_certs(env: &Env, dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let id = env.gw.issue(&ClientNames::cn(SERVICE));
-    let (ca, cert, key) = (
-        dir.join("ca.pem"),
-        dir.join(format!("{SERVICE}.pem")),
-        dir.join(format!("{SERVICE}-key.pem")),
-    );
-    std::fs::write(&ca, &env.gw.ca.cert_pem).unwrap();
-    std::fs::write(&cert, &id.cert_pem).unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&key)
-        .unwrap()
-        .write_all(id.key_pem.as_bytes())
-        .unwrap();
-    (ca, cert, key)
-}
-
-/// The running driver: stdout lines arrive on a channel; both streams are kept for failures.
-struct Driver {
-    child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    /// Lines read but not matched yet (the watch, the heartbeats and the checks interleave).
-    unmatched: VecDeque<String>,
-    stdout: Arc<Mutex<Vec<String>>>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Driver {
-    fn spawn(mut cmd: Command) -> Driver {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting node test/live.mjs");
-        let (tx, lines) = mpsc::unbounded_channel();
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let seen = stdout.clone();
-        let started = Instant::now();
-        std::thread::spawn(move || {
-            for line in out.lines().map_while(Result::ok) {
-                seen.lock()
-                    .unwrap()
-                    .push(format!("[{:6.2?}] {line}", started.elapsed()));
-                let _ = tx.send(line);
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err = child.stderr.take().unwrap();
-        let kept = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                kept.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Driver {
-            child,
-            lines,
-            unmatched: VecDeque::new(),
-            stdout,
-            stderr,
-        }
-    }
-
-    fn transcript(&self) -> String {
-        format!(
-            "--- live.mjs stdout ---\n{}\n--- live.mjs stderr ---\n{}",
-            self.stdout.lock().unwrap().join("\n"),
-            self.stderr.lock().unwrap()
-        )
-    }
-
-    /// The first line not matched yet that satisfies `pred`, waiting at most [`LINE_WAIT`].
-    async fn expect_line(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        if let Some(i) = self.unmatched.iter().position(|l| pred(l)) {
-            return self.unmatched.remove(i).unwrap();
-        }
-        let deadline = tokio::time::Instant::now() + LINE_WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
-                Ok(Some(line)) if pred(&line) => return line,
-                Ok(Some(line)) => self.unmatched.push_back(line),
-                Ok(None) => panic!(
-                    "live.mjs closed its output before printing {what}\n{}",
-                    self.transcript()
-                ),
-                Err(_) => panic!(
-                    "timed out after {LINE_WAIT:?} waiting for live.mjs to print {what}\n{}",
-                    self.transcript()
-                ),
-            }
-        }
-    }
-
-    /// The exact line `want`.
-    async fn expect(&mut self, want: &str) {
-        self.expect_line(&format!("`{want}`"), |l| l == want).await;
-    }
-
-    /// Every line not matched yet, without waiting.
-    fn drain(&mut self) -> Vec<String> {
-        let mut out: Vec<String> = self.unmatched.drain(..).collect();
-        while let Ok(line) = self.lines.try_recv() {
-            out.push(line);
-        }
-        out
-    }
-
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!("live.mjs exited early ({status})\n{}", self.transcript());
-        }
-    }
-
-    async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                panic!(
-                    "live.mjs did not exit within {limit:?} of SIGTERM\n{}",
-                    self.transcript()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// `peer billing: 2 instances [bill-1 10.0.0.5:8080, bill-2 10.0.0.6:8081] index=N`, N > 0.
 fn is_peer_line(line: &str, listing: &str) -> bool {
     line.strip_prefix(&format!("peer {PEER}: {listing} index="))
@@ -429,7 +272,7 @@ fn error_fields(line: &str) -> (String, String) {
 async fn live(node: &Node, dir: &Path) {
     let env = Env::start().await;
     let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = write_certs(&env, certs.path());
+    let (ca, cert, key) = write_certs(&env, certs.path(), SERVICE);
 
     // A peer instance, registered with the test's own client, before the driver starts.
     let peer = env.gw.client(PEER);
@@ -457,7 +300,7 @@ async fn live(node: &Node, dir: &Path) {
         .env("TWREG_TTL", TTL.to_string())
         .env("TWREG_WATCH", PEER)
         .env("TWREG_OTHER", OTHER);
-    let mut ex = Driver::spawn(cmd);
+    let mut ex = Child::spawn("node test/live.mjs", cmd);
 
     // KeepAlive registers, and says so through its events.
     ex.expect("state registering").await;
@@ -547,33 +390,7 @@ async fn live(node: &Node, dir: &Path) {
     .await;
 
     // Heartbeats (every ttl/3) keep it alive well past its TTL, without registering again.
-    tokio::time::sleep(Duration::from_secs(TTL + 3)).await;
-    ex.assert_running();
-    let (_, lease) = env
-        .etcd_record(SERVICE, ID)
-        .await
-        .unwrap_or_else(|| panic!("lapsed in etcd despite heartbeats\n{}", ex.transcript()));
-    let remaining = env
-        .etcd
-        .client()
-        .await
-        .lease_time_to_live(lease, None)
-        .await
-        .unwrap()
-        .ttl();
-    assert!(
-        remaining > 0,
-        "etcd lease not renewed ({remaining})\n{}",
-        ex.transcript()
-    );
-    let check = env
-        .consul
-        .agent_checks()
-        .await
-        .remove(&format!("service:{SERVICE}.{ID}"))
-        .expect("the instance's TTL check in Consul");
-    assert_eq!(check["Status"], "passing", "{check}\n{}", ex.transcript());
-    let seen = ex.drain();
+    let seen = kept_alive_past_ttl(&env, &mut ex, SERVICE, ID, TTL).await;
     let beats = seen
         .iter()
         .filter(|l| **l == format!("heartbeat {SERVICE}/{ID} degraded=false"))
@@ -582,15 +399,6 @@ async fn live(node: &Node, dir: &Path) {
         beats >= 3,
         "{beats} heartbeats in {}s at ttl/3 of {TTL}s\n{}",
         TTL + 3,
-        ex.transcript()
-    );
-    let again: Vec<&String> = seen
-        .iter()
-        .filter(|l| l.starts_with("registered "))
-        .collect();
-    assert!(
-        again.is_empty(),
-        "kept alive by registering again, not by heartbeats: {again:?}\n{}",
         ex.transcript()
     );
 
@@ -606,7 +414,7 @@ async fn live(node: &Node, dir: &Path) {
     wait_registered_in_both(&env, "the instance back in etcd and Consul").await;
 
     // SIGTERM: it stops, deregisters, says so and exits 0; the gateway no longer lists it.
-    signal(ex.child.id(), Signal::SIGTERM);
+    signal(ex.id(), Signal::SIGTERM);
     let status = ex.wait_exit(Duration::from_secs(20)).await;
     assert!(
         status.success(),

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tonic::Code;
+use tonic_types::StatusExt;
 use twinreg::api::grpc::pb;
 use twinreg::api::grpc::pb::registry_client::RegistryClient;
 use twinreg::certs::{CertAuthority, ClientNames};
@@ -602,8 +603,11 @@ async fn wrong_credentials_are_named_with_what_to_check_and_never_shown() {
         .unwrap_err();
     grep.debug("gRPC register, both wrong", &e);
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    // Each registry's outcome is in the status's google.rpc ErrorInfo.
+    let info = e.get_details_error_info().expect("an ErrorInfo");
     assert!(
-        e.message().contains(etcd_hint) && e.message().contains(consul_hint),
+        info.metadata["registry.etcd"].contains(etcd_hint)
+            && info.metadata["registry.consul"].contains(consul_hint),
         "{e:?}"
     );
     // etcd never connected. (Consul answers `status/leader` whatever the token, and a refusal

@@ -2,16 +2,13 @@
 //! gRPC naming resolver (Debian's golang-etcd-server-dev, built offline in GOPATH mode) and
 //! Debian's python3-consul, against what twinreg registered. docs/discovery.md is what they prove.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Command;
 
 use serde_json::{Value, json};
 
+use crate::child::{Child, go};
 use crate::{Env, path};
-use testkit::find_binary;
 
 /// Where Debian's golang-etcd-server-dev puts its sources (a GOPATH).
 const DEBIAN_GOPATH: &str = "/usr/share/gocode";
@@ -36,81 +33,39 @@ fn register(
 
 /// Builds tests/native/etcd_resolve.go against Debian's etcd and grpc-go sources, offline.
 fn build_resolver(out: &Path) -> PathBuf {
-    let go = find_binary("GO_BIN", "go").unwrap_or_else(|| {
-        panic!("`go` is not on PATH (nor set in GO_BIN): run scripts/setup.sh, which installs Debian's golang-go")
-    });
     let resolver = Path::new(DEBIAN_GOPATH).join("src/go.etcd.io/etcd/clientv3/naming/resolver");
     assert!(
         resolver.is_dir(),
         "{} is missing: the native-discovery test builds etcd's own resolver from Debian's \
-         golang-etcd-server-dev; run scripts/setup.sh, which installs it",
+         golang-etcd-server-dev; run scripts/setup.sh --test, which installs it",
         resolver.display()
     );
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go");
     let bin = out.join("etcd_resolve");
-    let result = Command::new(go)
-        .args(["build", "-o"])
-        .arg(&bin)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/native/etcd_resolve.go"))
-        .env("GO111MODULE", "off")
-        .env("GOPATH", DEBIAN_GOPATH)
-        .env("GOCACHE", cache.join("cache"))
-        .env("GOFLAGS", "")
-        .env("GOPROXY", "off")
-        .env("GOTOOLCHAIN", "local")
-        .env("CGO_ENABLED", "0")
-        .output()
-        .expect("running go build");
-    assert!(
-        result.status.success(),
-        "go build of tests/native/etcd_resolve.go failed ({}):\n{}",
-        result.status,
-        String::from_utf8_lossy(&result.stderr)
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/native/etcd_resolve.go");
+    go(
+        &[
+            "build",
+            "-o",
+            bin.to_str().unwrap(),
+            source.to_str().unwrap(),
+        ],
+        out,
+        Some(DEBIAN_GOPATH),
     );
     bin
 }
 
-/// The resolver program, dialing `target`: each update's addresses arrive on a channel.
-struct Resolving {
-    child: Child,
-    updates: mpsc::Receiver<Vec<String>>,
+/// The resolver program dialing `target`: each update's addresses, one JSON list a line.
+fn resolving(bin: &Path, etcd: &str, target: &str) -> Child {
+    let mut cmd = Command::new(bin);
+    cmd.args([etcd, target]);
+    Child::spawn("etcd_resolve", cmd)
 }
 
-impl Resolving {
-    fn start(bin: &Path, etcd: &str, target: &str) -> Resolving {
-        let mut child = Command::new(bin)
-            .args([etcd, target])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting etcd_resolve");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, updates) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let addrs: Vec<String> = serde_json::from_str(&line).expect("a JSON list");
-                if tx.send(addrs).is_err() {
-                    return;
-                }
-            }
-        });
-        Resolving { child, updates }
-    }
-
-    /// The next update, within 20 s.
-    fn next(&self, what: &str) -> Vec<String> {
-        self.updates
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|e| panic!("no resolver update {what}: {e}"))
-    }
-}
-
-impl Drop for Resolving {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The resolver's next update.
+async fn next(r: &mut Child, what: &str) -> Vec<String> {
+    let line = r.expect_line(what, |_| true).await;
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
 }
 
 #[tokio::test]
@@ -130,17 +85,17 @@ async fn etcds_own_resolver_resolves_pay_beside_payments_and_follows_deregistrat
     let etcd = env.etcd.endpoint();
 
     // The documented target: the prefix, the service and a trailing '/', after "etcd:///".
-    let pay = Resolving::start(&bin, &etcd, "etcd:////services/pay/");
+    let mut pay = resolving(&bin, &etcd, "etcd:////services/pay/");
     assert_eq!(
-        pay.next("at start"),
+        next(&mut pay, "the update at start").await,
         ["127.0.0.11:7001", "127.0.0.12:7002"],
         "the instances of pay, and not those of payments"
     );
     // The trap docs/discovery.md warns of: without the trailing '/', the resolver's bare-prefix
     // listing takes payments' instances for pay's.
-    let bare = Resolving::start(&bin, &etcd, "etcd:////services/pay");
+    let mut bare = resolving(&bin, &etcd, "etcd:////services/pay");
     assert_eq!(
-        bare.next("at start"),
+        next(&mut bare, "the update at start").await,
         ["127.0.0.11:7001", "127.0.0.12:7002", "127.0.0.13:7003"]
     );
     drop(bare);
@@ -148,19 +103,25 @@ async fn etcds_own_resolver_resolves_pay_beside_payments_and_follows_deregistrat
     let c = env.gw.client("pay");
     let r = c.delete(&path("pay", "pay-1")).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(pay.next("after the deregistration"), ["127.0.0.12:7002"]);
+    assert_eq!(
+        next(&mut pay, "the update after the deregistration").await,
+        ["127.0.0.12:7002"]
+    );
 
     let drain = format!("{}/drain", path("pay", "pay-2"));
     let r = c.put(&drain).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(
-        pay.next("after the drain"),
+        next(&mut pay, "the update after the drain").await,
         Vec::<String>::new(),
         "a drained instance leaves the resolver"
     );
     let r = c.delete(&drain).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(pay.next("after the undrain"), ["127.0.0.12:7002"]);
+    assert_eq!(
+        next(&mut pay, "the update after the undrain").await,
+        ["127.0.0.12:7002"]
+    );
 }
 
 #[tokio::test]

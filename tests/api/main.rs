@@ -4,6 +4,7 @@ mod admin;
 mod antientropy;
 mod authz;
 mod authz_edges;
+mod child;
 mod client_go;
 mod client_python;
 mod client_typescript;

@@ -5,16 +5,17 @@
 //
 //	etcd_resolve ETCD_ENDPOINT TARGET      e.g. etcd_resolve http://127.0.0.1:2379 etcd:////services/pay/
 //
-// Built offline in GOPATH mode by tests/api/discovery.rs; it exits when stdin closes.
+// Built offline in GOPATH mode by tests/api/discovery.rs; it runs until SIGTERM or SIGINT.
 package main
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
+	"os/signal"
 	"sort"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/clientv3"
@@ -35,7 +36,7 @@ func (capture) UpdateState(s gresolver.State) {
 	line, _ := json.Marshal(addrs)
 	fmt.Println(string(line))
 }
-func (capture) ReportError(err error)                { fmt.Fprintln(os.Stderr, "resolver error:", err) }
+func (capture) ReportError(err error)                    { fmt.Fprintln(os.Stderr, "resolver error:", err) }
 func (capture) NewAddress(addresses []gresolver.Address) {}
 func (capture) NewServiceConfig(string)                  {}
 func (capture) ParseServiceConfig(string) *serviceconfig.ParseResult {
@@ -74,5 +75,7 @@ func main() {
 		os.Exit(1)
 	}
 	defer conn.Close()
-	io.Copy(io.Discard, os.Stdin)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	<-ctx.Done()
 }
