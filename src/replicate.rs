@@ -471,30 +471,19 @@ impl Coordinator {
         identity: &str,
     ) -> Result<WriteReport, Failure> {
         let (record, owner) = match self.owned.get(key) {
+            // A deregistration under way removed it from the owned set first: not drained.
+            Some(state) if self.deregistration_of(&state.instance).is_some() => {
+                return Err(Failure::UnknownInstance(Outcomes(Vec::new())));
+            }
             // The instance's own identity keeps its request budget.
             Some(state) => (state.instance, state.identity.to_string()),
             None => {
                 let replies = self
                     .fan_out("drain", |r| async move { r.held(key).await })
                     .await;
-                let found = replies
-                    .iter()
-                    .find_map(|r| r.result.as_ref().ok().and_then(|h| h.clone()));
-                let Some(held) = found else {
-                    let out = unknown_outcomes(&replies, "unknown instance");
-                    return Err(if replies.iter().any(|r| r.result.is_err()) {
-                        Failure::Unavailable(out)
-                    } else {
-                        Failure::UnknownInstance(out)
-                    });
-                };
-                (held.instance, identity.to_string())
+                (self.held_record(&replies)?, identity.to_string())
             }
         };
-        if self.deregistration_of(&record).is_some() {
-            let out = Outcomes(Vec::new());
-            return Err(Failure::UnknownInstance(out));
-        }
         let instance = Instance {
             drained,
             generation: next_generation(),
@@ -505,6 +494,35 @@ impl Coordinator {
             .fan_out("drain", |r| async move { r.register(i).await })
             .await;
         self.own_written(instance, &owner, replies)
+    }
+
+    /// The record the registries hold of an instance this replica does not own, from their
+    /// `held` answers: the primary's wins (a registry that did not answer may still hold it).
+    /// Unavailable when none answered, or none that answered holds it and one did not answer;
+    /// unknown when every registry says it does not, or the record is the leftover of a
+    /// deregistration still on its way (or re-driven by the repairer).
+    fn held_record(&self, replies: &[Reply<Option<Held>>]) -> Result<Instance, Failure> {
+        if replies.iter().all(|r| r.result.is_err()) {
+            return Err(Failure::Unavailable(outcomes(replies)));
+        }
+        let Some(record) = replies
+            .iter()
+            .find_map(|r| r.result.as_ref().ok().and_then(|h| h.clone()))
+            .map(|h| h.instance)
+        else {
+            // Nobody holds it: each registry that answered says so in its outcome.
+            let out = unknown_outcomes(replies, "unknown instance");
+            return Err(if replies.iter().any(|r| r.result.is_err()) {
+                Failure::Unavailable(out)
+            } else {
+                Failure::UnknownInstance(out)
+            });
+        };
+        if self.deregistration_of(&record).is_some() {
+            let out = unknown_outcomes(replies, "deregistered; register it again");
+            return Err(Failure::UnknownInstance(out));
+        }
+        Ok(record)
     }
 
     /// After a client's write of `instance` (a registration, a drain): this replica owns it,
@@ -679,28 +697,7 @@ impl Coordinator {
         let replies = self
             .fan_out("heartbeat", |r| async move { r.held(key).await })
             .await;
-        if replies.iter().all(|r| r.result.is_err()) {
-            return Err(Failure::Unavailable(outcomes(&replies)));
-        }
-        // The primary's record wins; a registry that did not answer may still hold it.
-        let Some(record) = replies
-            .iter()
-            .find_map(|r| r.result.as_ref().ok().and_then(|h| h.clone()))
-            .map(|h| h.instance)
-        else {
-            // Nobody holds it: each registry that answered says so in its outcome.
-            let out = unknown_outcomes(&replies, "unknown instance");
-            return Err(if replies.iter().any(|r| r.result.is_err()) {
-                Failure::Unavailable(out)
-            } else {
-                Failure::UnknownInstance(out)
-            });
-        };
-        if self.deregistration_of(&record).is_some() {
-            // A leftover of a deregistration still on its way (or re-driven by the repairer).
-            let out = unknown_outcomes(&replies, "deregistered; register it again");
-            return Err(Failure::UnknownInstance(out));
-        }
+        let record = self.held_record(&replies)?;
         let mut copies = [Copy::Missing; REGISTRIES];
         let mut outs = Vec::with_capacity(self.members.len());
         let mut missing = Vec::new();
