@@ -67,6 +67,8 @@ pub struct Config {
 pub struct LimitsConfig {
     /// An HTTP/1 client must send its request headers within this, e.g. `"10s"` (slowloris).
     pub header_read_timeout: String,
+    /// A keep-alive HTTP/1 connection with no request for this long is closed, e.g. `"90s"`.
+    pub idle_timeout: String,
     /// A request body must arrive within this once the headers did (a slow body gets 408).
     pub body_read_timeout: String,
     /// A request (other than a long poll or a watch stream) is answered within this, else 503.
@@ -89,6 +91,7 @@ impl Default for LimitsConfig {
         use crate::limits::*;
         Self {
             header_read_timeout: text(DEFAULT_HEADER_READ_TIMEOUT),
+            idle_timeout: text(DEFAULT_IDLE_TIMEOUT),
             body_read_timeout: text(DEFAULT_BODY_READ_TIMEOUT),
             request_timeout: text(DEFAULT_REQUEST_TIMEOUT),
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -541,6 +544,12 @@ impl Config {
             positive.clone(),
             &mut bad,
         );
+        let idle_timeout = parse_duration(
+            "limits.idle_timeout",
+            &l.idle_timeout,
+            Duration::from_secs(1)..=Duration::MAX,
+            &mut bad,
+        );
         let body_read_timeout = parse_duration(
             "limits.body_read_timeout",
             &l.body_read_timeout,
@@ -715,6 +724,7 @@ impl Config {
             },
             limits: Limits {
                 header_read_timeout: header_read_timeout.expect("checked"),
+                idle_timeout: idle_timeout.expect("checked"),
                 body_read_timeout: body_read_timeout.expect("checked"),
                 request_timeout: request_timeout.expect("checked"),
                 max_connections: limits.max_connections,

@@ -6,7 +6,7 @@
 //!
 //! - [`tls`] terminates mutual TLS on the one public listener; [`server`] accepts connections,
 //!   reads the caller's identity from its certificate once per connection and hands each request
-//!   to the router.
+//!   to the router; [`conn_guard`] keeps each connection's header and idle deadlines.
 //! - [`api`] is the front: [`api::layers`] is the edge of every request (ID, rate limit, timeout, count and log line);
 //!   [`api::http`] (REST with axum) and [`api::grpc`] (gRPC with tonic, the same operations
 //!   through the same [`api::front`] code) turn requests into validated [`model`] types (parse,
@@ -40,6 +40,7 @@ pub mod backoff;
 pub mod breaker;
 pub mod certs;
 pub mod config;
+pub mod conn_guard;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod limits;

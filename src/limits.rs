@@ -15,6 +15,8 @@ use crate::metrics::Metrics;
 pub struct Limits {
     /// An HTTP/1 client must send its request headers within this (slowloris).
     pub header_read_timeout: Duration,
+    /// A keep-alive HTTP/1 connection with no request for this long is closed.
+    pub idle_timeout: Duration,
     /// A request body must arrive within this once the headers did (a slow body gets 408).
     pub body_read_timeout: Duration,
     /// A request (other than a long poll or a watch stream) is answered within this, else 503.
@@ -30,6 +32,8 @@ pub struct Limits {
 }
 
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longer than a load balancer's usual idle timeout (60 s): the balancer closes first.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;

@@ -11,7 +11,6 @@ use axum::extract::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +21,7 @@ use crate::api::{self, AppState};
 use crate::authz::{Authorizer, Peer};
 use crate::breaker::{Breaker, BreakerSettings};
 use crate::config::Settings;
+use crate::conn_guard::{self, Deadlines, Progress, Watched};
 use crate::limits::{Connections, Requests};
 use crate::metrics::Metrics;
 use crate::registry::consul::Consul;
@@ -198,7 +198,9 @@ pub async fn run(
 
     let public_addr = listeners.public.local_addr()?;
     tracing::info!(listen = %public_addr, "twinreg serving");
-    let graceful = GracefulShutdown::new();
+    // Connections: tracked for the drain, closed gracefully when `closing` is cancelled.
+    let conns = TaskTracker::new();
+    let closing = CancellationToken::new();
     let (grpc, health) = api::grpc::router(state.clone()).await;
     background.spawn(api::grpc::health_loop(
         health,
@@ -209,6 +211,7 @@ pub async fn run(
         rest: api::http::router(state.clone()),
         grpc,
         peer: None,
+        progress: Arc::default(),
     };
     // On shutdown, /readyz turns 503 at once, but connections are still accepted for
     // `drain_delay` so the load balancer sees the replica unready before it stops answering.
@@ -252,8 +255,8 @@ pub async fn run(
                 // The current TLS config: a reload affects the next handshake, not this one's.
                 let acceptor = TlsAcceptor::from(tls.current());
                 let router = router.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
+                let closing = closing.clone();
+                conns.spawn(async move {
                     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(e)) => {
@@ -272,14 +275,16 @@ pub async fn run(
                         .and_then(|c| c.first())
                         .and_then(|c| Peer::from_der(c))
                         .map(Arc::new);
-                    let svc = Front { peer, ..router };
+                    // Prior knowledge of HTTP/2 is seen in the first bytes (conn_guard).
+                    let progress = Arc::new(Progress::default());
+                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        progress.h2();
+                    }
+                    let svc = Front { peer, progress: progress.clone(), ..router };
                     let _admitted = admitted;
                     let mut builder = auto::Builder::new(TokioExecutor::new());
-                    // HTTP/1: headers within the limit (slowloris).
-                    builder
-                        .http1()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(limits.header_read_timeout);
+                    // HTTP/1's header and idle deadlines are conn_guard's, one timer per
+                    // connection; hyper's header timer would arm one per request.
                     // PINGs on idle HTTP/2 connections: a long-lived watch stream stays open
                     // through NATs and load balancers, and a vanished client is noticed.
                     builder
@@ -289,9 +294,13 @@ pub async fn run(
                         .keep_alive_interval(Some(CLIENT_KEEPALIVE_INTERVAL))
                         .keep_alive_timeout(CLIENT_KEEPALIVE_TIMEOUT);
                     let conn = builder
-                        .serve_connection(TokioIo::new(tls), svc)
+                        .serve_connection(TokioIo::new(Watched::new(tls, progress.clone())), svc)
                         .into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
+                    let deadlines = Deadlines {
+                        header_read_timeout: limits.header_read_timeout,
+                        idle_timeout: limits.idle_timeout,
+                    };
+                    if let Err(e) = conn_guard::serve(conn, progress, deadlines, closing).await {
                         tracing::debug!(%remote, error = %e, "connection ended with an error");
                     }
                 });
@@ -304,10 +313,9 @@ pub async fn run(
     let _ = stop_tx.send(true);
     drop(listeners.public);
     let grace = settings.server.shutdown_grace;
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    closing.cancel();
+    conns.close();
+    if tokio::time::timeout(grace, conns.wait()).await.is_err() {
         tracing::warn!("shutdown grace over: closing remaining connections");
     }
     coordinator.repairer().shutdown(grace).await;
@@ -326,6 +334,8 @@ struct Front {
     rest: api::layers::Edge<api::http::Rest>,
     grpc: api::layers::Edge<api::grpc::GrpcEdge>,
     peer: Option<Arc<Peer>>,
+    /// The connection's progress, for its deadlines (conn_guard).
+    progress: Arc<Progress>,
 }
 
 fn is_grpc<B>(req: &Request<B>) -> bool {
@@ -342,6 +352,7 @@ impl hyper::service::Service<Request<Incoming>> for Front {
     type Future = api::layers::Answer;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
+        self.progress.head();
         if is_grpc(&req) {
             self.grpc.serve(req, self.peer.as_ref())
         } else {

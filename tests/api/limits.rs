@@ -73,6 +73,8 @@ async fn slow_headers_and_slow_bodies_are_cut_off_while_others_register() {
             .unwrap();
         slow.push(s);
     }
+    // And one that completed its handshake and says nothing at all.
+    slow.push(tls(gw, "payments", b"http/1.1").await);
     let start = Instant::now();
     registers(gw, "meanwhile").await;
     for s in &mut slow {
@@ -95,6 +97,59 @@ async fn slow_headers_and_slow_bodies_are_cut_off_while_others_register() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("request_timeout"), "{answer}");
     assert!(env.etcd_record("payments", "half").await.is_none());
+    registers(gw, "after").await;
+}
+
+/// Reads one HTTP/1 answer with a `Content-Length` body.
+async fn read_answer(s: &mut TlsStream<TcpStream>) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("an answer within 10 s")
+            .expect("read");
+        assert!(n > 0, "closed before the answer: {}", String::from_utf8_lossy(&out));
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                return text;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_outlives_the_header_timeout_and_closes_once_idle() {
+    let env = Env::start_with(limits(
+        "header_read_timeout = \"1s\"\nidle_timeout = \"4s\"",
+    ))
+    .await;
+    let gw = &env.gw;
+    registers(gw, "kept").await;
+    let mut s = tls(gw, "payments", b"http/1.1").await;
+    let beat = b"PUT /v1/services/payments/instances/kept/heartbeat HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+    // A client beating less often than the header timeout keeps its connection: waiting for
+    // the next request is not a slow request.
+    for n in 0..3 {
+        s.write_all(beat).await.unwrap();
+        let answer = read_answer(&mut s).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "beat {n}: {answer}");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    }
+    // Past the idle timeout the server closes it, gracefully (TLS close_notify, then EOF).
+    let (rest, closed) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(closed, "an idle keep-alive connection is closed after limits.idle_timeout");
+    assert_eq!(rest, "", "nothing is sent on an idle connection before it closes");
     registers(gw, "after").await;
 }
 
