@@ -140,7 +140,8 @@ impl Authorizer {
         self.can_write_name(peer, service.as_str())
     }
 
-    /// [`Self::can_write`] for a name already checked to be a valid service name.
+    /// [`Self::can_write`] for a name as a string (as sent: only a name granted exactly, or
+    /// one of the caller's own names, passes).
     pub fn can_write_name(&self, peer: &Peer, s: &str) -> bool {
         self.admins.contains(&peer.identity)
             || self

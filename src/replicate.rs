@@ -598,8 +598,14 @@ impl Coordinator {
     /// A heartbeat to the instance's owner (see [`Self::owner_heartbeat`]), without building
     /// a report in the common case: [`OwnerBeat::InPlace`] when every copy is in place and
     /// every registry answering (the answer [`Self::in_place_outcomes`] describes).
-    pub fn owner_beat(&self, key: &dyn KeyParts, identity: &str) -> Option<OwnerBeat> {
-        let copies = self.owned.touch(key, identity)?;
+    /// `now` is when the heartbeat arrived (the edge's clock reading, not read again).
+    pub fn owner_beat(
+        &self,
+        key: &dyn KeyParts,
+        identity: &str,
+        now: tokio::time::Instant,
+    ) -> Option<OwnerBeat> {
+        let copies = self.owned.touch_at(key, identity, now)?;
         let in_place = self.members.iter().enumerate().all(|(m, member)| {
             matches!(copies[m], Copy::Held(_) | Copy::Adopting) && !out_of_service(member)
         });

@@ -14,6 +14,7 @@ use axum::{Extension, Json};
 use http_body_util::{BodyExt, Limited};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tokio::time::Instant;
 use utoipa::ToSchema;
 
 use super::error::{failure, retry_after};
@@ -96,8 +97,9 @@ impl Rules for Rest {
         method: &Method,
         uri: &Uri,
         peer: Option<&Arc<Peer>>,
+        now: Instant,
     ) -> Option<(&'static str, Response)> {
-        owner_heartbeat(st, method, uri, peer).map(|resp| ("heartbeat", resp))
+        owner_heartbeat(st, method, uri, peer, now).map(|resp| ("heartbeat", resp))
     }
 
     /// A long poll waits by design; everything else is answered within the request timeout.
@@ -483,6 +485,7 @@ fn owner_heartbeat(
     method: &Method,
     uri: &Uri,
     peer: Option<&Arc<Peer>>,
+    now: Instant,
 ) -> Option<Response> {
     if method != Method::PUT || uri.query().is_some() {
         return None;
@@ -493,13 +496,17 @@ fn owner_heartbeat(
         .strip_prefix("instances/")?
         .strip_suffix("/heartbeat")?;
     let peer = peer?;
-    // Checked and looked up as the request's own strings: no key is built (a refusal goes
-    // through the router, which builds it and says what is wrong).
-    InstanceKey::check(service, id).ok()?;
+    // Looked up as the request's own strings: no key is built, and none is checked either: a
+    // key found among the owned instances was checked when it was registered, and one not
+    // found goes through the router, which checks it and says what is wrong. The caller's
+    // right to the name comes first: a heartbeat it may not send does not count.
     if !st.authz.can_write_name(peer, service) {
         return None;
     }
-    match st.coordinator.owner_beat(&(service, id), &peer.identity)? {
+    match st
+        .coordinator
+        .owner_beat(&(service, id), &peer.identity, now)?
+    {
         OwnerBeat::InPlace => Some(in_place_answer(st)),
         OwnerBeat::Report(report) => Some(heartbeat_answer(st, &report.ok()?)),
     }

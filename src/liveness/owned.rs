@@ -178,11 +178,21 @@ impl Owned {
     /// not owned here. (An instance taken over from a replica that went away learns its
     /// identity, for the request budget, from its first heartbeat here.)
     pub fn touch(&self, key: &dyn KeyParts, identity: &str) -> Option<[Copy; REGISTRIES]> {
+        self.touch_at(key, identity, Instant::now())
+    }
+
+    /// [`Self::touch`] heard at `now` (a clock the caller read already).
+    pub fn touch_at(
+        &self,
+        key: &dyn KeyParts,
+        identity: &str,
+        now: Instant,
+    ) -> Option<[Copy; REGISTRIES]> {
         let map = self.map.read().expect("not poisoned");
         let entry = map.get(key)?;
         entry
             .deadline
-            .store(self.ms(Instant::now()) + entry.ttl_ms, Ordering::Relaxed);
+            .store(self.ms(now) + entry.ttl_ms, Ordering::Relaxed);
         let mut state = entry.state.lock().expect("not poisoned");
         if *state.identity != *identity {
             let r = rate(state.instance.ttl_seconds);

@@ -109,7 +109,11 @@ async fn read_answer(s: &mut TlsStream<TcpStream>) -> String {
             .await
             .expect("an answer within 10 s")
             .expect("read");
-        assert!(n > 0, "closed before the answer: {}", String::from_utf8_lossy(&out));
+        assert!(
+            n > 0,
+            "closed before the answer: {}",
+            String::from_utf8_lossy(&out)
+        );
         out.extend_from_slice(&buf[..n]);
         let text = String::from_utf8_lossy(&out).into_owned();
         if let Some((head, body)) = text.split_once("\r\n\r\n") {
@@ -148,8 +152,14 @@ async fn a_keep_alive_connection_outlives_the_header_timeout_and_closes_once_idl
     }
     // Past the idle timeout the server closes it, gracefully (TLS close_notify, then EOF).
     let (rest, closed) = read_until_closed(&mut s, Duration::from_secs(10)).await;
-    assert!(closed, "an idle keep-alive connection is closed after limits.idle_timeout");
-    assert_eq!(rest, "", "nothing is sent on an idle connection before it closes");
+    assert!(
+        closed,
+        "an idle keep-alive connection is closed after limits.idle_timeout"
+    );
+    assert_eq!(
+        rest, "",
+        "nothing is sent on an idle connection before it closes"
+    );
     registers(gw, "after").await;
 }
 
