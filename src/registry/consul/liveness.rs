@@ -234,14 +234,17 @@ impl Consul {
         stop: CancellationToken,
     ) {
         let mut index: u64 = 0;
-        // After a blocking query's answer, one plain read: the answer was read when the query
-        // was sent, for all twinreg can tell, so a copy recorded while it waited is judged only
-        // by a later answer, and a copy written and then lost in one wait would otherwise wait
-        // for the service's next change.
+        // After a blocking query's answer, and after the first read of a service (or the first
+        // after a failure), one plain read: an answer counts as read when its query was sent,
+        // so a copy recorded while it was on its way is judged only by a later answer. Without
+        // it, a copy written and then lost before that answer would wait for the service's
+        // next change: the first read of a service races with the very register that started
+        // following it, and a deregistration right after that register changes nothing more.
         let mut confirm = false;
         let mut attempt = 0u32;
         let bound = FOLLOW_WAIT + FOLLOW_WAIT / 16 + Duration::from_secs(5);
         loop {
+            let first = index == 0 && !confirm;
             let plain = index == 0 || confirm;
             let path = if plain {
                 format!("/v1/health/checks/{service}")
@@ -281,7 +284,7 @@ impl Consul {
                     let Some((held, read)) = held else {
                         continue;
                     };
-                    confirm = !plain;
+                    confirm = !plain || first;
                     let next = tokio::time::Instant::now() + follow_gap(held.len(), read);
                     let snapshot = Observed::Snapshot {
                         service: Some(service.clone()),
