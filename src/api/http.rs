@@ -248,6 +248,30 @@ fn writable(
     Ok((key, peer))
 }
 
+/// [`writable`], then the body ([`read_body`]). A request refused before its body (a bad name,
+/// no right to the service) still has its body read, up to the same limits, so the client's
+/// keep-alive connection stays usable: a body left unread makes the server close the connection
+/// without saying so, and a client that sends its next request on it sees a reset.
+async fn writable_with_body(
+    st: &AppState,
+    params: &RawParams,
+    p: Option<Extension<Arc<Peer>>>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(InstanceKey, Arc<Peer>, bytes::Bytes), ApiError> {
+    match writable(st, params, p) {
+        Ok((key, peer)) => {
+            let bytes = read_body(headers, body, st.limits.body_read_timeout).await?;
+            Ok((key, peer, bytes))
+        }
+        Err(refused) => {
+            // What the body holds changes nothing: the refusal is the answer.
+            let _ = read_body(headers, body, st.limits.body_read_timeout).await;
+            Err(refused)
+        }
+    }
+}
+
 /// Reads a body of at most [`MAX_BODY_BYTES`] within `limit`; larger ones get 413 before being
 /// read whole, slower ones 408.
 async fn read_body(
@@ -330,8 +354,7 @@ pub(crate) async fn register(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (key, peer) = writable(&st, &params, p)?;
-    let bytes = read_body(&headers, body, st.limits.body_read_timeout).await?;
+    let (key, peer, bytes) = writable_with_body(&st, &params, p, &headers, body).await?;
     let instance = parse_register_body(key, &bytes)?;
     let (key, ttl) = (instance.key.clone(), instance.ttl_seconds);
     let report = st
@@ -419,8 +442,7 @@ async fn set_drained(
     body: Body,
     drained: bool,
 ) -> Result<Response, ApiError> {
-    let (key, peer) = writable(&st, &params, p)?;
-    let bytes = read_body(&headers, body, st.limits.body_read_timeout).await?;
+    let (key, peer, bytes) = writable_with_body(&st, &params, p, &headers, body).await?;
     let text = String::from_utf8_lossy(&bytes);
     let text = text.trim();
     if !text.is_empty()

@@ -164,6 +164,45 @@ async fn a_keep_alive_connection_outlives_the_header_timeout_and_closes_once_idl
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_refused_before_its_body_keeps_the_connection_usable() {
+    let env = Env::start_with(Options::default()).await;
+    let gw = &env.gw;
+    // `orders` may not write `payments` (403), and `Bad_Name` is no service name (400); each
+    // body arrives after its headers, so it is still unread when the refusal is decided.
+    let mut s = tls(gw, "orders", b"http/1.1").await;
+    let body = serde_json::to_vec(&body("10.0.0.1", 80)).unwrap();
+    for (target, status) in [
+        ("/v1/services/payments/instances/p-1", "403"),
+        ("/v1/services/Bad_Name/instances/p-1", "400"),
+    ] {
+        let head = format!(
+            "PUT {target} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.write_all(&body).await.unwrap();
+        let answer = read_answer(&mut s).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{target}: {answer}"
+        );
+        assert!(
+            !answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+    }
+    // The same connection still answers.
+    s.write_all(b"GET /v1/services/orders/instances HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_answer(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(env.etcd_record("payments", "p-1").await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_connections_from_one_address_does_not_lock_others_out() {
     let env = Env::start_with(limits("max_connections_per_ip = 20")).await;
     let gw = &env.gw;
