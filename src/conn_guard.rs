@@ -65,10 +65,7 @@ impl Progress {
 
     fn read(&self, n: usize, first: &[u8]) {
         let before = self.read.load(Relaxed);
-        if before == 0
-            && !first.is_empty()
-            && H2_PREFACE.starts_with(&first[..first.len().min(H2_PREFACE.len())])
-        {
+        if before == 0 && H2_PREFACE.starts_with(&first[..first.len().min(H2_PREFACE.len())]) {
             self.h2();
         }
         self.read.store(before + n as u64, Relaxed);
@@ -114,25 +111,29 @@ enum Verdict {
     Unjudged,
 }
 
+/// What a connection that is not serving a request is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for a head to complete (one started, or none yet on a new connection).
+    Head,
+    /// Waiting for the next request.
+    Idle,
+}
+
 /// The judgement over successive ticks.
 #[derive(Debug)]
 struct Judge {
-    header_read_timeout: Duration,
-    idle_timeout: Duration,
-    /// Since when the connection has waited for a head to complete, and how many heads it had.
-    waiting: Option<(Instant, u64)>,
-    /// Since when it has been idle, and how many heads it had.
-    idle: Option<(Instant, u64)>,
+    deadlines: Deadlines,
+    /// The phase the connection was last seen in, since when, and after how many heads.
+    seen: Option<(Phase, Instant, u64)>,
 }
 
 impl Judge {
-    fn new(header_read_timeout: Duration, idle_timeout: Duration, start: Instant) -> Self {
+    fn new(deadlines: Deadlines, start: Instant) -> Self {
         Self {
-            header_read_timeout,
-            idle_timeout,
+            deadlines,
             // Until its first request, a connection is waiting for headers.
-            waiting: Some((start, 0)),
-            idle: None,
+            seen: Some((Phase::Head, start, 0)),
         }
     }
 
@@ -141,34 +142,25 @@ impl Judge {
             return Verdict::Unjudged;
         }
         if s.serving {
-            self.waiting = None;
-            self.idle = None;
+            self.seen = None;
             return Verdict::Fine;
         }
-        let started_head = s.heads == 0 || s.read > s.read_at_answer;
-        let (mine, other, limit, verdict) = if started_head {
-            (
-                &mut self.waiting,
-                &mut self.idle,
-                self.header_read_timeout,
-                Verdict::SlowHeaders,
-            )
+        let phase = if s.heads == 0 || s.read > s.read_at_answer {
+            Phase::Head
         } else {
-            (
-                &mut self.idle,
-                &mut self.waiting,
-                self.idle_timeout,
-                Verdict::Idle,
-            )
+            Phase::Idle
         };
-        *other = None;
-        match *mine {
-            Some((since, heads)) if heads == s.heads => {
+        match self.seen {
+            Some((p, since, heads)) if p == phase && heads == s.heads => {
+                let (limit, verdict) = match phase {
+                    Phase::Head => (self.deadlines.header_read_timeout, Verdict::SlowHeaders),
+                    Phase::Idle => (self.deadlines.idle_timeout, Verdict::Idle),
+                };
                 if now.duration_since(since) >= limit {
                     return verdict;
                 }
             }
-            _ => *mine = Some((now, s.heads)),
+            _ => self.seen = Some((phase, now, s.heads)),
         }
         Verdict::Fine
     }
@@ -195,7 +187,7 @@ where
 {
     let start = Instant::now();
     let period = deadlines.header_read_timeout / 2;
-    let mut judge = Judge::new(deadlines.header_read_timeout, deadlines.idle_timeout, start);
+    let mut judge = Judge::new(deadlines, start);
     let mut tick = tokio::time::interval_at(start + period, period);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut judged = true;
@@ -302,6 +294,10 @@ mod tests {
 
     const H: Duration = Duration::from_secs(10);
     const IDLE: Duration = Duration::from_secs(90);
+    const DEADLINES: Deadlines = Deadlines {
+        header_read_timeout: H,
+        idle_timeout: IDLE,
+    };
 
     fn snap(read: u64, read_at_answer: u64, heads: u64, serving: bool) -> Snapshot {
         Snapshot {
@@ -316,7 +312,7 @@ mod tests {
     #[test]
     fn a_connection_that_never_completes_its_first_request_is_dropped() {
         let t0 = Instant::now();
-        let mut j = Judge::new(H, IDLE, t0);
+        let mut j = Judge::new(DEADLINES, t0);
         assert_eq!(j.at(t0 + H / 2, snap(0, 0, 0, false)), Verdict::Fine);
         assert_eq!(j.at(t0 + H, snap(30, 0, 0, false)), Verdict::SlowHeaders);
     }
@@ -324,7 +320,7 @@ mod tests {
     #[test]
     fn a_head_started_after_an_answer_must_complete_in_time() {
         let t0 = Instant::now();
-        let mut j = Judge::new(H, IDLE, t0);
+        let mut j = Judge::new(DEADLINES, t0);
         // One request served and answered, then part of a second head.
         assert_eq!(j.at(t0 + H / 2, snap(100, 100, 1, false)), Verdict::Fine);
         assert_eq!(j.at(t0 + H, snap(120, 100, 1, false)), Verdict::Fine);
@@ -341,7 +337,7 @@ mod tests {
     #[test]
     fn a_keep_alive_connection_idles_until_the_idle_timeout_not_the_header_one() {
         let t0 = Instant::now();
-        let mut j = Judge::new(H, IDLE, t0);
+        let mut j = Judge::new(DEADLINES, t0);
         let mut now = t0;
         // The first tick starts the idle clock; 90 s later it is over.
         for _ in 0..(IDLE.as_secs() / 5) {
@@ -355,7 +351,7 @@ mod tests {
     #[test]
     fn requests_between_ticks_restart_both_clocks() {
         let t0 = Instant::now();
-        let mut j = Judge::new(H, IDLE, t0);
+        let mut j = Judge::new(DEADLINES, t0);
         let mut now = t0;
         // A client heartbeating every 20 s: never idle for long, never slow.
         for beat in 1..40u64 {
@@ -373,7 +369,7 @@ mod tests {
     #[test]
     fn http2_is_not_judged() {
         let t0 = Instant::now();
-        let mut j = Judge::new(H, IDLE, t0);
+        let mut j = Judge::new(DEADLINES, t0);
         let s = Snapshot {
             h2: true,
             ..snap(24, 0, 0, false)

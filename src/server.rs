@@ -229,6 +229,10 @@ pub async fn run(
         }
     };
     tokio::pin!(serve_until);
+    let deadlines = Deadlines {
+        header_read_timeout: state.limits.header_read_timeout,
+        idle_timeout: state.limits.idle_timeout,
+    };
     loop {
         tokio::select! {
             _ = &mut serve_until => break,
@@ -296,10 +300,6 @@ pub async fn run(
                     let conn = builder
                         .serve_connection(TokioIo::new(Watched::new(tls, progress.clone())), svc)
                         .into_owned();
-                    let deadlines = Deadlines {
-                        header_read_timeout: limits.header_read_timeout,
-                        idle_timeout: limits.idle_timeout,
-                    };
                     if let Err(e) = conn_guard::serve(conn, progress, deadlines, closing).await {
                         tracing::debug!(%remote, error = %e, "connection ended with an error");
                     }
