@@ -10,6 +10,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde_json::Value;
 use tokio::sync::mpsc;
 use twinreg::certs::ClientNames;
 
@@ -275,4 +276,41 @@ pub fn go(args: &[&str], dir: &Path, gopath: Option<&str>) -> std::process::Outp
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// `<prefix> index=N` with N > 0: a client program's line about a list it read.
+pub fn with_index(line: &str, prefix: &str) -> bool {
+    line.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix(" index="))
+        .and_then(|n| n.parse::<u64>().ok())
+        .is_some_and(|n| n > 0)
+}
+
+/// The instance a client program registers, as both registries must hold it.
+pub struct Registration {
+    pub service: &'static str,
+    pub id: &'static str,
+    pub address: &'static str,
+    pub port: u16,
+    pub ttl: u64,
+    pub tags: Value,
+    pub meta: Value,
+}
+
+/// Waits until both registries hold `r` as the program registered it (read directly, not
+/// through the gateway).
+pub async fn wait_registered_in_both(env: &Env, what: &str, r: &Registration) {
+    testkit::eventually(Duration::from_secs(10), what, || async {
+        let (value, lease) = env.etcd_record(r.service, r.id).await?;
+        let consul = env.consul_service(r.service, r.id).await?;
+        assert_eq!(value["address"], r.address);
+        assert_eq!(value["port"], r.port);
+        assert_eq!(value["ttl_seconds"], r.ttl);
+        assert_eq!(value["tags"], r.tags);
+        assert_eq!(value["meta"], r.meta);
+        assert_ne!(lease, 0);
+        assert_eq!(consul["Port"], r.port);
+        Some(())
+    })
+    .await;
 }

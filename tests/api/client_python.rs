@@ -13,7 +13,9 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde_json::json;
 
-use crate::child::{Child, kept_alive_past_ttl, write_certs};
+use crate::child::{
+    Child, Registration, kept_alive_past_ttl, wait_registered_in_both, with_index, write_certs,
+};
 use crate::{Env, path};
 use testkit::{eventually, signal};
 
@@ -25,6 +27,19 @@ const ID: &str = "ord-py-1";
 /// The peer it watches; its certificate may not write this service (the 403 case).
 const PEER: &str = "billing";
 const TTL: u64 = 5;
+
+/// The instance the driver registers.
+fn registration() -> Registration {
+    Registration {
+        service: SERVICE,
+        id: ID,
+        address: "127.0.0.1",
+        port: 9000,
+        ttl: TTL,
+        tags: json!(["py"]),
+        meta: json!({"lang": "python"}),
+    }
+}
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -219,31 +234,6 @@ fn python_client_unit_tests_pass_against_the_installed_package() {
     assert_eq!(lines.next(), Some("None"), "runtime dependencies declared");
 }
 
-/// `<prefix> index=N` with N > 0.
-fn with_index(line: &str, prefix: &str) -> bool {
-    line.strip_prefix(prefix)
-        .and_then(|rest| rest.strip_prefix(" index="))
-        .and_then(|n| n.parse::<u64>().ok())
-        .is_some_and(|n| n > 0)
-}
-
-/// Both registries hold the driver's instance (read directly, not through the gateway).
-async fn wait_registered_in_both(env: &Env, what: &str) {
-    eventually(Duration::from_secs(10), what, || async {
-        let (value, lease) = env.etcd_record(SERVICE, ID).await?;
-        let consul = env.consul_service(SERVICE, ID).await?;
-        assert_eq!(value["address"], "127.0.0.1");
-        assert_eq!(value["port"], 9000);
-        assert_eq!(value["ttl_seconds"], TTL);
-        assert_eq!(value["tags"], json!(["py"]));
-        assert_eq!(value["meta"], json!({"lang": "python"}));
-        assert_ne!(lease, 0);
-        assert_eq!(consul["Port"], 9000);
-        Some(())
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn python_client_keeps_an_instance_alive_watches_and_deregisters() {
     let python = tokio::task::spawn_blocking(venv_python).await.unwrap();
@@ -359,7 +349,12 @@ async fn python_client_keeps_an_instance_alive_watches_and_deregisters() {
     let registered = format!("registered {SERVICE}/{ID} ttl={TTL}s count=1 degraded=false");
     d.expect_exact(&format!("registered {SERVICE}/{ID} "), &registered)
         .await;
-    wait_registered_in_both(&env, "the driver's instance in etcd and Consul").await;
+    wait_registered_in_both(
+        &env,
+        "the driver's instance in etcd and Consul",
+        &registration(),
+    )
+    .await;
 
     // It lists itself, counts the services, drains and undrains itself.
     let listed = d
@@ -428,7 +423,12 @@ async fn python_client_keeps_an_instance_alive_watches_and_deregisters() {
         &format!("registered {SERVICE}/{ID} ttl={TTL}s count=2 degraded=false"),
     )
     .await;
-    wait_registered_in_both(&env, "the instance back in etcd and Consul").await;
+    wait_registered_in_both(
+        &env,
+        "the instance back in etcd and Consul",
+        &registration(),
+    )
+    .await;
 
     // A peer instance leaves: the watch says so.
     let r = peer.delete(&path(PEER, "bill-1")).await;

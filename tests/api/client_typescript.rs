@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::json;
 
-use crate::child::{Child, kept_alive_past_ttl, write_certs};
+use crate::child::{
+    Child, Registration, kept_alive_past_ttl, wait_registered_in_both, with_index, write_certs,
+};
 use crate::{Env, path};
 use testkit::{eventually, find_binary, signal};
 
@@ -30,6 +32,19 @@ const PEER: &str = "billing";
 /// A service the driver's certificate may not write.
 const OTHER: &str = "payments";
 const TTL: u64 = 5;
+
+/// The instance the driver registers.
+fn registration() -> Registration {
+    Registration {
+        service: SERVICE,
+        id: ID,
+        address: "127.0.0.1",
+        port: 9000,
+        ttl: TTL,
+        tags: json!(["typescript"]),
+        meta: json!({"lang": "typescript"}),
+    }
+}
 
 /// node and npm: from NODE_BIN / NPM_BIN, else PATH; a missing one or a Node older than 18 fails
 /// the test, naming the Debian packages.
@@ -237,30 +252,6 @@ async fn typescript_client_is_generated_from_the_description_and_keeps_an_instan
     );
 }
 
-/// `peer billing: 2 instances [bill-1 10.0.0.5:8080, bill-2 10.0.0.6:8081] index=N`, N > 0.
-fn is_peer_line(line: &str, listing: &str) -> bool {
-    line.strip_prefix(&format!("peer {PEER}: {listing} index="))
-        .and_then(|n| n.parse::<u64>().ok())
-        .is_some_and(|n| n > 0)
-}
-
-/// Both registries hold the driver's instance as it registered it (read directly).
-async fn wait_registered_in_both(env: &Env, what: &str) {
-    eventually(Duration::from_secs(10), what, || async {
-        let (value, lease) = env.etcd_record(SERVICE, ID).await?;
-        let consul = env.consul_service(SERVICE, ID).await?;
-        assert_eq!(value["address"], "127.0.0.1");
-        assert_eq!(value["port"], 9000);
-        assert_eq!(value["ttl_seconds"], TTL);
-        assert_eq!(value["tags"], json!(["typescript"]));
-        assert_eq!(value["meta"], json!({"lang": "typescript"}));
-        assert_ne!(lease, 0);
-        assert_eq!(consul["Port"], 9000);
-        Some(())
-    })
-    .await;
-}
-
 /// One of the driver's `error <label>: ...` lines, split into its fields.
 fn error_fields(line: &str) -> (String, String) {
     let (head, message) = line
@@ -309,7 +300,12 @@ async fn live(node: &Node, dir: &Path) {
     ))
     .await;
     ex.expect("state registered").await;
-    wait_registered_in_both(&env, "the driver's instance in etcd and Consul").await;
+    wait_registered_in_both(
+        &env,
+        "the driver's instance in etcd and Consul",
+        &registration(),
+    )
+    .await;
 
     // It lists itself, from both registries.
     ex.expect(&format!(
@@ -371,7 +367,10 @@ async fn live(node: &Node, dir: &Path) {
 
     // The watch: the peer as it was at start, then a second peer instance.
     ex.expect_line("the peer's first instance", |l| {
-        is_peer_line(l, "1 instances [bill-1 10.0.0.5:8080]")
+        with_index(
+            l,
+            &format!("peer {PEER}: 1 instances [bill-1 10.0.0.5:8080]"),
+        )
     })
     .await;
     let r = peer
@@ -382,9 +381,9 @@ async fn live(node: &Node, dir: &Path) {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     ex.expect_line("the peer's second instance", |l| {
-        is_peer_line(
+        with_index(
             l,
-            "2 instances [bill-1 10.0.0.5:8080, bill-2 10.0.0.6:8081]",
+            &format!("peer {PEER}: 2 instances [bill-1 10.0.0.5:8080, bill-2 10.0.0.6:8081]"),
         )
     })
     .await;
@@ -411,7 +410,12 @@ async fn live(node: &Node, dir: &Path) {
         "registered {SERVICE}/{ID} ttl={TTL}s degraded=false count=2"
     ))
     .await;
-    wait_registered_in_both(&env, "the instance back in etcd and Consul").await;
+    wait_registered_in_both(
+        &env,
+        "the instance back in etcd and Consul",
+        &registration(),
+    )
+    .await;
 
     // SIGTERM: it stops, deregisters, says so and exits 0; the gateway no longer lists it.
     signal(ex.id(), Signal::SIGTERM);

@@ -10,7 +10,9 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde_json::json;
 
-use crate::child::{Child, go, kept_alive_past_ttl, write_certs};
+use crate::child::{
+    Child, Registration, go, kept_alive_past_ttl, wait_registered_in_both, with_index, write_certs,
+};
 use crate::{Env, path};
 use testkit::{eventually, find_binary, signal};
 
@@ -19,6 +21,19 @@ const SERVICE: &str = "orders";
 const ID: &str = "ord-1";
 const PEER: &str = "billing";
 const TTL: u64 = 5;
+
+/// The instance the example registers.
+fn registration() -> Registration {
+    Registration {
+        service: SERVICE,
+        id: ID,
+        address: "127.0.0.1",
+        port: 9000,
+        ttl: TTL,
+        tags: json!(["example"]),
+        meta: json!({"lang": "any"}),
+    }
+}
 
 #[tokio::test]
 async fn python_example_registers_watches_heartbeats_and_deregisters() {
@@ -57,30 +72,6 @@ fn build_go(out: &Path) -> PathBuf {
     bin
 }
 
-/// `peer billing: 2 instances [bill-1 10.0.0.5:8080, bill-2 10.0.0.6:8081] index=N`, N > 0.
-fn is_peer_line(line: &str, listing: &str) -> bool {
-    line.strip_prefix(&format!("peer {PEER}: {listing} index="))
-        .and_then(|n| n.parse::<u64>().ok())
-        .is_some_and(|n| n > 0)
-}
-
-/// Both registries hold the example's instance (read directly, not through the gateway).
-async fn wait_registered_in_both(env: &Env, what: &str) {
-    eventually(Duration::from_secs(10), what, || async {
-        let (value, lease) = env.etcd_record(SERVICE, ID).await?;
-        let consul = env.consul_service(SERVICE, ID).await?;
-        assert_eq!(value["address"], "127.0.0.1");
-        assert_eq!(value["port"], 9000);
-        assert_eq!(value["ttl_seconds"], TTL);
-        assert_eq!(value["tags"], json!(["example"]));
-        assert_eq!(value["meta"], json!({"lang": "any"}));
-        assert_ne!(lease, 0);
-        assert_eq!(consul["Port"], 9000);
-        Some(())
-    })
-    .await;
-}
-
 /// The whole scenario, for an example started by `cmd` (flags and variables are added here).
 async fn exercise(mut cmd: Command) {
     let env = Env::start().await;
@@ -117,11 +108,19 @@ async fn exercise(mut cmd: Command) {
         l.starts_with(&format!("registered {SERVICE}/{ID} ttl={TTL}s "))
     })
     .await;
-    wait_registered_in_both(&env, "the example's instance in etcd and Consul").await;
+    wait_registered_in_both(
+        &env,
+        "the example's instance in etcd and Consul",
+        &registration(),
+    )
+    .await;
 
     // The peer as it was at start, then a second peer instance: printed by the long poll.
     ex.expect_line("the peer's first instance", |l| {
-        is_peer_line(l, "1 instances [bill-1 10.0.0.5:8080]")
+        with_index(
+            l,
+            &format!("peer {PEER}: 1 instances [bill-1 10.0.0.5:8080]"),
+        )
     })
     .await;
     let r = peer
@@ -132,9 +131,9 @@ async fn exercise(mut cmd: Command) {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     ex.expect_line("the peer's second instance", |l| {
-        is_peer_line(
+        with_index(
             l,
-            "2 instances [bill-1 10.0.0.5:8080, bill-2 10.0.0.6:8081]",
+            &format!("peer {PEER}: 2 instances [bill-1 10.0.0.5:8080, bill-2 10.0.0.6:8081]"),
         )
     })
     .await;
@@ -162,7 +161,12 @@ async fn exercise(mut cmd: Command) {
         l.starts_with(&format!("registered {SERVICE}/{ID} "))
     })
     .await;
-    wait_registered_in_both(&env, "the instance back in etcd and Consul").await;
+    wait_registered_in_both(
+        &env,
+        "the instance back in etcd and Consul",
+        &registration(),
+    )
+    .await;
 
     // SIGTERM: it deregisters, says so, and exits 0; the instance is gone from both registries.
     signal(ex.id(), Signal::SIGTERM);
